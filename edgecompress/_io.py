@@ -1,0 +1,52 @@
+"""Atomic file output: a reader sees the old file or the whole new one, never half."""
+
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import OptionError
+
+
+def writable_path(path) -> Path:
+    """Checks that `path` can be created, before any slow work starts.
+
+    Raises:
+        OptionError: the folder does not exist, is not a folder, or cannot be written.
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise OptionError(f"Output `{path}` is a folder; give a file name.")
+    if not folder.is_dir():
+        raise OptionError(f"Output folder `{folder}` does not exist. Create it first.")
+    if not os.access(folder, os.W_OK):
+        raise OptionError(f"Output folder `{folder}` is not writable. Choose another output path.")
+    return path
+
+
+def write_bytes(path, data: bytes) -> Path:
+    """Writes `data` to `path` through a temporary file in the same folder and a rename."""
+    path = writable_path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_text(path, text: str) -> Path:
+    """Writes `text` (UTF-8) atomically; see `write_bytes`."""
+    return write_bytes(path, text.encode("utf-8"))

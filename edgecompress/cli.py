@@ -1,0 +1,188 @@
+"""The `edgecompress` command: a thin layer over the Python API.
+
+Bad input prints one line and exits with status 2. TensorFlow is imported only by the
+commands that need a Keras model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import __version__
+from .data import BUILTIN
+from .errors import EdgeCompressError
+from .options import DEFAULT_CALIBRATION_SAMPLES, Mode, Preprocess
+
+DATA_HELP = (f"an .npz with x (uint8 images N x H x W x C), y (labels) and optional classes; "
+             f"a folder with one sub-folder of images per class; or `{BUILTIN}` (built in)")
+PREPROCESS_HELP = ("how uint8 pixels become model input: raw (0-255), unit (/255), "
+                   "symmetric (/127.5 - 1)")
+
+
+def main(argv=None) -> int:
+    """Runs the command line; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    try:
+        return args.run(args) or 0
+    except EdgeCompressError as e:
+        print(f"edgecompress {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"edgecompress {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgecompress",
+        description="Compress Keras image classifiers into .tflite files for phones and "
+                    "microcontrollers, and measure what it cost.")
+    parser.add_argument("--version", action="version", version=f"edgecompress {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_export(commands)
+    _add_evaluate(commands)
+    _add_demo(commands)
+    return parser
+
+
+def _add_export(commands) -> None:
+    p = commands.add_parser(
+        "export", help="convert a Keras model to .tflite",
+        description="Convert a Keras model (.h5, .keras or SavedModel folder) to .tflite. "
+                    "The integer modes calibrate on the first images of --data. The "
+                    "preprocessing and class names are stored inside the file.")
+    p.add_argument("model", help="the Keras model file or SavedModel folder")
+    p.add_argument("-o", "--output", required=True, help="the .tflite file to write")
+    p.add_argument("--mode", default="int8", choices=Mode.values(),
+                   help="fp32, fp16 (float16 weights), dynamic (int8 weights), int8 (full "
+                        "integer, int8 input/output), int16x8 (int16 activations); "
+                        "default int8")
+    p.add_argument("--data", help=f"calibration images: {DATA_HELP}; needed by int8 and "
+                                  "int16x8")
+    p.add_argument("--preprocess", default="raw", choices=Preprocess.values(),
+                   help=PREPROCESS_HELP + "; default raw")
+    p.add_argument("--calibration-samples", type=int, default=DEFAULT_CALIBRATION_SAMPLES,
+                   metavar="N", help=f"images used to calibrate (default "
+                                     f"{DEFAULT_CALIBRATION_SAMPLES})")
+    p.add_argument("--allow-code", action="store_true",
+                   help="trust the model file and run Python code it carries (Lambda layers)")
+    p.set_defaults(run=run_export)
+
+
+def run_export(args) -> int:
+    from . import _io, export, models
+
+    output = _io.writable_path(args.output)
+    model = models.load(args.model, allow_code=args.allow_code)
+    data = None
+    if args.data:
+        _, height, width, channels = models.input_shape(model)
+        data = _load_data(args.data, (height, width), channels)
+    print(f"converting {model.name} to {args.mode} ...", file=sys.stderr)
+    path = export.export(model, output, mode=args.mode, data=data, preprocess=args.preprocess,
+                         calibration_samples=args.calibration_samples)
+    print(f"wrote {path} ({path.stat().st_size:,} bytes)")
+    return 0
+
+
+def _load_data(source, image_size, channels):
+    from .data import load
+
+    return load(source, image_size=image_size, channels=channels)
+
+
+def _add_evaluate(commands) -> None:
+    p = commands.add_parser(
+        "evaluate", help="measure a .tflite model on LiteRT",
+        description="Run a .tflite classifier on LiteRT over labelled images: top-1 accuracy, "
+                    "per-class accuracy, agreement with a Keras reference, bytes, gzip bytes "
+                    "and single-image latency (median and p90 after warm-up). Latency here is "
+                    "this machine's, not a phone's.")
+    p.add_argument("model", help="the .tflite file")
+    p.add_argument("--data", required=True, help=f"labelled images: {DATA_HELP}")
+    p.add_argument("--preprocess", choices=Preprocess.values(),
+                   help=PREPROCESS_HELP + "; default: the one stored in the file")
+    p.add_argument("--reference", metavar="KERAS_MODEL",
+                   help="a Keras model to measure top-1 agreement with (imports TensorFlow)")
+    p.add_argument("--threads", type=int, default=1, help="interpreter threads (default 1)")
+    p.add_argument("--kernels", default="xnnpack", choices=["xnnpack", "builtin", "reference"],
+                   help="LiteRT kernels: xnnpack (default, as on a phone), builtin (no "
+                        "delegate) or reference (agrees with TFLite Micro)")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--allow-code", action="store_true",
+                   help="trust the reference model file and run Python code it carries")
+    p.set_defaults(run=run_evaluate)
+
+
+def run_evaluate(args) -> int:
+    from . import _io, report, verify
+
+    if args.json:
+        _io.writable_path(args.json)
+    model = verify.LiteRTModel(args.model, threads=args.threads, kernels=args.kernels)
+    _, height, width, channels = model.input_shape
+    data = _load_data(args.data, (height, width), channels)
+    reference = None
+    if args.reference:
+        reference = _reference_labels(args.reference, data, model, args)
+    print(f"evaluating {args.model} on {len(data):,} images ...", file=sys.stderr)
+    result = verify.evaluate(args.model, data, preprocess=args.preprocess, reference=reference,
+                             threads=args.threads, kernels=args.kernels)
+    print(_describe(result, data))
+    if args.json:
+        report.write_json(args.json, result.to_json())
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _reference_labels(path, data, model, args):
+    from . import models, verify
+
+    how = verify.resolve_preprocess(model, args.preprocess)
+    keras_model = models.load(path, allow_code=args.allow_code)
+    print(f"running the reference {keras_model.name} ...", file=sys.stderr)
+    return models.predict_labels(keras_model, data, how)
+
+
+def _describe(result, data) -> str:
+    lines = [f"model        {result.model}",
+             f"data         {data.source} ({result.samples:,} images, {result.preprocess})",
+             f"accuracy     {result.accuracy:.2%}"]
+    if result.agreement is not None:
+        lines.append(f"agreement    {result.agreement:.2%} (top-1, with the reference)")
+    lines += [f"bytes        {result.bytes:,} ({result.gzip_bytes:,} gzipped)",
+              f"latency      median {result.latency_ms['median']:.3f} ms, "
+              f"p90 {result.latency_ms['p90']:.3f} ms ({result.threads} thread(s), "
+              f"{result.kernels}; this machine, not a device)",
+              "per class    " + ", ".join(f"{name} {acc:.0%}"
+                                          for name, acc in result.per_class_accuracy.items())]
+    return "\n".join(lines)
+
+
+def _add_demo(commands) -> None:
+    p = commands.add_parser(
+        "demo", help="train, export and evaluate a tiny model on the built-in shapes",
+        description="The whole flow on built-in data: train a tiny CNN on coloured shapes, "
+                    "export it as float and full-INT8 .tflite, evaluate both on LiteRT "
+                    "against the Keras model and print a comparison table.")
+    p.add_argument("--out", default="edgecompress-demo",
+                   help="folder for the .tflite files and report (default ./edgecompress-demo)")
+    p.add_argument("--epochs", type=int, default=8, help="training epochs (default 8)")
+    p.set_defaults(run=run_demo)
+
+
+def run_demo(args) -> int:
+    from .demo import run
+
+    run(Path(args.out), epochs=args.epochs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

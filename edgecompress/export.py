@@ -1,0 +1,135 @@
+"""Conversion of Keras models to `.tflite`, with calibration for the integer modes."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from . import __version__, _io, metadata
+from ._tf import keras, tf, tfmot
+from .data import Dataset
+from .errors import DataError, ModelError, OptionError
+from .models import input_shape
+from .options import DEFAULT_CALIBRATION_SAMPLES, Mode, Preprocess
+
+CALIBRATED = (Mode.INT8, Mode.INT16X8)
+
+
+def convert(model: keras.Model, *, mode="int8", data: Dataset | None = None,
+            preprocess="raw", calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES) -> bytes:
+    """Converts a Keras model to `.tflite` bytes.
+
+    Training wrappers (pruning, clustering) are stripped first. A quantisation-aware
+    trained model exports as int8 from its learned ranges, without calibration data.
+
+    Args:
+        model: the Keras model.
+        mode: a `Mode` or its name.
+        data: calibration images; required for `int8` and `int16x8` unless QAT.
+        preprocess: how `data` becomes model input (`Preprocess` name).
+        calibration_samples: how many of the first images of `data` calibrate.
+
+    Returns:
+        The flatbuffer, without edgecompress metadata (see `export`).
+
+    Raises:
+        OptionError: unknown mode, or a mode that does not fit the model.
+        DataError: calibration data missing or not fitting the model.
+        ModelError: the converter rejected the model.
+    """
+    mode, how = Mode.get(mode), Preprocess.get(preprocess)
+    model = strip(model)
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if is_quantization_aware(model):
+        _configure_qat(converter, mode)
+    else:
+        _configure(converter, mode, model, data, how, calibration_samples)
+    try:
+        with warnings.catch_warnings():  # "Statistics for quantized inputs were expected"
+            warnings.simplefilter("ignore", UserWarning)
+            return converter.convert()
+    except Exception as e:  # the converter raises ConverterError, ValueError, ...
+        message = str(e).strip().splitlines()
+        raise ModelError(f"TFLite conversion ({mode.value}) of `{model.name}` failed: "
+                         f"{message[0] if message else e.__class__.__name__}") from None
+
+
+def _configure(converter, mode, model, data, how, samples) -> None:
+    if mode is Mode.FP32:
+        return
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if mode is Mode.FP16:
+        converter.target_spec.supported_types = [tf.float16]
+    if mode not in CALIBRATED:
+        return
+    if data is None:
+        raise DataError(f"Export mode {mode.value} needs calibration data.")
+    data.check_fits(input_shape(model))
+    converter.representative_dataset = data.representative(samples, how)
+    if mode is Mode.INT8:
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        io_type = tf.int8
+    else:
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+        io_type = tf.int16
+    converter.inference_input_type = converter.inference_output_type = io_type
+
+
+def _configure_qat(converter, mode) -> None:
+    # Setting supported_ops to INT8 here would demand a representative dataset (STACK.md);
+    # the learned ranges already make every op int8.
+    if mode is not Mode.INT8:
+        raise OptionError(f"A quantisation-aware trained model exports as int8 only. "
+                          f"Received: mode={mode.value}.")
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.inference_input_type = converter.inference_output_type = tf.int8
+
+
+def is_quantization_aware(model: keras.Model) -> bool:
+    """Whether `model` carries tfmot quantisation wrappers."""
+    return any(isinstance(layer, tfmot.quantization.keras.QuantizeWrapper)
+               or layer.__class__.__name__ == "QuantizeLayer" for layer in model.layers)
+
+
+def strip(model: keras.Model) -> keras.Model:
+    """Removes pruning and clustering training wrappers; returns `model` if there are none."""
+    names = {layer.__class__.__name__ for layer in model.layers}
+    if "PruneLowMagnitude" in names:
+        model = tfmot.sparsity.keras.strip_pruning(model)
+    if "ClusterWeights" in names:
+        model = tfmot.clustering.keras.strip_clustering(model)
+    return model
+
+
+def export(model: keras.Model, path, *, mode="int8", data: Dataset | None = None,
+           preprocess="raw", calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
+           classes=None) -> Path:
+    """Converts `model` and writes the `.tflite` atomically, with its metadata inside.
+
+    The metadata records the preprocessing and class names, so that `evaluate` needs no
+    flags for the file.
+
+    Args:
+        model: the Keras model.
+        path: the output file; its folder must exist.
+        mode, data, preprocess, calibration_samples: as for `convert`.
+        classes: class names; by default those of `data`.
+
+    Returns:
+        The path written.
+
+    Example:
+        >>> export(model, "model_int8.tflite", data=load("shapes", image_size=(32, 32)),
+        ...        preprocess="unit")  # doctest: +SKIP
+    """
+    path = _io.writable_path(path)
+    mode, how = Mode.get(mode), Preprocess.get(preprocess)
+    flatbuffer = convert(model, mode=mode, data=data, preprocess=how,
+                         calibration_samples=calibration_samples)
+    if classes is None and data is not None:
+        classes = data.classes
+    info = {"preprocess": how.value, "mode": mode.value, "model": model.name,
+            "classes": list(classes) if classes is not None else None,
+            "edgecompress": __version__}
+    return _io.write_bytes(path, metadata.add(flatbuffer, info))

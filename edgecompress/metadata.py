@@ -1,0 +1,56 @@
+"""JSON metadata stored inside a `.tflite` flatbuffer, read and written without TensorFlow.
+
+The entry is a named `Metadata` record pointing at a buffer of UTF-8 JSON; LiteRT and
+TFLite Micro ignore it and run the file unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from ai_edge_litert import schema_py_generated as schema
+from ai_edge_litert.tools import flatbuffer_utils
+
+from .errors import ModelError
+
+NAME = "edgecompress"
+
+
+def add(tflite: bytes, info: dict) -> bytes:
+    """Returns `tflite` with `info` stored as JSON metadata (replacing an earlier entry)."""
+    model = _parse(tflite)
+    model.metadata = [m for m in (model.metadata or []) if _name(m) != NAME]
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(json.dumps(info, sort_keys=True).encode("utf-8"), np.uint8)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name = NAME
+    entry.buffer = len(model.buffers) - 1
+    model.metadata.append(entry)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def read(tflite: bytes) -> dict:
+    """The metadata edgecompress stored in `tflite`, or {} for files from elsewhere."""
+    model = _parse(tflite)
+    for entry in model.metadata or []:
+        if _name(entry) == NAME:
+            data = model.buffers[entry.buffer].data
+            try:
+                return json.loads(bytes(np.asarray(data, np.uint8)).decode("utf-8"))
+            except (ValueError, TypeError):
+                return {}
+    return {}
+
+
+def _name(entry) -> str:
+    name = entry.name
+    return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
+
+
+def _parse(tflite: bytes):
+    try:
+        return flatbuffer_utils.read_model_from_bytearray(bytearray(tflite))
+    except Exception as e:  # the flatbuffer reader raises many types on bad bytes
+        raise ModelError(f"Not a valid .tflite flatbuffer: {e.__class__.__name__}.") from None

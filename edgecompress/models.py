@@ -1,0 +1,264 @@
+"""Loading and saving Keras models, and the zoo of architectures built in code."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from ._tf import keras, tfmot
+from .errors import ModelError, OptionError
+
+# Layers whose saved config carries Python code that loading would run.
+CODE_LAYERS = ("Lambda",)
+
+
+def load(path, *, allow_code: bool = False) -> keras.Model:
+    """Loads a Keras model from `.h5`, `.keras` or a SavedModel folder.
+
+    Models saved while wrapped for pruning, quantisation-aware training or clustering load
+    too. Loading never runs code stored in the file (a `Lambda` layer) unless `allow_code`.
+
+    Args:
+        path: the model file or SavedModel folder.
+        allow_code: trust the file and run the Python code it carries.
+
+    Returns:
+        The model, not compiled.
+
+    Raises:
+        ModelError: the path is missing, not a Keras model, or carries code.
+
+    Example:
+        >>> model = load("pretrainedResnet.h5")  # doctest: +SKIP
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"Model `{path}` does not exist.")
+    if not allow_code:
+        _refuse_code(path)
+    try:
+        with tfmot.quantization.keras.quantize_scope(), tfmot.sparsity.keras.prune_scope(), \
+                tfmot.clustering.keras.cluster_scope():
+            model = keras.models.load_model(path, compile=False, safe_mode=not allow_code)
+    except Exception as e:  # Keras raises many types for a file that is not a model
+        raise ModelError(f"Cannot load `{path}` as a Keras model: {_first_line(e)}") from None
+    if not isinstance(model, keras.Model):
+        raise ModelError(f"`{path}` is a TensorFlow SavedModel but not a Keras model.")
+    return model
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else error.__class__.__name__
+
+
+def _refuse_code(path: Path) -> None:
+    config = _saved_config(path)
+    if config is None:
+        return
+    found = sorted({name for name in CODE_LAYERS if f'"class_name": "{name}"' in config})
+    if found:
+        raise ModelError(f"`{path}` contains {', '.join(found)} layers, whose Python code would "
+                         "run on loading. If you trust the file, load it with allow_code=True "
+                         "(CLI: --allow-code).")
+
+
+def _saved_config(path: Path) -> str | None:
+    """The model's architecture as JSON text, read without building the model."""
+    try:
+        if path.is_dir():
+            metadata = path / "keras_metadata.pb"
+            return metadata.read_bytes().decode("utf-8", "replace") if metadata.exists() else None
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                return archive.read("config.json").decode("utf-8")
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            config = f.attrs.get("model_config")
+        if isinstance(config, bytes):
+            config = config.decode("utf-8")
+        return json.dumps(json.loads(config)) if config else None
+    except (OSError, KeyError, ValueError) as e:
+        raise ModelError(f"Cannot read `{path}` as a Keras model file: {_first_line(e)}") from None
+
+
+def save(model: keras.Model, path) -> Path:
+    """Saves `model` as `.h5` or `.keras` (by suffix), or as a SavedModel folder otherwise."""
+    path = Path(path)
+    model.save(path)
+    return path
+
+
+def input_shape(model: keras.Model) -> tuple[int, int, int, int]:
+    """The model's single image input shape (None, H, W, C).
+
+    Raises:
+        ModelError: the model has several inputs or its input is not an image.
+    """
+    if len(model.inputs) != 1:
+        raise ModelError(f"Model `{model.name}` has {len(model.inputs)} inputs; "
+                         "edgecompress handles image classifiers with one input.")
+    shape = tuple(model.inputs[0].shape)
+    if len(shape) != 4 or None in shape[1:]:
+        raise ModelError(f"Model `{model.name}` takes input of shape {shape}; "
+                         "expected images (batch, height, width, channels) of fixed size.")
+    return shape
+
+
+# --- the zoo -------------------------------------------------------------------------
+
+def _conv_bn(x, filters, kernel, strides=1, relu=True, momentum=0.99, name=None):
+    x = keras.layers.Conv2D(filters, kernel, strides=strides, padding="same",
+                            kernel_initializer="he_normal",
+                            kernel_regularizer=keras.regularizers.l2(1e-4),
+                            name=name)(x)
+    x = keras.layers.BatchNormalization(momentum=momentum)(x)
+    return keras.layers.Activation("relu")(x) if relu else x
+
+
+def resnet8(input_shape=(32, 32, 3), classes: int = 10, *, bn_momentum: float = 0.99
+            ) -> keras.Model:
+    """The MLPerf Tiny image-classification ResNet-8 (three residual stacks: 16, 32, 64).
+
+    Example:
+        >>> resnet8().count_params()
+        78666
+    """
+    inputs = keras.Input(input_shape)
+    x = _conv_bn(inputs, 16, 3, momentum=bn_momentum)
+    for filters, strides in ((16, 1), (32, 2), (64, 2)):
+        y = _conv_bn(x, filters, 3, strides, momentum=bn_momentum)
+        y = _conv_bn(y, filters, 3, relu=False, momentum=bn_momentum)
+        if strides != 1:
+            x = keras.layers.Conv2D(filters, 1, strides=strides, padding="same",
+                                    kernel_initializer="he_normal",
+                                    kernel_regularizer=keras.regularizers.l2(1e-4))(x)
+        x = keras.layers.Activation("relu")(keras.layers.Add()([x, y]))
+    x = keras.layers.AveragePooling2D(pool_size=x.shape[1:3])(x)
+    x = keras.layers.Flatten()(x)
+    outputs = keras.layers.Dense(classes, activation="softmax",
+                                 kernel_initializer="he_normal")(x)
+    return keras.Model(inputs, outputs, name="resnet8")
+
+
+def _depthwise_bn(x, strides, momentum):
+    x = keras.layers.DepthwiseConv2D(3, strides=strides, padding="same", use_bias=False)(x)
+    x = keras.layers.BatchNormalization(momentum=momentum)(x)
+    return keras.layers.ReLU(6.0)(x)
+
+
+def _pointwise_bn(x, filters, momentum, relu=True):
+    x = keras.layers.Conv2D(filters, 1, use_bias=False)(x)
+    x = keras.layers.BatchNormalization(momentum=momentum)(x)
+    return keras.layers.ReLU(6.0)(x) if relu else x
+
+
+def _scaled(channels: int, alpha: float) -> int:
+    return max(8, int(channels * alpha + 4) // 8 * 8)
+
+
+def mobilenet_v1(input_shape=(96, 96, 3), classes: int = 10, *, alpha: float = 0.25,
+                 bn_momentum: float = 0.99) -> keras.Model:
+    """MobileNet v1 (Howard et al., 2017) with width multiplier `alpha`.
+
+    Example:
+        >>> mobilenet_v1((32, 32, 3), alpha=0.25).output_shape
+        (None, 10)
+    """
+    _check_alpha(alpha)
+    x = inputs = keras.Input(input_shape)
+    x = keras.layers.Conv2D(_scaled(32, alpha), 3, strides=2, padding="same", use_bias=False)(x)
+    x = keras.layers.ReLU(6.0)(keras.layers.BatchNormalization(momentum=bn_momentum)(x))
+    plan = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2)] + [(512, 1)] * 5 + \
+        [(1024, 2), (1024, 1)]
+    for filters, strides in plan:
+        x = _depthwise_bn(x, strides, bn_momentum)
+        x = _pointwise_bn(x, _scaled(filters, alpha), bn_momentum)
+    return _classifier(inputs, x, classes, "mobilenet_v1")
+
+
+def mobilenet_v2(input_shape=(96, 96, 3), classes: int = 10, *, alpha: float = 0.35,
+                 bn_momentum: float = 0.99) -> keras.Model:
+    """MobileNet v2 (Sandler et al., 2018) with width multiplier `alpha`.
+
+    Example:
+        >>> mobilenet_v2((32, 32, 3), alpha=0.35).output_shape
+        (None, 10)
+    """
+    _check_alpha(alpha)
+    x = inputs = keras.Input(input_shape)
+    x = keras.layers.Conv2D(_scaled(32, alpha), 3, strides=2, padding="same", use_bias=False)(x)
+    x = keras.layers.ReLU(6.0)(keras.layers.BatchNormalization(momentum=bn_momentum)(x))
+    # (expansion, output channels, repeats, first stride), as in the paper's Table 2
+    plan = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+            (6, 160, 3, 2), (6, 320, 1, 1)]
+    for expansion, channels, repeats, first_stride in plan:
+        for i in range(repeats):
+            x = _inverted_residual(x, expansion, _scaled(channels, alpha),
+                                   first_stride if i == 0 else 1, bn_momentum)
+    x = _pointwise_bn(x, 1280 if alpha <= 1.0 else _scaled(1280, alpha), bn_momentum)
+    return _classifier(inputs, x, classes, "mobilenet_v2")
+
+
+def _inverted_residual(x, expansion, channels, strides, momentum):
+    y = x
+    if expansion != 1:
+        y = _pointwise_bn(y, x.shape[-1] * expansion, momentum)
+    y = _depthwise_bn(y, strides, momentum)
+    y = _pointwise_bn(y, channels, momentum, relu=False)
+    if strides == 1 and x.shape[-1] == channels:
+        y = keras.layers.Add()([x, y])
+    return y
+
+
+def _classifier(inputs, x, classes, name):
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(classes, activation="softmax")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def _check_alpha(alpha: float) -> None:
+    if not 0 < alpha <= 2:
+        raise OptionError(f"`alpha` must be in (0, 2]. Received: alpha={alpha}.")
+
+
+def tiny_cnn(input_shape=(16, 16, 3), classes: int = 10, *, filters=(16, 32)) -> keras.Model:
+    """Conv-BatchNorm-ReLU-MaxPool blocks and a Dense head, for tests and the demo.
+
+    BatchNorm momentum is 0.9 so that a few hundred training steps give usable statistics.
+    """
+    x = inputs = keras.Input(input_shape)
+    for width in filters:
+        x = keras.layers.Conv2D(width, 3, padding="same")(x)
+        x = keras.layers.BatchNormalization(momentum=0.9)(x)
+        x = keras.layers.MaxPooling2D()(keras.layers.ReLU()(x))
+    x = keras.layers.Flatten()(x)
+    outputs = keras.layers.Dense(classes, activation="softmax")(x)
+    return keras.Model(inputs, outputs, name="tiny_cnn")
+
+
+ZOO = {"resnet8": resnet8, "mobilenet_v1": mobilenet_v1, "mobilenet_v2": mobilenet_v2,
+       "tiny_cnn": tiny_cnn}
+
+
+def build(name: str, **kwargs) -> keras.Model:
+    """Builds a zoo architecture by name, e.g. `build("resnet8", classes=10)`.
+
+    Raises:
+        OptionError: unknown name; the message lists the zoo.
+    """
+    if name not in ZOO:
+        raise OptionError(f"Unknown zoo model {name!r}. Choose one of: {', '.join(ZOO)}.")
+    return ZOO[name](**kwargs)
+
+
+def predict_labels(model: keras.Model, data, preprocess, *, batch_size: int = 256):
+    """Top-1 labels that `model` predicts for every image of a `Dataset`."""
+    data.check_fits(input_shape(model))
+    labels = [model.predict_on_batch(x).argmax(axis=1) for x, _ in data.batches(batch_size,
+                                                                              preprocess)]
+    return np.concatenate(labels)

@@ -1,0 +1,227 @@
+"""Running a `.tflite` file on LiteRT: accuracy, agreement, size and latency.
+
+Only `ai_edge_litert` is imported, never TensorFlow: the verdict rests on what a device
+would have.
+"""
+
+from __future__ import annotations
+
+import gzip
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+from . import metadata
+from .data import Dataset, preprocess as preprocess_images
+from .errors import DataError, ModelError, OptionError
+from .options import Preprocess
+
+CHUNK = 1024  # images preprocessed at a time: bounds memory on large datasets
+
+
+class LiteRTModel:
+    """One LiteRT interpreter over a `.tflite` file, fed uint8 images one at a time.
+
+    Args:
+        path: the `.tflite` file.
+        threads: CPU threads for the interpreter.
+        kernels: `"xnnpack"` (LiteRT's default, what a phone runs), `"builtin"` (LiteRT's
+            optimised kernels without delegates) or `"reference"` (the reference kernels,
+            which agree with TFLite Micro; see STACK.md).
+    """
+
+    RESOLVERS = {"xnnpack": OpResolverType.AUTO,
+                 "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+                 "reference": OpResolverType.BUILTIN_REF}
+
+    def __init__(self, path, *, threads: int = 1, kernels: str = "xnnpack"):
+        self.path = Path(path)
+        if threads < 1:
+            raise OptionError(f"`threads` must be at least 1. Received: threads={threads}.")
+        if kernels not in self.RESOLVERS:
+            raise OptionError(f"Unknown kernels {kernels!r}. Choose one of: "
+                              f"{', '.join(self.RESOLVERS)}.")
+        self.bytes = read_tflite(self.path)
+        self.metadata = metadata.read(self.bytes)
+        try:
+            self.interpreter = Interpreter(model_content=self.bytes, num_threads=threads,
+                                           experimental_op_resolver_type=self.RESOLVERS[kernels])
+            self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as e:
+            raise ModelError(f"LiteRT cannot run `{self.path}`: {str(e).strip()[:200]}") from None
+        self.threads = threads
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(int(v) for v in self.input["shape"])
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        """Float model input -> the input tensor's type, with its scale and zero point."""
+        dtype = self.input["dtype"]
+        scale, zero_point = self.input["quantization"]
+        if not np.issubdtype(dtype, np.integer):
+            return x.astype(dtype)
+        info = np.iinfo(dtype)
+        q = np.round(x / scale + zero_point)
+        return np.clip(q, info.min, info.max).astype(dtype)
+
+    def dequantize(self, y: np.ndarray) -> np.ndarray:
+        """Output tensor values -> float scores."""
+        scale, zero_point = self.output["quantization"]
+        if scale == 0:
+            return y.astype(np.float32)
+        return (y.astype(np.float32) - zero_point) * scale
+
+    def run(self, data: Dataset, how) -> tuple[np.ndarray, float]:
+        """Raw outputs for every image of `data`, and the seconds spent inside `invoke()`."""
+        data.check_fits(self.input_shape)
+        outputs, invoke_seconds = [], 0.0
+        set_input, invoke = self.interpreter.set_tensor, self.interpreter.invoke
+        get_output = self.interpreter.get_tensor
+        in_index, out_index = self.input["index"], self.output["index"]
+        for start in range(0, len(data), CHUNK):
+            chunk = self.quantize(preprocess_images(data.x[start:start + CHUNK], how))
+            for image in chunk:
+                set_input(in_index, image[np.newaxis])
+                t = time.perf_counter()
+                invoke()
+                invoke_seconds += time.perf_counter() - t
+                outputs.append(get_output(out_index)[0])
+        return np.stack(outputs), invoke_seconds
+
+    def latency_ms(self, image: np.ndarray, how, *, runs: int = 200, warmup: int = 20
+                   ) -> np.ndarray:
+        """Milliseconds of each of `runs` single-image invokes after `warmup` invokes."""
+        self.interpreter.set_tensor(self.input["index"],
+                                    self.quantize(preprocess_images(image[np.newaxis], how)))
+        for _ in range(warmup):
+            self.interpreter.invoke()
+        times = np.empty(runs)
+        for i in range(runs):
+            t = time.perf_counter()
+            self.interpreter.invoke()
+            times[i] = time.perf_counter() - t
+        return times * 1000
+
+
+def read_tflite(path) -> bytes:
+    """The bytes of a `.tflite` file, checked for the flatbuffer identifier `TFL3`."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ModelError(f"Model `{path}` does not exist.") from None
+    except OSError as e:
+        raise ModelError(f"Cannot read `{path}`: {e.strerror}.") from None
+    if len(data) < 8 or data[4:8] != b"TFL3":
+        raise ModelError(f"`{path}` is not a .tflite file (no TFL3 flatbuffer identifier).")
+    return data
+
+
+@dataclass
+class Evaluation:
+    """What `evaluate` measured. `to_json()` leaves out the per-image predictions."""
+
+    model: str
+    accuracy: float
+    samples: int
+    bytes: int
+    gzip_bytes: int
+    latency_ms: dict
+    threads: int
+    kernels: str
+    preprocess: str
+    per_class_accuracy: dict
+    agreement: float | None = None
+    seconds: dict = field(default_factory=dict)
+    predictions: np.ndarray | None = field(default=None, repr=False)
+
+    def to_json(self) -> dict:
+        result = asdict(self)
+        del result["predictions"]
+        if self.agreement is None:
+            del result["agreement"]
+        return result
+
+
+def evaluate(path, data: Dataset, *, preprocess=None, reference: np.ndarray | None = None,
+             threads: int = 1, kernels: str = "xnnpack", latency_runs: int = 200
+             ) -> Evaluation:
+    """Runs a `.tflite` classifier over `data` on LiteRT and measures it.
+
+    Args:
+        path: the `.tflite` file.
+        data: labelled images that fit the model's input.
+        preprocess: `Preprocess` name; by default the one stored in the file's metadata.
+        reference: top-1 labels predicted by a reference model (e.g. the Keras original)
+            for the same images; gives `agreement`.
+        threads: interpreter threads.
+        kernels: see `LiteRTModel`.
+        latency_runs: single-image invokes timed after warm-up.
+
+    Returns:
+        An `Evaluation`.
+
+    Raises:
+        ModelError: the file is not a runnable `.tflite`.
+        DataError: the data lacks labels or does not fit the model.
+
+    Example:
+        >>> evaluate("model_int8.tflite", load("test.npz")).accuracy  # doctest: +SKIP
+        0.7542
+    """
+    started = time.perf_counter()
+    model = LiteRTModel(path, threads=threads, kernels=kernels)
+    how = resolve_preprocess(model, preprocess)
+    labels = data.require_labels()
+    outputs, invoke_seconds = model.run(data, how)
+    predictions = outputs.argmax(axis=1)
+    latencies = model.latency_ms(data.x[0], how, runs=latency_runs)
+    raw = model.bytes
+    return Evaluation(
+        model=str(path), accuracy=float(np.mean(predictions == labels)), samples=len(data),
+        bytes=len(raw), gzip_bytes=len(gzip.compress(raw, 9)),
+        latency_ms={"median": float(np.median(latencies)),
+                    "p90": float(np.percentile(latencies, 90)), "runs": latency_runs},
+        threads=threads, kernels=kernels, preprocess=how.value,
+        per_class_accuracy=per_class_accuracy(predictions, labels, data.classes),
+        agreement=agreement(predictions, reference),
+        seconds={"total": time.perf_counter() - started, "invoke": invoke_seconds},
+        predictions=predictions)
+
+
+def resolve_preprocess(model: LiteRTModel, preprocess) -> Preprocess:
+    """The preprocessing given, else the one in the file's metadata, else an error."""
+    if preprocess is not None:
+        return Preprocess.get(preprocess)
+    stored = model.metadata.get("preprocess")
+    if stored is None:
+        raise OptionError(f"`{model.path}` does not record its preprocessing; give it "
+                          f"(one of: {', '.join(Preprocess.values())}).")
+    return Preprocess.get(stored)
+
+
+def agreement(predictions: np.ndarray, reference: np.ndarray | None) -> float | None:
+    """Fraction of images where both top-1 predictions match; None without a reference."""
+    if reference is None:
+        return None
+    reference = np.asarray(reference)
+    if reference.shape != predictions.shape:
+        raise DataError(f"The reference has {len(reference)} predictions for "
+                        f"{len(predictions)} images.")
+    return float(np.mean(predictions == reference))
+
+
+def per_class_accuracy(predictions, labels, classes) -> dict:
+    """Accuracy for each class present in `labels`, keyed by class name."""
+    result = {}
+    for index, name in enumerate(classes):
+        mask = labels == index
+        if mask.any():
+            result[name] = float(np.mean(predictions[mask] == index))
+    return result
