@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -89,7 +90,9 @@ def _saved_config(path: Path) -> str | None:
 def save(model: keras.Model, path) -> Path:
     """Saves `model` as `.h5` or `.keras` (by suffix), or as a SavedModel folder otherwise."""
     path = Path(path)
-    model.save(path)
+    with warnings.catch_warnings():  # .h5 is "legacy" to Keras, yet what most users share
+        warnings.simplefilter("ignore", UserWarning)
+        model.save(path)
     return path
 
 
