@@ -38,8 +38,15 @@ def main(argv=None) -> int:
         return 130
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, as for every other bad input."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="edgecompress",
         description="Compress Keras image classifiers into .tflite files for phones and "
                     "microcontrollers, and measure what it cost.")
@@ -82,8 +89,9 @@ def run_export(args) -> int:
     model = models.load(args.model, allow_code=args.allow_code)
     data = None
     if args.data:
-        _, height, width, channels = models.input_shape(model)
-        data = _load_data(args.data, (height, width), channels)
+        shape = models.input_shape(model)
+        data = _load_data(args.data, shape[1:3], shape[3])
+        data.check_fits(shape)
     print(f"converting {model.name} to {args.mode} ...", file=sys.stderr)
     path = export.export(model, output, mode=args.mode, data=data, preprocess=args.preprocess,
                          calibration_samples=args.calibration_samples)
@@ -126,8 +134,8 @@ def run_evaluate(args) -> int:
     if args.json:
         _io.writable_path(args.json)
     model = verify.LiteRTModel(args.model, threads=args.threads, kernels=args.kernels)
-    _, height, width, channels = model.input_shape
-    data = _load_data(args.data, (height, width), channels)
+    data = _load_data(args.data, model.input_shape[1:3], model.input_shape[3])
+    data.check_fits(model.input_shape)
     reference = None
     if args.reference:
         reference = _reference_labels(args.reference, data, model, args)

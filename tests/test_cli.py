@@ -1,0 +1,103 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+from edgecompress import cli, metadata
+from conftest import write_npz
+
+
+def run(capsys, *argv):
+    status = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+@pytest.fixture(scope="module")
+def npz(train_set, tmp_path_factory):
+    path = tmp_path_factory.mktemp("npz") / "shapes.npz"
+    return write_npz(path, x=train_set.x[:200], y=train_set.y[:200],
+                     classes=np.array(train_set.classes))
+
+
+def test_export_then_evaluate(capsys, trained, npz, tmp_path):
+    out_file, json_file = tmp_path / "m.tflite", tmp_path / "r.json"
+    status, out, _ = run(capsys, "export", trained[1], "--data", npz, "--preprocess", "unit",
+                         "--calibration-samples", 50, "-o", out_file)
+    assert status == 0 and "wrote" in out
+    assert metadata.read(out_file.read_bytes())["preprocess"] == "unit"
+    status, out, _ = run(capsys, "evaluate", out_file, "--data", npz, "--reference", trained[1],
+                         "--json", json_file)
+    assert status == 0 and "accuracy" in out and "agreement" in out
+    result = json.loads(json_file.read_text())
+    assert result["samples"] == 200 and result["agreement"] > 0.9
+    assert result["latency_ms"]["median"] > 0 and result["threads"] == 1
+
+
+def test_builtin_data_for_evaluate(capsys, int8_file):
+    status, out, _ = run(capsys, "evaluate", int8_file, "--data", "shapes")
+    assert status == 0 and "1,000 images" in out
+
+
+def test_help_explains_every_command(capsys):
+    for command in ("export", "evaluate", "demo"):
+        with pytest.raises(SystemExit) as e:
+            cli.main([command, "--help"])
+        assert e.value.code == 0
+        assert "usage: edgecompress " + command in capsys.readouterr().out
+
+
+def _bad_inputs(tmp_path, trained, npz, int8_file):
+    h5 = trained[1]
+    (tmp_path / "notes.h5").write_text("not a model")
+    write_npz(tmp_path / "no_x.npz", images=np.zeros((2, 16, 16, 3), np.uint8))
+    write_npz(tmp_path / "small.npz", x=np.zeros((2, 8, 8, 3), np.uint8), y=np.array([0, 1]))
+    write_npz(tmp_path / "gray.npz", x=np.zeros((2, 16, 16), np.uint8), y=np.array([0, 1]))
+    write_npz(tmp_path / "empty.npz", x=np.zeros((0, 16, 16, 3), np.uint8))
+    out = tmp_path / "out.tflite"
+    cases = [
+        (["export", tmp_path / "missing.h5", "--data", npz, "-o", out], "does not exist"),
+        (["export", tmp_path / "notes.h5", "--data", npz, "-o", out], "notes.h5"),
+        (["export", h5, "--data", tmp_path / "no_x.npz", "-o", out], "no array `x`"),
+        (["export", h5, "--data", tmp_path / "small.npz", "-o", out], "8x8 with 3 channels"),
+        (["export", h5, "--data", tmp_path / "gray.npz", "-o", out], "1 channel"),
+        (["export", h5, "--data", tmp_path / "empty.npz", "-o", out], "is empty"),
+        (["export", h5, "-o", out], "needs calibration data"),
+        (["export", h5, "--data", npz, "-o", tmp_path / "nowhere" / "m.tflite"],
+         "does not exist"),
+        (["export", h5, "--data", npz, "-o", npz / "m.tflite"], "does not exist"),
+        (["export", h5, "--data", npz, "-o", tmp_path], "is a folder"),
+        (["export", h5, "--data", npz, "--mode", "int4", "-o", out], "invalid choice: 'int4'"),
+        (["export", h5, "--data", npz, "--preprocess", "bgr", "-o", out], "invalid choice"),
+        (["export", h5, "--data", npz, "--calibration-samples", 0, "-o", out],
+         "at least one sample"),
+        (["export", "--data", npz, "-o", out], "required: model"),
+        (["evaluate", tmp_path / "notes.h5", "--data", npz], "not a .tflite file"),
+        (["evaluate", int8_file, "--data", tmp_path / "small.npz"], "8x8 with 3 channels"),
+        (["evaluate", int8_file, "--data", npz, "--threads", 0], "threads"),
+        (["evaluate", int8_file, "--data", tmp_path / "missing.npz"], "does not exist"),
+        (["evaluate", int8_file], "required: --data"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ]
+    if os.geteuid() != 0:  # root writes anywhere, so these cannot fail as root
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        cases += [(["export", h5, "--data", npz, "-o", locked / "m.tflite"], "not writable"),
+                  (["evaluate", int8_file, "--data", npz, "--json", locked / "r.json"],
+                   "not writable")]
+    return cases
+
+
+def test_bad_input_gives_one_line_and_status_2(tmp_path, trained, npz, int8_file, capsys):
+    cases = _bad_inputs(tmp_path, trained, npz, int8_file)
+    for argv, message in cases:
+        try:
+            status, out, err = run(capsys, *argv)
+        except SystemExit as e:  # argparse exits from inside main()
+            status, (out, err) = e.code, capsys.readouterr()
+        assert status == 2, argv
+        errors = [line for line in err.splitlines() if "error:" in line]
+        assert len(errors) == 1 and message in errors[0], (argv, err)
+        assert "Traceback" not in err
+    assert not (tmp_path / "out.tflite").exists()

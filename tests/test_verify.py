@@ -1,0 +1,82 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from edgecompress import data, models, verify
+from edgecompress.errors import DataError, ModelError, OptionError
+
+
+def test_evaluate_measures_what_it_says(trained, int8_file, test_set):
+    reference = models.predict_labels(trained[0], test_set, "unit")
+    result = verify.evaluate(int8_file, test_set, reference=reference, latency_runs=20)
+    assert result.samples == len(test_set) and result.preprocess == "unit"
+    assert result.accuracy == pytest.approx(np.mean(result.predictions == test_set.y))
+    assert result.agreement == pytest.approx(np.mean(result.predictions == reference))
+    assert result.agreement > 0.9
+    assert result.bytes == int8_file.stat().st_size > result.gzip_bytes
+    assert 0 < result.latency_ms["median"] <= result.latency_ms["p90"]
+    circles = test_set.y == 0
+    assert result.per_class_accuracy["circle"] == pytest.approx(
+        np.mean(result.predictions[circles] == 0))
+    assert set(result.to_json()) >= {"accuracy", "samples", "bytes", "gzip_bytes",
+                                     "latency_ms", "threads", "agreement"}
+    assert "predictions" not in result.to_json()
+
+
+def test_evaluate_agrees_with_keras_accuracy(trained, int8_file, test_set):
+    keras_accuracy = np.mean(models.predict_labels(trained[0], test_set, "unit") == test_set.y)
+    result = verify.evaluate(int8_file, test_set, latency_runs=5)
+    assert abs(result.accuracy - keras_accuracy) <= 0.05
+
+
+def test_python_overhead_is_small(int8_file):
+    big = data.shapes(2000, size=(16, 16), seed=2)
+    result = verify.evaluate(int8_file, big, latency_runs=5)
+    # Everything that is not invoke(): preprocessing, quantising, copying (a ratio, not a
+    # time: the machine's speed varies, the share should not grow with the dataset).
+    overhead = result.seconds["run"] - result.seconds["invoke"]
+    assert overhead < 5 * result.seconds["invoke"] + 1.0
+
+
+def test_kernels_and_threads(int8_file, test_set):
+    reference = verify.evaluate(int8_file, test_set, kernels="reference", latency_runs=5)
+    threaded = verify.evaluate(int8_file, test_set, threads=2, latency_runs=5)
+    assert reference.kernels == "reference" and threaded.threads == 2
+    assert np.mean(reference.predictions == threaded.predictions) > 0.9
+    with pytest.raises(OptionError, match="xnnpack, builtin, reference"):
+        verify.LiteRTModel(int8_file, kernels="gpu")
+    with pytest.raises(OptionError, match="threads"):
+        verify.LiteRTModel(int8_file, threads=0)
+
+
+def test_bad_files_and_data(int8_file, tmp_path, test_set):
+    (tmp_path / "junk.tflite").write_bytes(b"\0" * 64)
+    with pytest.raises(ModelError, match="not a .tflite file"):
+        verify.evaluate(tmp_path / "junk.tflite", test_set)
+    with pytest.raises(ModelError, match="does not exist"):
+        verify.evaluate(tmp_path / "missing.tflite", test_set)
+    with pytest.raises(DataError, match="takes 16x16"):
+        verify.evaluate(int8_file, data.shapes(10, size=(8, 8)))
+    unlabelled = data.Dataset(test_set.x, None, (), "unlabelled")
+    with pytest.raises(DataError, match="no labels"):
+        verify.evaluate(int8_file, unlabelled)
+
+
+def test_preprocessing_must_be_known(trained, tmp_path, test_set):
+    from edgecompress import export
+
+    bare = tmp_path / "bare.tflite"
+    bare.write_bytes(export.convert(trained[0], mode="fp32"))
+    with pytest.raises(OptionError, match="does not record its preprocessing"):
+        verify.evaluate(bare, test_set)
+    assert verify.evaluate(bare, test_set, preprocess="unit", latency_runs=5).accuracy > 0.5
+
+
+def test_verification_does_not_import_tensorflow():
+    code = ("import sys, edgecompress.verify, edgecompress.metadata, edgecompress.cli; "
+            "print(any(m.split('.')[0] in ('tensorflow', 'tf_keras') for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "False"
