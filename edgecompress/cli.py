@@ -62,7 +62,7 @@ def _add_export(commands) -> None:
     p = commands.add_parser(
         "export", help="convert a Keras model to .tflite",
         description="Convert a Keras model (.h5, .keras or SavedModel folder) to .tflite. "
-                    "The integer modes calibrate on the first images of --data. The "
+                    "The integer modes calibrate on images drawn at random from --data. The "
                     "preprocessing and class names are stored inside the file.")
     p.add_argument("model", help="the Keras model file or SavedModel folder")
     p.add_argument("-o", "--output", required=True, help="the .tflite file to write")
@@ -75,8 +75,8 @@ def _add_export(commands) -> None:
     p.add_argument("--preprocess", default="raw", choices=Preprocess.values(),
                    help=PREPROCESS_HELP + "; default raw")
     p.add_argument("--calibration-samples", type=int, default=DEFAULT_CALIBRATION_SAMPLES,
-                   metavar="N", help=f"images used to calibrate (default "
-                                     f"{DEFAULT_CALIBRATION_SAMPLES})")
+                   metavar="N", help="images drawn at random (seed 0) from --data to "
+                                     f"calibrate (default {DEFAULT_CALIBRATION_SAMPLES})")
     p.add_argument("--allow-code", action="store_true",
                    help="trust the model file and run Python code it carries (Lambda layers)")
     p.set_defaults(run=run_export)

@@ -83,13 +83,18 @@ class Dataset:
             y = None if self.y is None else self.y[start:stop]
             yield preprocess(self.x[start:stop], how), y
 
-    def representative(self, n: int, how) -> Callable[[], Iterator[list[np.ndarray]]]:
-        """A TFLite `representative_dataset`: the first `n` images, one at a time."""
+    def representative(self, n: int, how, *, seed: int = 0
+                       ) -> Callable[[], Iterator[list[np.ndarray]]]:
+        """A TFLite `representative_dataset`: `n` images drawn at random, one at a time.
+
+        Random rather than the first `n`: an image folder is read class by class, so its
+        first images may all be of one class.
+        """
         if n < 1:
             raise OptionError(f"Calibration needs at least one sample. Received: samples={n}.")
         if len(self) == 0:
             raise DataError(f"Dataset {self.source} is empty: nothing to calibrate on.")
-        sample = self.take(n)
+        sample = self.take(n, seed=seed)
 
         def generator():
             for x, _ in sample.batches(1, how):

@@ -27,7 +27,7 @@ def convert(model: keras.Model, *, mode="int8", data: Dataset | None = None,
         mode: a `Mode` or its name.
         data: calibration images; required for `int8` and `int16x8` unless QAT.
         preprocess: how `data` becomes model input (`Preprocess` name).
-        calibration_samples: how many of the first images of `data` calibrate.
+        calibration_samples: how many images of `data`, drawn at random (seed 0), calibrate.
 
     Returns:
         The flatbuffer, without edgecompress metadata (see `export`).

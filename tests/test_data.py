@@ -107,9 +107,12 @@ def test_folder_errors_name_the_problem(tmp_path):
 def test_take_and_representative(train_set):
     sub = train_set.take(7)
     assert len(sub) == 7 and np.array_equal(sub.x, train_set.x[:7])
-    batches = list(train_set.representative(3, "unit")())
-    assert len(batches) == 3 and batches[0][0].shape == (1, 16, 16, 3)
+    batches = list(train_set.representative(50, "unit")())
+    assert len(batches) == 50 and batches[0][0].shape == (1, 16, 16, 3)
     assert batches[0][0].max() <= 1.0
+    drawn = {int(np.argmax([np.array_equal(b[0][0], x) for x in
+                            data.preprocess(train_set.x, "unit")])) for b in batches}
+    assert len(drawn) == 50 and max(drawn) > 50  # random, not the first 50
     with pytest.raises(OptionError, match="at least one sample"):
         train_set.representative(0, "unit")
 

@@ -1,11 +1,15 @@
 """On the real CIFAR-10 and MLPerf Tiny ResNet-8 in ../shared (skipped when absent)."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from conftest import shared_path
 
 pytestmark = pytest.mark.shared
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -32,19 +36,26 @@ def test_zoo_resnet8_is_the_mlperf_architecture(resnet8, cifar):
     np.testing.assert_allclose(ours.predict_on_batch(x), resnet8.predict_on_batch(x), atol=1e-5)
 
 
-def test_our_int8_export_matches_the_reference_int8(resnet8, cifar, tmp_path):
+def test_reference_figures_and_our_int8_export(resnet8, cifar, tmp_path):
+    """The figures in benchmarks/expected.json, re-measured on the 10k test set."""
     from edgecompress import export, models, verify
 
+    expected = json.loads((ROOT / "benchmarks" / "expected.json").read_text())
     train, test = cifar
-    test = test.take(1000, seed=0)
-    ours = export.export(resnet8, tmp_path / "ours.tflite", mode="int8", data=train.take(
-        2000, seed=0), preprocess="raw", calibration_samples=200)
-    reference = models.predict_labels(resnet8, test, "raw")
-    mine = verify.evaluate(ours, test, reference=reference, latency_runs=20)
-    theirs = verify.evaluate(shared_path("models", "mlperf_tiny_resnet8",
-                                         "pretrainedResnet_quant.tflite"),
-                             test, preprocess="raw", reference=reference, latency_runs=20)
-    # measured on these 1,000 JPEG-decoded images: ours 96.2 %, reference 94.5 %
-    assert mine.agreement > 0.93 and theirs.agreement > 0.93
-    assert mine.accuracy >= theirs.accuracy - 0.02
-    assert mine.bytes <= theirs.bytes * 1.05
+    folder = shared_path("models", "mlperf_tiny_resnet8")
+    keras_labels = models.predict_labels(resnet8, test, "raw")
+    ours = export.export(resnet8, tmp_path / "ours.tflite", mode="int8", data=train,
+                         preprocess="raw")
+    files = {"reference float": folder / "pretrainedResnet.tflite",
+             "reference INT8": folder / "pretrainedResnet_quant.tflite",
+             "ours INT8, default calibration": ours}
+    results = {name: verify.evaluate(path, test, preprocess="raw", reference=keras_labels,
+                                     latency_runs=20) for name, path in files.items()}
+    for name in ("reference float", "reference INT8"):
+        assert results[name].bytes == expected[name]["bytes"]
+        assert abs(results[name].accuracy - expected[name]["accuracy"]) <= \
+            expected["tolerance_accuracy"]
+    mine = results["ours INT8, default calibration"]
+    assert mine.bytes <= expected["ours INT8, default calibration"]["max_bytes"]
+    assert mine.accuracy >= expected["ours INT8, default calibration"]["min_accuracy"]
+    assert mine.agreement > results["reference INT8"].agreement - 0.01
