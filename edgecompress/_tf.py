@@ -14,4 +14,10 @@ import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 import tensorflow_model_optimization as tfmot  # noqa: E402
 
-__all__ = ["tf", "keras", "tfmot"]
+# tfmot's registries of the layers each technique supports (not in its public API).
+from tensorflow_model_optimization.python.core.clustering.keras.clustering_registry import (  # noqa: E402,E501
+    ClusteringRegistry)
+from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry import (  # noqa: E402,E501
+    PruneRegistry)
+
+__all__ = ["tf", "keras", "tfmot", "ClusteringRegistry", "PruneRegistry"]

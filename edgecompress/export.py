@@ -6,11 +6,12 @@ import warnings
 from pathlib import Path
 
 from . import __version__, _io, metadata
-from ._tf import keras, tf, tfmot
+from ._tf import keras, tf
 from .data import Dataset
 from .errors import DataError, ModelError, OptionError
 from .models import input_shape
 from .options import DEFAULT_CALIBRATION_SAMPLES, Mode, Preprocess
+from .techniques import cluster, prune, quantize
 
 CALIBRATED = (Mode.INT8, Mode.INT16X8)
 
@@ -40,7 +41,7 @@ def convert(model: keras.Model, *, mode="int8", data: Dataset | None = None,
     mode, how = Mode.get(mode), Preprocess.get(preprocess)
     model = strip(model)
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    if is_quantization_aware(model):
+    if quantize.is_wrapped(model):
         _configure_qat(converter, mode)
     else:
         _configure(converter, mode, model, data, how, calibration_samples)
@@ -86,19 +87,12 @@ def _configure_qat(converter, mode) -> None:
     converter.inference_input_type = converter.inference_output_type = tf.int8
 
 
-def is_quantization_aware(model: keras.Model) -> bool:
-    """Whether `model` carries tfmot quantisation wrappers."""
-    return any(isinstance(layer, tfmot.quantization.keras.QuantizeWrapper)
-               or layer.__class__.__name__ == "QuantizeLayer" for layer in model.layers)
-
-
 def strip(model: keras.Model) -> keras.Model:
     """Removes pruning and clustering training wrappers; returns `model` if there are none."""
-    names = {layer.__class__.__name__ for layer in model.layers}
-    if "PruneLowMagnitude" in names:
-        model = tfmot.sparsity.keras.strip_pruning(model)
-    if "ClusterWeights" in names:
-        model = tfmot.clustering.keras.strip_clustering(model)
+    if prune.is_wrapped(model):
+        model = prune.strip(model)
+    if cluster.is_wrapped(model):
+        model = cluster.strip(model)
     return model
 
 

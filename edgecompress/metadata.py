@@ -19,7 +19,7 @@ NAME = "edgecompress"
 
 def add(tflite: bytes, info: dict) -> bytes:
     """Returns `tflite` with `info` stored as JSON metadata (replacing an earlier entry)."""
-    model = _parse(tflite)
+    model = parse(tflite)
     model.metadata = [m for m in (model.metadata or []) if _name(m) != NAME]
     buffer = schema.BufferT()
     buffer.data = np.frombuffer(json.dumps(info, sort_keys=True).encode("utf-8"), np.uint8)
@@ -33,7 +33,7 @@ def add(tflite: bytes, info: dict) -> bytes:
 
 def read(tflite: bytes) -> dict:
     """The metadata edgecompress stored in `tflite`, or {} for files from elsewhere."""
-    model = _parse(tflite)
+    model = parse(tflite)
     for entry in model.metadata or []:
         if _name(entry) == NAME:
             data = model.buffers[entry.buffer].data
@@ -49,7 +49,8 @@ def _name(entry) -> str:
     return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
 
 
-def _parse(tflite: bytes):
+def parse(tflite: bytes):
+    """The flatbuffer as a mutable `ModelT`; `ModelError` for bytes that are not one."""
     try:
         return flatbuffer_utils.read_model_from_bytearray(bytearray(tflite))
     except Exception as e:  # the flatbuffer reader raises many types on bad bytes

@@ -1,0 +1,182 @@
+"""Magnitude pruning (unstructured or 2:4) with tfmot, and a per-layer sparsity report.
+
+Pruning zeroes weights during fine-tuning; the kernels keep their shape, so the gain is in
+compressed (gzip) size, not in latency on LiteRT or TFLite Micro.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._tf import PruneRegistry, keras, tfmot
+from ..errors import OptionError
+from ..options import Choice
+from . import _layers
+
+
+class Schedule(Choice):
+    """Pruning schedule: how sparsity grows during fine-tuning."""
+
+    CONSTANT = "constant"  # the target sparsity from `begin_step` on
+    POLYNOMIAL = "polynomial"  # from 0 to the target between `begin_step` and `end_step`
+
+
+class Pattern(Choice):
+    """Sparsity pattern: which weights may be zeroed."""
+
+    UNSTRUCTURED = "unstructured"  # any weights
+    TWO_FOUR = "2:4"  # two of every four consecutive input-channel weights
+
+
+@dataclass(frozen=True)
+class Config:
+    """Magnitude pruning settings.
+
+    Args:
+        sparsity: fraction of each pruned kernel set to zero, in [0, 1). Ignored for 2:4,
+            which is always 50 %.
+        schedule: `constant` or `polynomial`.
+        begin_step, end_step: training steps where pruning starts and (polynomial) reaches
+            the target.
+        frequency: steps between mask updates.
+        pattern: `unstructured` or `2:4`.
+        exclude: names of layers to leave dense (e.g. the first convolution or the head).
+    """
+
+    sparsity: float = 0.5
+    schedule: str = "polynomial"
+    begin_step: int = 0
+    end_step: int = 1000
+    frequency: int = 100
+    pattern: str = "unstructured"
+    exclude: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        Schedule.get(self.schedule)
+        Pattern.get(self.pattern)
+        if not 0 <= self.sparsity < 1:
+            raise OptionError(f"`sparsity` must be in [0, 1). Received: sparsity={self.sparsity}.")
+        if self.begin_step < 0 or self.end_step <= self.begin_step:
+            raise OptionError(f"Pruning steps must satisfy 0 <= begin_step < end_step. "
+                              f"Received: begin_step={self.begin_step}, end_step={self.end_step}.")
+        if self.frequency < 1:
+            raise OptionError(f"`frequency` must be at least 1. Received: "
+                              f"frequency={self.frequency}.")
+
+    def tfmot_schedule(self):
+        if Schedule.get(self.schedule) is Schedule.CONSTANT:
+            return tfmot.sparsity.keras.ConstantSparsity(
+                self.sparsity, self.begin_step, frequency=self.frequency)
+        return tfmot.sparsity.keras.PolynomialDecay(
+            0.0, self.sparsity, self.begin_step, self.end_step, frequency=self.frequency)
+
+
+PRUNABLE = {"Conv2D": "kernel", "Dense": "kernel"}
+M_BY_N = (2, 4)
+
+
+def _reason_to_skip(layer, config: Config) -> str | None:
+    kind = layer.__class__.__name__
+    if layer.name in config.exclude:
+        return "excluded by the configuration"
+    if kind == "DepthwiseConv2D":
+        return "tfmot does not prune depthwise kernels"
+    if not PruneRegistry.supports(layer):
+        return ("not a layer tfmot can prune (a custom layer can implement "
+                "tfmot.sparsity.keras.PrunableLayer)")
+    if kind not in PRUNABLE:
+        return "no kernel that pruning applies to"
+    if Pattern.get(config.pattern) is Pattern.TWO_FOUR and _input_channels(layer) % 4:
+        return f"{_input_channels(layer)} input channels are not a multiple of 4, so not 2:4"
+    return None
+
+
+def _input_channels(layer) -> int:
+    return int(layer.get_weights()[0].shape[-2])
+
+
+def apply(model: keras.Model, config: Config = Config()) -> keras.Model:
+    """Returns a copy of `model` whose convolutions and Dense layers are wrapped for pruning.
+
+    Fine-tune the result with the callbacks from `callbacks()`, then `strip()` it. Layers
+    that cannot be pruned are left as they are, with one warning that names them.
+
+    Raises:
+        OptionError: `config.exclude` names a layer the model does not have.
+
+    Example:
+        >>> pruned = apply(model, Config(sparsity=0.75, end_step=2000))  # doctest: +SKIP
+    """
+    _layers.check_layer_names(model, config.exclude)
+    m_by_n = M_BY_N if Pattern.get(config.pattern) is Pattern.TWO_FOUR else None
+
+    def wrapper(layer):
+        return tfmot.sparsity.keras.prune_low_magnitude(
+            layer, pruning_schedule=config.tfmot_schedule(), sparsity_m_by_n=m_by_n)
+
+    wrapped, skipped = _layers.wrap(model, lambda l: _reason_to_skip(l, config), wrapper)
+    _layers.warn_skipped("Pruning", skipped)
+    return wrapped
+
+
+def callbacks(config: Config = Config()) -> list:
+    """Keras callbacks that fine-tuning a pruned model needs (the pruning step counter)."""
+    return [tfmot.sparsity.keras.UpdatePruningStep()]
+
+
+def strip(model: keras.Model) -> keras.Model:
+    """The model without pruning wrappers, with the zeroed weights kept."""
+    return tfmot.sparsity.keras.strip_pruning(model)
+
+
+def is_wrapped(model: keras.Model) -> bool:
+    return _layers.has_wrapper(model, "PruneLowMagnitude")
+
+
+@dataclass(frozen=True)
+class LayerSparsity:
+    """One layer's kernel in the sparsity report."""
+
+    layer: str
+    kind: str
+    weights: int
+    zeros: int
+    two_four: bool
+    note: str = ""
+
+    @property
+    def sparsity(self) -> float:
+        return self.zeros / self.weights if self.weights else 0.0
+
+
+def report(model: keras.Model, config: Config | None = None) -> list[LayerSparsity]:
+    """Per layer with a kernel: its size, zeros, whether it is 2:4, and why it was skipped.
+
+    Works on wrapped or stripped models.
+    """
+    model = strip(model) if is_wrapped(model) else model
+    rows = []
+    for layer in model.layers:
+        kind = layer.__class__.__name__
+        kernel = _layers.kernel(layer)
+        if kernel is None:
+            continue
+        note = _reason_to_skip(layer, config) if config is not None else ""
+        rows.append(LayerSparsity(layer.name, kind, int(kernel.size),
+                                  int(np.sum(kernel == 0)), is_two_four(kernel), note or ""))
+    return rows
+
+
+def is_two_four(kernel: np.ndarray) -> bool:
+    """Whether at most two of every four consecutive input-channel weights are non-zero.
+
+    Keras kernels are (..., C_in, C_out); TFLite's are (C_out, ..., C_in), and hardware
+    2:4 runs along C_in, so that is the axis checked. C_in must be a multiple of 4.
+    """
+    c_in = kernel.shape[-2] if kernel.ndim >= 2 else 0
+    if c_in == 0 or c_in % 4:
+        return False
+    along_c_in = np.moveaxis(kernel, -2, -1).reshape(-1, 4)
+    return bool(np.all(np.count_nonzero(along_c_in, axis=1) <= 2))

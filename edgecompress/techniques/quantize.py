@@ -1,0 +1,109 @@
+"""Quantisation-aware training with tfmot, and its collaborative schemes.
+
+`prune-preserve` (PQAT) keeps the zeros of an earlier pruning stage, `cluster-preserve`
+(CQAT) the centroids of an earlier clustering stage, `cluster-sparsity-preserve` both.
+Apply it to a stripped model (`prune.strip`, `cluster.strip`), then fine-tune and export:
+export reads the learned ranges, no calibration data needed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .._tf import keras, tfmot
+from ..errors import OptionError
+from ..options import Choice
+from . import _layers
+
+
+class Scheme(Choice):
+    """QAT scheme: what the fake quantisation preserves of earlier stages."""
+
+    DEFAULT = "default"
+    PRUNE_PRESERVE = "prune-preserve"
+    CLUSTER_PRESERVE = "cluster-preserve"
+    CLUSTER_SPARSITY_PRESERVE = "cluster-sparsity-preserve"
+
+
+@dataclass(frozen=True)
+class Config:
+    """QAT settings: the `scheme`, and names of layers to keep in float (`exclude`)."""
+
+    scheme: str = "default"
+    exclude: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        Scheme.get(self.scheme)
+
+    def tfmot_scheme(self):
+        scheme = Scheme.get(self.scheme)
+        combine = tfmot.experimental.combine
+        if scheme is Scheme.PRUNE_PRESERVE:
+            return combine.Default8BitPrunePreserveQuantizeScheme()
+        if scheme is Scheme.DEFAULT:
+            return tfmot.quantization.keras.default_8bit.Default8BitQuantizeScheme()
+        return combine.Default8BitClusterPreserveQuantizeScheme(
+            preserve_sparsity=scheme is Scheme.CLUSTER_SPARSITY_PRESERVE)
+
+
+def apply(model: keras.Model, config: Config = Config()) -> keras.Model:
+    """Returns a copy of `model` with fake quantisation for QAT.
+
+    Layers tfmot cannot quantise (custom layers, preprocessing layers such as Rescaling)
+    stay float, with one warning that names them; a full-INT8 export may then fail.
+
+    Raises:
+        OptionError: the model is still wrapped for pruning or clustering, or is already
+            quantisation-aware, or `exclude` names a missing layer.
+
+    Example:
+        >>> qat = apply(stripped_pruned, Config(scheme="prune-preserve"))  # doctest: +SKIP
+    """
+    _check_stripped(model)
+    _layers.check_layer_names(model, config.exclude)
+    base, float_layers = _layers.copy(model), set(config.exclude)
+    # tfmot decides support with pattern transforms (Conv + BatchNorm + ReLU) that no
+    # registry lookup reproduces, so ask it: annotate everything, and on its refusal keep
+    # the named layer float and try again.
+    for _ in range(len(model.layers)):
+        annotated = keras.models.clone_model(base, clone_function=lambda layer: layer if (
+            layer.name in float_layers or type(layer).__name__ == "InputLayer")
+            else tfmot.quantization.keras.quantize_annotate_layer(layer))
+        try:
+            with tfmot.quantization.keras.quantize_scope():
+                qat = tfmot.quantization.keras.quantize_apply(annotated, config.tfmot_scheme())
+        except RuntimeError as e:
+            float_layers.add(_refused_layer(e, model))
+            continue
+        _layers.warn_skipped("Quantisation-aware training", [
+            _layers.Skipped(name, type(model.get_layer(name)).__name__,
+                            "not supported by tfmot's 8-bit scheme")
+            for name in sorted(float_layers - set(config.exclude))])
+        return qat
+    raise OptionError(f"tfmot could not quantise `{model.name}`.")
+
+
+def _refused_layer(error: RuntimeError, model: keras.Model) -> str:
+    """The layer named in tfmot's "Layer NAME:<class> is not supported" error."""
+    match = re.match(r"Layer (\S+?):", str(error))
+    if not match or match.group(1) not in {layer.name for layer in model.layers}:
+        raise OptionError(f"tfmot could not quantise `{model.name}`: {error}") from None
+    return match.group(1)
+
+
+def _check_stripped(model: keras.Model) -> None:
+    for wrapper, stage in (("PruneLowMagnitude", "pruning"), ("ClusterWeights", "clustering")):
+        if _layers.has_wrapper(model, wrapper):
+            raise OptionError(f"`{model.name}` is still wrapped for {stage}; strip it "
+                              f"(techniques.{'prune' if stage == 'pruning' else 'cluster'}"
+                              ".strip) before quantisation-aware training.")
+    if is_wrapped(model):
+        raise OptionError(f"`{model.name}` is already quantisation-aware; QAT is the last "
+                          "training stage.")
+
+
+def is_wrapped(model: keras.Model) -> bool:
+    """Whether `model` carries tfmot quantisation wrappers."""
+    return any(isinstance(layer, tfmot.quantization.keras.QuantizeWrapper)
+               or type(layer).__name__ == "QuantizeLayer" for layer in model.layers)
