@@ -76,6 +76,21 @@ class Dataset:
         y = None if self.y is None else self.y[index]
         return Dataset(self.x[index], y, self.classes, self.source)
 
+    def split(self, fraction: float, *, seed: int = 0) -> tuple["Dataset", "Dataset"]:
+        """(rest, held out): `fraction` of the images of each class held out at random."""
+        if not 0 < fraction < 1:
+            raise OptionError(f"The held-out fraction must be in (0, 1). Received: {fraction}.")
+        labels = self.require_labels()
+        rng = np.random.default_rng(seed)
+        held = np.zeros(len(self), bool)
+        for label in np.unique(labels):
+            members = np.flatnonzero(labels == label)
+            count = max(1, round(len(members) * fraction))
+            held[rng.choice(members, count, replace=False)] = True
+        part = lambda mask, name: Dataset(self.x[mask], labels[mask], self.classes,  # noqa
+                                          f"{self.source} ({name})")
+        return part(~held, "train split"), part(held, "held-out split")
+
     def batches(self, batch_size: int, how) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         """Yields (preprocessed images, labels) in order, `batch_size` at a time."""
         for start in range(0, len(self), batch_size):

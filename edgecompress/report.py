@@ -45,6 +45,21 @@ def text_table(rows: list[dict]) -> str:
     return "\n".join([line(columns), line(["-" * w for w in widths])] + [line(r) for r in cells])
 
 
+def markdown_table(rows: list[dict]) -> str:
+    """Rows of equal keys as a Markdown table."""
+    if not rows:
+        return ""
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_text(path, text: str):
+    """Writes `text` atomically."""
+    return _io.write_text(path, text)
+
+
 def write_json(path, result: dict):
     """Writes `result` as indented JSON, atomically."""
     return _io.write_text(path, json.dumps(result, indent=2, sort_keys=True) + "\n")

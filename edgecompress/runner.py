@@ -1,0 +1,227 @@
+"""Running a recipe end to end: baselines, stages, INT8 export, evaluation and the report.
+
+Also the argument parser the scripts in `recipes/` share.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.metadata
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import data as data_module, export, models, recipe, report, train, verify
+from .errors import EdgeCompressError, OptionError
+from .options import DEFAULT_CALIBRATION_SAMPLES, Preprocess
+
+PACKAGES = ("tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert",
+            "numpy", "edgecompress")
+
+
+def prepare_output(out: Path, *, overwrite: bool) -> Path:
+    """Creates `out`; refuses a folder that already holds results unless `overwrite`."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OptionError(f"Output `{out}` is a file; give a folder.")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise OptionError(f"Output folder `{out}` already holds results. Choose another "
+                          "folder, or pass --overwrite to replace them.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OptionError(f"Cannot create output folder `{out}`: {e.strerror}.") from None
+    return out
+
+
+def compress(model, stages: list[recipe.Stage], train_data, eval_data, out: Path, *,
+             preprocess: str, calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
+             strategy=None, seed: int = 0, verbose: int = 2, inputs: dict | None = None,
+             latency_runs: int = 500) -> dict:
+    """Runs `stages` on `model` and compares the result with the float and PTQ INT8 baselines.
+
+    Writes in `out`: `float.tflite`, `ptq_int8.tflite`, `model_int8.tflite` (the recipe's
+    result), `model.h5` (the final Keras model, stripped of pruning/clustering wrappers),
+    `report.json` and `report.md`.
+
+    Returns:
+        The report as a dict.
+    """
+    recipe.check_order(stages)
+    calibration = train_data.take(min(len(train_data), calibration_samples), seed=seed)
+    keras_labels = models.predict_labels(model, eval_data, preprocess)
+    steps = len(stages) + 3
+    print(f"[1/{steps}] float and post-training INT8 baselines ...", flush=True)
+    files = {"float": export.export(model, out / "float.tflite", mode="fp32",
+                                    preprocess=preprocess, classes=train_data.classes),
+             "PTQ INT8": export.export(model, out / "ptq_int8.tflite", mode="int8",
+                                       data=calibration, preprocess=preprocess,
+                                       calibration_samples=len(calibration))}
+    print(f"[2/{steps}] running {len(stages)} stage(s) ...", flush=True)
+    started = time.perf_counter()
+    final, records = recipe.run(model, stages, train_data, preprocess=preprocess,
+                                validation=eval_data, strategy=strategy, seed=seed,
+                                verbose=verbose)
+    training_seconds = time.perf_counter() - started
+    models.save(final, out / "model.h5")
+    print(f"[{steps - 1}/{steps}] exporting the result to INT8 ...", flush=True)
+    files["recipe INT8"] = export.export(final, out / "model_int8.tflite", mode="int8",
+                                         data=calibration, preprocess=preprocess,
+                                         calibration_samples=len(calibration))
+    print(f"[{steps}/{steps}] evaluating {len(files)} files on {len(eval_data):,} images ...",
+          flush=True)
+    results = {name: verify.evaluate(path, eval_data, reference=keras_labels,
+                                     latency_runs=latency_runs) for name, path in files.items()}
+    rows = [report.comparison_row(name, r, results["float"]) for name, r in results.items()]
+    result = {"rows": rows, "stages": records, "training_seconds": round(training_seconds, 1),
+              "keras_accuracy": float(np.mean(keras_labels == eval_data.y)),
+              "train_data": train_data.source, "eval_data": eval_data.source,
+              "provenance": provenance(seed, inputs or {}),
+              "results": {name: r.to_json() for name, r in results.items()}}
+    report.write_json(out / "report.json", result)
+    report.write_text(out / "report.md", markdown(result))
+    print("\n" + report.text_table(rows) + f"\n\nwrote {out}/", flush=True)
+    return result
+
+
+def markdown(result: dict) -> str:
+    """The report as Markdown: the comparison table, the stages, the data and versions."""
+    lines = ["# Compression report", "",
+             f"Accuracy and agreement on `{result['eval_data']}`; fine-tuning on "
+             f"`{result['train_data']}`. Agreement is top-1 agreement with the Keras model "
+             f"(accuracy {result['keras_accuracy']:.4f}). Latency: median single-image "
+             "invoke on this machine's LiteRT (XNNPACK, 1 thread), not a device's.", "",
+             report.markdown_table(result["rows"]), "", "## Stages", ""]
+    lines += [f"{i}. {s['stage']}: {s['fit']['epochs']} epoch(s), {s['seconds']} s"
+              for i, s in enumerate(result["stages"], start=1)]
+    versions = ", ".join(f"{k} {v}" for k, v in result["provenance"]["versions"].items())
+    lines += ["", f"Seed {result['provenance']['seed']}; {versions}.", ""]
+    return "\n".join(lines)
+
+
+def provenance(seed: int, inputs: dict) -> dict:
+    """Versions, seed, command line, and a SHA-256 of each input file."""
+    versions = {}
+    for package in PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    versions["python"] = platform.python_version()
+    hashes = {name: sha256(path) for name, path in inputs.items()
+              if path is not None and Path(path).is_file()}
+    return {"seed": seed, "versions": versions, "inputs": {k: str(v) for k, v in inputs.items()},
+            "sha256": hashes, "command": sys.argv}
+
+
+def sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --- the scripts' shared command line --------------------------------------------------
+
+def parser(description: str) -> argparse.ArgumentParser:
+    """The arguments every recipe takes; a recipe adds its own (e.g. --sparsity)."""
+    p = argparse.ArgumentParser(description=description,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model",
+                   help="a Keras model file (.h5, .keras, SavedModel folder), or zoo:NAME "
+                        f"({', '.join(models.ZOO)}) for an untrained zoo model")
+    p.add_argument("--image-size", type=int, default=32,
+                   help="input size of a zoo:NAME model, to which folder images are resized "
+                        "(default 32)")
+    p.add_argument("--train-data", "--images", required=True,
+                   help="fine-tuning and calibration images (.npz, image folder or shapes)")
+    p.add_argument("--eval-data",
+                   help="labelled evaluation images (default: hold out --eval-fraction of "
+                        "--train-data)")
+    p.add_argument("--eval-fraction", type=float, default=0.2,
+                   help="share of --train-data held out when --eval-data is not given")
+    p.add_argument("--preprocess", default="raw", choices=Preprocess.values(),
+                   help="raw (0-255, as the MLPerf Tiny ResNet-8), unit (/255) or symmetric "
+                        "(/127.5 - 1); default raw")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    p.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs per stage")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--learning-rate", type=float, default=1e-4)
+    p.add_argument("--train-samples", type=int, metavar="N",
+                   help="fine-tune on N images drawn at random (default: all)")
+    p.add_argument("--eval-samples", type=int, metavar="N",
+                   help="evaluate on N images drawn at random (default: all)")
+    p.add_argument("--calibration-samples", type=int, default=DEFAULT_CALIBRATION_SAMPLES)
+    p.add_argument("--strategy", default="none", choices=train.STRATEGIES,
+                   help="distribution strategy for fine-tuning (default none)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--allow-code", action="store_true",
+                   help="trust the model file and run Python code it carries")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch progress")
+    return p
+
+
+def fit_config(args) -> train.FitConfig:
+    return train.FitConfig(epochs=args.epochs, batch_size=args.batch_size,
+                           learning_rate=args.learning_rate)
+
+
+def load_inputs(args):
+    """(model, train data, eval data) from the shared arguments."""
+    if not args.model:
+        raise OptionError("Give the model to compress with --model (a file or zoo:NAME).")
+    if args.model.startswith("zoo:"):
+        model, size, channels = None, (args.image_size, args.image_size), 3
+    else:
+        model = models.load(args.model, allow_code=args.allow_code)
+        shape = models.input_shape(model)
+        size, channels = shape[1:3], shape[3]
+    train_data = data_module.load(args.train_data, image_size=size, channels=channels)
+    if args.eval_data:
+        eval_data = data_module.load(args.eval_data, image_size=size, channels=channels)
+    else:
+        train_data, eval_data = train_data.split(args.eval_fraction, seed=args.seed)
+    if model is None:
+        options = {"alpha": args.alpha} if getattr(args, "alpha", None) else {}
+        model = models.build(args.model[4:], input_shape=train_data.image_shape,
+                             classes=len(train_data.classes), **options)
+    for dataset in (train_data, eval_data):
+        dataset.check_fits(models.input_shape(model))
+        dataset.require_labels()
+    if args.train_samples:
+        train_data = train_data.take(args.train_samples, seed=args.seed)
+    if args.eval_samples:
+        eval_data = eval_data.take(args.eval_samples, seed=args.seed)
+    return model, train_data, eval_data
+
+
+def script_main(description: str, build_stages, argv=None, extra_arguments=None) -> int:
+    """Runs a recipe script: parse, load, `build_stages(args, train_data)`, compress.
+
+    Returns the exit status: 0, or 2 for bad input (one line on stderr).
+    """
+    p = parser(description)
+    if extra_arguments:
+        extra_arguments(p)
+    args = p.parse_args(argv)
+    try:
+        model, train_data, eval_data = load_inputs(args)
+        stages = build_stages(args, train_data)
+        recipe.check_order(stages)
+        out = prepare_output(args.out, overwrite=args.overwrite)
+        compress(model, stages, train_data, eval_data, out, preprocess=args.preprocess,
+                 calibration_samples=args.calibration_samples,
+                 strategy=train.strategy(args.strategy), seed=args.seed,
+                 verbose=0 if args.quiet else 2,
+                 inputs={"model": args.model, "train_data": args.train_data,
+                         "eval_data": args.eval_data})
+    except EdgeCompressError as e:
+        print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,38 @@
+"""Your own classes: a MobileNet v2 trained on an image folder, then QAT and INT8 export.
+
+Why: the common case of a user with a few folders of photos (one sub-folder per class)
+and a phone to ship to. The MobileNet is trained from scratch (no pretrained weights are
+downloaded), so give it enough images and epochs; 20 % of each class is held out for
+evaluation unless --eval-data is given.
+
+    python recipes/mobilenet_folder_int8.py --images photos/ --image-size 96 \\
+        --alpha 0.35 --epochs 30 --out runs/my_classes
+
+Images are resized to --image-size and scaled with --preprocess (default symmetric).
+"""
+
+import sys
+
+from edgecompress import recipe, runner, train
+from edgecompress.techniques import quantize
+
+
+def arguments(parser):
+    parser.add_argument("--alpha", type=float, default=0.35,
+                        help="MobileNet v2 width multiplier (default 0.35)")
+    parser.add_argument("--qat-epochs", type=int, default=2,
+                        help="quantisation-aware training epochs (default 2)")
+    parser.set_defaults(model="zoo:mobilenet_v2", preprocess="symmetric", learning_rate=1e-3,
+                        epochs=10)
+
+
+def stages(args, train_data):
+    fit = runner.fit_config(args)
+    qat = train.FitConfig(epochs=args.qat_epochs, batch_size=args.batch_size,
+                          learning_rate=args.learning_rate / 10)
+    return [recipe.Stage("finetune", None, fit),
+            recipe.Stage("qat", quantize.Config(), qat)]
+
+
+if __name__ == "__main__":
+    sys.exit(runner.script_main(__doc__, stages, extra_arguments=arguments))

@@ -1,0 +1,31 @@
+"""ResNet-8 on CIFAR-10: magnitude pruning, then pruning-preserving QAT, full-INT8 export.
+
+Why: pruning zeroes most weights, PQAT keeps those zeros through quantisation-aware
+training, so the INT8 file compresses far better (gzip); the kernels keep their shape, so
+latency does not change (for that, see channel pruning).
+
+    python recipes/resnet8_prune_qat_int8.py --model pretrainedResnet.h5 --sparsity 0.75 \\
+        --train-data train.npz --eval-data test.npz --out runs/pqat
+
+The sparsity ramps up polynomially over the first two thirds of the pruning stage.
+"""
+
+import sys
+
+from edgecompress import recipe, runner
+from edgecompress.techniques import quantize
+
+
+def arguments(parser):
+    parser.add_argument("--sparsity", type=float, default=0.75,
+                        help="fraction of each kernel pruned (default 0.75)")
+
+
+def stages(args, train_data):
+    fit = runner.fit_config(args)
+    return [recipe.pruning(fit, len(train_data), sparsity=args.sparsity),
+            recipe.Stage("qat", quantize.Config(scheme="prune-preserve"), fit)]
+
+
+if __name__ == "__main__":
+    sys.exit(runner.script_main(__doc__, stages, extra_arguments=arguments))
