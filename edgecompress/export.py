@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from . import __version__, _io, metadata
+from . import __version__, _io, inspect, metadata
 from ._tf import keras, tf
 from .data import Dataset
 from .errors import DataError, ModelError, OptionError
@@ -48,11 +48,23 @@ def convert(model: keras.Model, *, mode="int8", data: Dataset | None = None,
     try:
         with warnings.catch_warnings():  # "Statistics for quantized inputs were expected"
             warnings.simplefilter("ignore", UserWarning)
-            return converter.convert()
+            flatbuffer = converter.convert()
     except Exception as e:  # the converter raises ConverterError, ValueError, ...
         message = str(e).strip().splitlines()
         raise ModelError(f"TFLite conversion ({mode.value}) of `{model.name}` failed: "
                          f"{message[0] if message else e.__class__.__name__}") from None
+    if mode is Mode.INT8:
+        _warn_if_not_integer(flatbuffer, model.name)
+    return flatbuffer
+
+
+def _warn_if_not_integer(flatbuffer: bytes, name: str) -> None:
+    floats = inspect.read(flatbuffer).float_tensors()
+    if floats:
+        warnings.warn(f"The int8 export of `{name}` is not fully integer: {len(floats)} float "
+                      f"tensor(s), e.g. {floats[0].name!r}. Layers kept float (see the "
+                      "technique's warning) stay float; int8-only targets will reject it.",
+                      stacklevel=3)
 
 
 def _configure(converter, mode, model, data, how, samples) -> None:

@@ -63,6 +63,8 @@ def apply(model: keras.Model, config: Config = Config()) -> keras.Model:
     _check_stripped(model)
     _layers.check_layer_names(model, config.exclude)
     base, float_layers = _layers.copy(model), set(config.exclude)
+    custom = {type(layer).__name__: type(layer) for layer in model.layers
+              if not _layers.is_builtin(layer)}
     # tfmot decides support with pattern transforms (Conv + BatchNorm + ReLU) that no
     # registry lookup reproduces, so ask it: annotate everything, and on its refusal keep
     # the named layer float and try again.
@@ -71,11 +73,16 @@ def apply(model: keras.Model, config: Config = Config()) -> keras.Model:
             layer.name in float_layers or type(layer).__name__ == "InputLayer")
             else tfmot.quantization.keras.quantize_annotate_layer(layer))
         try:
-            with tfmot.quantization.keras.quantize_scope():
+            with tfmot.quantization.keras.quantize_scope(custom):
                 qat = tfmot.quantization.keras.quantize_apply(annotated, config.tfmot_scheme())
         except RuntimeError as e:
             float_layers.add(_refused_layer(e, model))
             continue
+        except ValueError as e:  # tfmot clones the model; a layer it cannot rebuild
+            raise OptionError(f"tfmot could not rebuild `{model.name}` for QAT "
+                              f"({str(e).splitlines()[0][:300]}). Custom layers need "
+                              "get_config(); or keep them float with "
+                              "quantize.Config(exclude=(...)).") from None
         _layers.warn_skipped("Quantisation-aware training", [
             _layers.Skipped(name, type(model.get_layer(name)).__name__,
                             "not supported by tfmot's 8-bit scheme")
