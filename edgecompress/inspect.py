@@ -13,6 +13,7 @@ import numpy as np
 from ai_edge_litert.tools import flatbuffer_utils
 
 from . import metadata
+from .errors import ModelError
 
 # Operators whose second input is a weight kernel.
 KERNEL_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
@@ -76,6 +77,62 @@ class Model:
         """Tensors of a float type (a full-integer model has none)."""
         return [t for t in self.tensors if t.dtype in FLOAT_TYPES]
 
+    def parameters(self, op: Operator) -> int:
+        """Constant values (weights, biases) an operator reads."""
+        return sum(int(np.prod(self.tensors[i].shape)) for i in op.inputs
+                   if i >= 0 and self.tensors[i].is_constant)
+
+    def macs(self, op: Operator) -> int:
+        """Multiply-accumulates of one inference of a convolution or fully connected op."""
+        if op.name not in KERNEL_OPS or len(op.inputs) < 2:
+            return 0
+        kernel = self.tensors[op.inputs[1]].shape
+        output = self.tensors[op.outputs[0]].shape
+        if op.name == "CONV_2D":  # kernel (C_out, kh, kw, C_in), output (1, h, w, C_out)
+            return int(np.prod(output)) * int(np.prod(kernel[1:]))
+        if op.name == "DEPTHWISE_CONV_2D":  # kernel (1, kh, kw, C_out)
+            return int(np.prod(output)) * kernel[1] * kernel[2]
+        if op.name == "TRANSPOSE_CONV":  # input 2 is the data, (1, h, w, C_in)
+            return int(np.prod(self.tensors[op.inputs[2]].shape)) * int(np.prod(kernel[:3]))
+        return int(np.prod(output)) * kernel[-1]  # FULLY_CONNECTED: kernel (C_out, C_in)
+
+    def peak_activation_bytes(self) -> int:
+        """Largest total size of the non-constant tensors alive at any operator.
+
+        A tensor lives from the operator that writes it (graph inputs: from the start) to
+        the last that reads it (graph outputs: to the end). An estimate without in-place
+        reuse, scratch buffers or alignment: TFLite Micro's arena adds those.
+        """
+        last = len(self.operators) - 1
+        born = {i: 0 for i in self.inputs}
+        dies = {i: last for i in self.outputs}
+        for op in self.operators:
+            for i in op.outputs:
+                born.setdefault(i, op.index)
+            for i in op.inputs:
+                if i >= 0 and not self.tensors[i].is_constant:
+                    dies[i] = max(dies.get(i, op.index), op.index)
+        peak = 0
+        for op in self.operators:
+            live = [i for i in born if born[i] <= op.index <= dies.get(i, born[i])]
+            peak = max(peak, sum(self.tensors[i].bytes for i in live))
+        return peak
+
+    def summary(self) -> dict:
+        """Counts and totals for a report."""
+        return {"bytes": self.size, "operators": self.op_counts(),
+                "parameters": sum(self.parameters(op) for op in self.operators),
+                "macs": sum(self.macs(op) for op in self.operators),
+                "peak_activation_bytes": self.peak_activation_bytes(),
+                "inputs": [_describe(self.tensors[i]) for i in self.inputs],
+                "outputs": [_describe(self.tensors[i]) for i in self.outputs],
+                "float_tensors": len(self.float_tensors())}
+
+
+def _describe(tensor: Tensor) -> dict:
+    return {"name": tensor.name, "shape": list(tensor.shape), "dtype": tensor.dtype,
+            "scale": list(tensor.scale[:1]), "zero_point": list(tensor.zero_point[:1])}
+
 
 _NUMPY = {"FLOAT32": np.float32, "FLOAT16": np.float16, "FLOAT64": np.float64,
           "INT8": np.int8, "UINT8": np.uint8, "INT16": np.int16, "INT32": np.int32,
@@ -90,16 +147,39 @@ def read(source) -> Model:
     """
     raw = Path(source).read_bytes() if not isinstance(source, (bytes, bytearray)) else source
     model = metadata.parse(raw)
+    try:
+        return _build(model, bytes(raw))
+    except ModelError:
+        raise
+    except Exception as e:  # a structure that parsed but does not hold together
+        raise ModelError(f"Malformed .tflite: {e.__class__.__name__}: {e}"[:300]) from None
+
+
+def _build(model, raw: bytes) -> Model:
+    if not model.subgraphs:
+        raise ModelError("Malformed .tflite: no subgraph.")
     graph = model.subgraphs[0]
-    tensors = tuple(_tensor(i, t, model.buffers) for i, t in enumerate(graph.tensors))
-    operators = tuple(
-        Operator(i, flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) or "UNKNOWN",
-                 tuple(int(v) for v in _list(op.inputs)),
-                 tuple(int(v) for v in _list(op.outputs)))
-        for i, op in enumerate(graph.operators or []))
-    return Model(tensors, operators, tuple(int(v) for v in _list(graph.inputs)),
-                 tuple(int(v) for v in _list(graph.outputs)), len(model.subgraphs),
-                 metadata.read(bytes(raw)), len(raw))
+    tensors = tuple(_tensor(i, t, model.buffers) for i, t in enumerate(graph.tensors or []))
+    operators = []
+    for i, op in enumerate(graph.operators or []):
+        if not 0 <= op.opcodeIndex < len(model.operatorCodes or []):
+            raise ModelError(f"Malformed .tflite: operator {i} has opcode index "
+                             f"{op.opcodeIndex}.")
+        operators.append(Operator(
+            i, flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) or "UNKNOWN",
+            _indices(op.inputs, len(tensors), f"operator {i} input", optional=True),
+            _indices(op.outputs, len(tensors), f"operator {i} output")))
+    return Model(tensors, tuple(operators), _indices(graph.inputs, len(tensors), "input"),
+                 _indices(graph.outputs, len(tensors), "output"), len(model.subgraphs),
+                 metadata.read(raw), len(raw))
+
+
+def _indices(values, count: int, what: str, optional: bool = False) -> tuple[int, ...]:
+    result = tuple(int(v) for v in _list(values))
+    for v in result:
+        if not (0 <= v < count or optional and v == -1):
+            raise ModelError(f"Malformed .tflite: {what} refers to tensor {v} of {count}.")
+    return result
 
 
 def _list(values) -> list:
@@ -112,11 +192,19 @@ def _tensor(index: int, tensor, buffers) -> Tensor:
     q = tensor.quantization
     scale = tuple(float(v) for v in _list(q.scale)) if q is not None else ()
     zero_point = tuple(int(v) for v in _list(q.zeroPoint)) if q is not None else ()
+    if any(v < 0 for v in shape):
+        raise ModelError(f"Malformed .tflite: tensor {index} has shape {shape}.")
+    if not 0 <= tensor.buffer < len(buffers):
+        raise ModelError(f"Malformed .tflite: tensor {index} refers to buffer {tensor.buffer} "
+                         f"of {len(buffers)}.")
     data = None
-    buffer = buffers[tensor.buffer] if tensor.buffer < len(buffers) else None
-    if buffer is not None and buffer.data is not None and len(buffer.data) and dtype in _NUMPY:
+    buffer = buffers[tensor.buffer]
+    if buffer.data is not None and len(buffer.data) and dtype in _NUMPY:
         data = np.frombuffer(bytes(np.asarray(buffer.data, np.uint8)), _NUMPY[dtype])
-        data = data.reshape(shape) if data.size == int(np.prod(shape)) else data
+        if data.size != int(np.prod(shape)):
+            raise ModelError(f"Malformed .tflite: tensor {index} holds {data.size} values "
+                             f"for shape {shape}.")
+        data = data.reshape(shape)
     name = tensor.name.decode("utf-8", "replace") if isinstance(tensor.name, bytes) else \
         str(tensor.name)
     return Tensor(index, name, shape, dtype, scale, zero_point, data)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-from . import metadata
+from . import _isolate, inspect
 from .data import Dataset, preprocess as preprocess_images
 from .errors import DataError, ModelError, OptionError
 from .options import Preprocess
@@ -45,7 +45,7 @@ class LiteRTModel:
             raise OptionError(f"Unknown kernels {kernels!r}. Choose one of: "
                               f"{', '.join(self.RESOLVERS)}.")
         self.bytes = read_tflite(self.path)
-        self.metadata = metadata.read(self.bytes)
+        self.metadata = inspect.read(self.bytes).metadata  # also checks the structure
         try:
             self.interpreter = Interpreter(model_content=self.bytes, num_threads=threads,
                                            experimental_op_resolver_type=self.RESOLVERS[kernels])
@@ -62,13 +62,7 @@ class LiteRTModel:
 
     def quantize(self, x: np.ndarray) -> np.ndarray:
         """Float model input -> the input tensor's type, with its scale and zero point."""
-        dtype = self.input["dtype"]
-        scale, zero_point = self.input["quantization"]
-        if not np.issubdtype(dtype, np.integer):
-            return x.astype(dtype)
-        info = np.iinfo(dtype)
-        q = np.round(x / scale + zero_point)
-        return np.clip(q, info.min, info.max).astype(dtype)
+        return to_input_type(x, self.input["dtype"], *self.input["quantization"])
 
     def dequantize(self, y: np.ndarray) -> np.ndarray:
         """Output tensor values -> float scores."""
@@ -107,6 +101,14 @@ class LiteRTModel:
             self.interpreter.invoke()
             times[i] = time.perf_counter() - t
         return times * 1000
+
+
+def to_input_type(x: np.ndarray, dtype, scale: float, zero_point: int) -> np.ndarray:
+    """Float model input -> an input tensor's type (quantised when it is an integer type)."""
+    if not np.issubdtype(dtype, np.integer):
+        return x.astype(dtype)
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
 
 
 def read_tflite(path) -> bytes:
@@ -150,8 +152,8 @@ class Evaluation:
 
 
 def evaluate(path, data: Dataset, *, preprocess=None, reference: np.ndarray | None = None,
-             threads: int = 1, kernels: str = "xnnpack", latency_runs: int = 200
-             ) -> Evaluation:
+             threads: int = 1, kernels: str = "xnnpack", latency_runs: int = 200,
+             isolate: bool = True) -> Evaluation:
     """Runs a `.tflite` classifier over `data` on LiteRT and measures it.
 
     Args:
@@ -163,18 +165,29 @@ def evaluate(path, data: Dataset, *, preprocess=None, reference: np.ndarray | No
         threads: interpreter threads.
         kernels: see `LiteRTModel`.
         latency_runs: single-image invokes timed after warm-up.
+        isolate: run the interpreter in a child process, so that a crash on a malformed
+            file raises `ModelError` instead of killing this process.
 
     Returns:
         An `Evaluation`.
 
     Raises:
-        ModelError: the file is not a runnable `.tflite`.
+        ModelError: the file is not a runnable `.tflite`, or crashed the interpreter.
         DataError: the data lacks labels or does not fit the model.
 
     Example:
         >>> evaluate("model_int8.tflite", load("test.npz")).accuracy  # doctest: +SKIP
         0.7542
     """
+    options = dict(preprocess=preprocess, reference=reference, threads=threads,
+                   kernels=kernels, latency_runs=latency_runs)
+    if isolate:
+        inspect.read(read_tflite(path))  # a structural check first, in this process
+        return _isolate.call(_evaluate, path, data, what="LiteRT", **options)
+    return _evaluate(path, data, **options)
+
+
+def _evaluate(path, data, *, preprocess, reference, threads, kernels, latency_runs):
     model = LiteRTModel(path, threads=threads, kernels=kernels)
     how = resolve_preprocess(model, preprocess)
     labels = data.require_labels()

@@ -1,0 +1,89 @@
+"""Running native interpreters in a child process, so that a crash on a malformed file
+becomes an error message instead of killing the caller (a CLI, a notebook kernel)."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import tempfile
+
+from .errors import ModelError
+
+
+def call(function, *args, what: str = "the interpreter", **kwargs):
+    """Returns `function(*args, **kwargs)` computed in a fresh Python process.
+
+    `function` must be importable (module level). Exceptions it raises come back as they
+    are; a crash of the child (a signal, or an exit without a result) raises `ModelError`.
+    The child is `python -m edgecompress._isolate`, so the caller's main module is never
+    re-imported (unlike multiprocessing's spawn).
+    """
+    request = pickle.dumps((function.__module__, function.__qualname__, args, kwargs))
+    with tempfile.TemporaryDirectory(prefix="edgecompress-") as folder:
+        result_path = os.path.join(folder, "result.pickle")
+        done = subprocess.run([sys.executable, "-P", "-m", __name__, result_path], input=request,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if done.returncode != 0 or not os.path.exists(result_path):
+            raise ModelError(f"{what} crashed on this file ({_describe_exit(done)}); the "
+                             "file is probably malformed.")
+        with open(result_path, "rb") as f:
+            ok, value = pickle.load(f)
+    if not ok:
+        raise value
+    return value
+
+
+def _describe_exit(done: subprocess.CompletedProcess) -> str:
+    if done.returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-done.returncode).name}"
+        except ValueError:
+            return f"killed by signal {-done.returncode}"
+    last = done.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
+    return f"exit status {done.returncode}{': ' + last[0][:200] if last[0] else ''}"
+
+
+def _serve(result_path: str) -> None:
+    module, name, args, kwargs = pickle.loads(sys.stdin.buffer.read())
+    function = importlib.import_module(module)
+    for part in name.split("."):
+        function = getattr(function, part)
+    try:
+        outcome = (True, function(*args, **kwargs))
+    except Exception as e:  # sent back to the caller, which raises it
+        outcome = (False, e)
+    with open(result_path, "wb") as f:
+        pickle.dump(outcome, f)
+
+
+@contextlib.contextmanager
+def capture_native_output():
+    """Captures what native code prints on file descriptors 1 and 2 (TFLite Micro reports
+    every failed allocation there) into the list it yields, as one string on exit."""
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    captured: list[str] = []
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            sink.seek(0)
+            captured.append(sink.read().decode("utf-8", "replace"))
+
+
+if __name__ == "__main__":
+    _serve(sys.argv[1])

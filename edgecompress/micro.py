@@ -1,0 +1,92 @@
+"""TFLite Micro, the runtime of microcontrollers, through its Python package (optional).
+
+Every entry point here runs in a child process (`_isolate`): TFLite Micro is native code
+and prints its diagnostics on the process's own stderr. Its reference kernels are about
+100x slower than LiteRT here: it proves that a model runs and fits, not how fast.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _isolate
+from .errors import EdgeCompressError
+
+ARENA_LIMIT = 64 << 20
+MISSING_OP = re.compile(r"Didn't find op for builtin opcode '(\w+)'")
+
+
+class MicroUnavailable(EdgeCompressError):
+    """The optional tflite-micro package is not installed."""
+
+
+def available() -> bool:
+    try:
+        import tflite_micro  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class MicroRun:
+    """What TFLite Micro did with a model."""
+
+    arena_bytes: int | None  # the smallest arena that allocates; None if none did
+    missing_ops: tuple[str, ...]  # operators it could not resolve
+    outputs: np.ndarray | None  # raw output tensors for the given inputs
+    error: str = ""
+
+
+def run(tflite: bytes, inputs: np.ndarray | None = None) -> MicroRun:
+    """Finds the minimum arena and runs `inputs` (already in the input tensor's type)."""
+    if not available():
+        raise MicroUnavailable("TFLite Micro checks need the optional package: "
+                               "pip install 'edgecompress[mcu]'.")
+    return _isolate.call(_run, bytes(tflite), inputs, what="TFLite Micro")
+
+
+def _run(tflite: bytes, inputs) -> MicroRun:
+    from tflite_micro import runtime
+
+    def allocate(arena):
+        with _isolate.capture_native_output() as log:
+            try:
+                return runtime.Interpreter.from_bytes(tflite, arena_size=arena), ""
+            except (RuntimeError, ValueError) as e:
+                error = str(e)
+        return None, error + " " + (log[0] if log else "")
+
+    interpreter, error = allocate(ARENA_LIMIT)
+    if interpreter is None:
+        missing = tuple(sorted(set(MISSING_OP.findall(error))))
+        return MicroRun(None, missing, None, error.strip().splitlines()[0] if error else "")
+    arena = _smallest_arena(lambda n: allocate(n)[0] is not None)
+    interpreter, _ = allocate(arena)
+    outputs = None
+    if inputs is not None:
+        outputs = np.stack([_invoke(interpreter, x) for x in inputs])
+    return MicroRun(arena, (), outputs)
+
+
+def _invoke(interpreter, x: np.ndarray) -> np.ndarray:
+    interpreter.set_input(x[np.newaxis], 0)
+    interpreter.invoke()
+    return np.array(interpreter.get_output(0)[0])
+
+
+def _smallest_arena(fits) -> int:
+    """Bisection for the smallest arena size in bytes for which `fits(size)` holds."""
+    low, high = 0, ARENA_LIMIT  # fits(high) is known to hold
+    while high - low > 1:
+        middle = (low + high) // 2
+        if fits(middle):
+            high = middle
+        else:
+            low = middle
+    return high
+
+

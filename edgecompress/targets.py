@@ -1,0 +1,169 @@
+"""Deployment target profiles: what a device runs and what it allows.
+
+A `Target` is a frozen dataclass; the registry holds the built-in profiles, and users add
+their own in Python (`register`) or in a JSON file (`load_file`). Where each number comes
+from is in `source`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from .errors import OptionError
+
+RUNTIMES = ("litert", "tflm")
+
+# Operators TFLite Micro's optimised (CMSIS-NN) or reference kernels cover and that
+# image classifiers use; the TFLM check resolves the real list at run time.
+MCU_OPS = frozenset({
+    "ADD", "AVERAGE_POOL_2D", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "DEQUANTIZE",
+    "FULLY_CONNECTED", "HARD_SWISH", "LOGISTIC", "MAX_POOL_2D", "MEAN", "MUL", "PAD",
+    "QUANTIZE", "RELU", "RELU6", "RESHAPE", "SOFTMAX", "SQUEEZE", "STRIDED_SLICE",
+    "TRANSPOSE_CONV"})
+
+_MCU_SOURCE = (
+    "RAM/flash classes as in the issue, after MLPerf Tiny's reference boards; clock from "
+    "the part's datasheet; MAC rate is the Armv7E-M DSP extension's peak of two 16-bit "
+    "multiply-accumulates per cycle (SMLAD), which CMSIS-NN uses for int8 after widening: "
+    "latency estimates from it are optimistic lower bounds")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A deployment target and its budgets (None: no budget).
+
+    Args:
+        name: registry key, e.g. `mcu-cortex-m4`.
+        description: one line for people.
+        runtime: `litert` (phones, Linux boards) or `tflm` (microcontrollers).
+        threads: interpreter threads (LiteRT).
+        int8_only: weights, activations, input and output must all be integer.
+        ops: the operators the target's runtime provides, or None for all of LiteRT's.
+        flash_bytes: budget for the model file.
+        ram_bytes: budget for tensors in use (TFLM arena, or peak activations on LiteRT).
+        latency_ms: budget for one inference (on LiteRT: measured on this machine).
+        clock_mhz, macs_per_cycle: for the latency estimate of a microcontroller.
+        source: where the numbers come from.
+    """
+
+    name: str
+    description: str
+    runtime: str = "litert"
+    threads: int = 1
+    int8_only: bool = False
+    ops: frozenset | None = None
+    flash_bytes: int | None = None
+    ram_bytes: int | None = None
+    latency_ms: float | None = None
+    clock_mhz: float | None = None
+    macs_per_cycle: float | None = None
+    source: str = ""
+
+    def __post_init__(self):
+        if self.runtime not in RUNTIMES:
+            raise OptionError(f"Target {self.name!r}: runtime must be one of "
+                              f"{', '.join(RUNTIMES)}. Received: runtime={self.runtime!r}.")
+        if self.threads < 1:
+            raise OptionError(f"Target {self.name!r}: threads must be at least 1.")
+        if self.ops is not None and not isinstance(self.ops, frozenset):
+            object.__setattr__(self, "ops", frozenset(self.ops))
+
+    def estimate_ms(self, macs: int) -> float | None:
+        """Latency estimate from the MAC count and the documented MAC rate, if any."""
+        if not self.clock_mhz or not self.macs_per_cycle:
+            return None
+        return macs / (self.clock_mhz * 1e6 * self.macs_per_cycle) * 1000
+
+    def to_json(self) -> dict:
+        result = asdict(self)
+        result["ops"] = sorted(self.ops) if self.ops is not None else None
+        return result
+
+
+_REGISTRY: dict[str, Target] = {}
+
+
+def register(target: Target) -> Target:
+    """Adds (or replaces) a target in the registry and returns it."""
+    _REGISTRY[target.name] = target
+    return target
+
+
+def get(target) -> Target:
+    """A `Target` by name, or the `Target` given.
+
+    Raises:
+        OptionError: unknown name; the message lists the known targets.
+    """
+    if isinstance(target, Target):
+        return target
+    if target not in _REGISTRY:
+        raise OptionError(f"Unknown target {target!r}. Choose one of: "
+                          f"{', '.join(_REGISTRY)}; or define your own (--targets-file).")
+    return _REGISTRY[target]
+
+
+def names() -> list[str]:
+    return list(_REGISTRY)
+
+
+def load_file(path) -> list[Target]:
+    """Registers the targets defined in a JSON file: a list of objects with `Target`'s
+    fields (`name` and `description` required). Returns them.
+
+    Example file:
+        [{"name": "my-board", "description": "Cortex-M33, 128 KB RAM", "runtime": "tflm",
+          "int8_only": true, "ram_bytes": 131072, "flash_bytes": 524288}]
+    """
+    path = Path(path)
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise OptionError(f"Cannot read targets file `{path}`: {e}.") from None
+    if not isinstance(entries, list):
+        raise OptionError(f"Targets file `{path}` must hold a JSON list of targets.")
+    known = {f.name for f in fields(Target)}
+    loaded = []
+    for entry in entries:
+        unknown = set(entry) - known if isinstance(entry, dict) else {"(not an object)"}
+        if unknown or "name" not in entry or "description" not in entry:
+            raise OptionError(f"Target {entry!r} in `{path}`: needs name and description; "
+                              f"unknown fields: {', '.join(sorted(unknown)) or 'none'}.")
+        loaded.append(register(Target(**entry)))
+    return loaded
+
+
+PHONE_SOURCE = ("a phone's big CPU cores run LiteRT with XNNPACK; 33 ms is one frame at "
+                "30 frames/s, a common real-time budget; latency measured on this machine")
+
+for _target in (
+    Target("phone-cpu", "Phone CPU, LiteRT + XNNPACK, 4 threads", threads=4, latency_ms=33.0,
+           flash_bytes=50_000_000, source=PHONE_SOURCE),
+    Target("phone-cpu-1t", "Phone CPU, LiteRT + XNNPACK, 1 thread", threads=1,
+           latency_ms=33.0, flash_bytes=50_000_000, source=PHONE_SOURCE),
+    Target("iot-linux", "Linux board (Raspberry Pi Zero 2 W class: 4 x Cortex-A53, 512 MB), "
+           "LiteRT, 4 threads", threads=4, ram_bytes=64 << 20, flash_bytes=16 << 20,
+           latency_ms=100.0,
+           source="512 MB board RAM (Raspberry Pi Zero 2 W product brief) of which 64 MB for "
+                  "the model's tensors; 100 ms for 10 inferences/s; latency measured on this "
+                  "machine"),
+    Target("iot-linux-1t", "Linux board as iot-linux, 1 thread", threads=1, ram_bytes=64 << 20,
+           flash_bytes=16 << 20, latency_ms=100.0, source="as iot-linux"),
+    Target("mcu-cortex-m4", "Cortex-M4 class MCU (STM32L4 class, 120 MHz): 256 KB RAM, 1 MB "
+           "flash, TFLite Micro, int8 only", runtime="tflm", int8_only=True, ops=MCU_OPS,
+           flash_bytes=1 << 20, ram_bytes=256 << 10, clock_mhz=120, macs_per_cycle=2.0,
+           source=_MCU_SOURCE),
+    Target("mcu-cortex-m7", "Cortex-M7 class MCU (STM32H7 class, 480 MHz): 512 KB RAM, 2 MB "
+           "flash, TFLite Micro, int8 only", runtime="tflm", int8_only=True, ops=MCU_OPS,
+           flash_bytes=2 << 20, ram_bytes=512 << 10, clock_mhz=480, macs_per_cycle=2.0,
+           source=_MCU_SOURCE),
+    Target("mcu-cortex-m0plus", "Cortex-M0+ class MCU (SAMD21 class, 48 MHz): 32 KB RAM, "
+           "256 KB flash, TFLite Micro, int8 only", runtime="tflm", int8_only=True,
+           ops=MCU_OPS, flash_bytes=256 << 10, ram_bytes=32 << 10, clock_mhz=48,
+           macs_per_cycle=0.25,
+           source="SAMD21 datasheet sizes and clock; no DSP extension: about one int8 MAC "
+                  "per four cycles (two loads, multiply, add), an optimistic assumption"),
+):
+    register(_target)

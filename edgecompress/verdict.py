@@ -1,0 +1,218 @@
+"""Checking a `.tflite` against a deployment target: one check per budget, and a verdict.
+
+`verify_target` measures what it can on this machine and says which figures are measured
+here, which come from TFLite Micro, and which are estimates for the device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from . import _isolate, inspect, micro, targets as targets_module, verify
+from .data import Dataset
+from .options import Preprocess
+
+PASS, FAIL, INFO = "pass", "fail", "info"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One check: what was measured, against which budget, and the outcome."""
+
+    name: str
+    status: str  # pass, fail or info (no budget)
+    figure: str
+    budget: str = "-"
+    note: str = ""
+
+
+@dataclass
+class Verdict:
+    """All checks of one file against one target; `passed` when no check failed."""
+
+    model: str
+    target: dict
+    checks: list[Check]
+    figures: dict = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return all(c.status != FAIL for c in self.checks)
+
+    def to_json(self) -> dict:
+        return {"model": self.model, "target": self.target, "passed": self.passed,
+                "checks": [asdict(c) for c in self.checks], "figures": self.figures}
+
+    def to_markdown(self) -> str:
+        lines = [f"# {self.model} on {self.target['name']}: "
+                 f"{'PASS' if self.passed else 'FAIL'}", "", self.target["description"], "",
+                 "| check | verdict | figure | budget | note |", "|---|---|---|---|---|"]
+        lines += [f"| {c.name} | {c.status} | {c.figure} | {c.budget} | {c.note} |"
+                  for c in self.checks]
+        return "\n".join(lines) + "\n"
+
+
+def verify_target(path, target, data: Dataset | None = None, *, preprocess=None,
+                  reference: np.ndarray | None = None, min_accuracy: float | None = None,
+                  micro_samples: int = 200, latency_runs: int = 200) -> Verdict:
+    """Checks a `.tflite` file against a target's budgets.
+
+    Args:
+        path: the `.tflite` file.
+        target: a `targets.Target` or a registered name.
+        data: labelled images for accuracy (and the TFLite Micro comparison).
+        preprocess: as for `verify.evaluate`.
+        reference: top-1 labels of a reference model on `data`, for agreement.
+        min_accuracy: an accuracy budget in [0, 1].
+        micro_samples: images run on TFLite Micro (its kernels are slow).
+        latency_runs: timed invokes for LiteRT targets.
+
+    Returns:
+        A `Verdict`.
+
+    Raises:
+        ModelError: the file is malformed or crashes the interpreter.
+        OptionError: unknown target.
+    """
+    target = targets_module.get(target)
+    model = inspect.read(verify.read_tflite(path))  # structural check in this process
+    return _isolate.call(_verify, str(path), target, model, data, preprocess, reference,
+                         min_accuracy, micro_samples, latency_runs, what="The interpreter")
+
+
+def _verify(path, target, model, data, preprocess, reference, min_accuracy, micro_samples,
+            latency_runs) -> Verdict:
+    summary = model.summary()
+    checks = [_flash(model, target), _dtypes(model, target), _operators(model, target)]
+    micro_run = None
+    if target.runtime == "tflm" and micro.available():
+        inputs = None
+        if data is not None:
+            inputs = _micro_inputs(path, model, data.take(micro_samples), preprocess)
+        micro_run = micro._run(verify.read_tflite(path), inputs)
+        if micro_run.missing_ops:
+            checks.append(Check("TFLite Micro operators", FAIL,
+                                ", ".join(micro_run.missing_ops) + " not resolved",
+                                note="TFLite Micro has no kernel for these operators"))
+    checks.append(_memory(model, target, micro_run))
+    checks += _latency(path, model, target, data, preprocess, latency_runs, summary)
+    if data is not None:
+        checks += _accuracy(path, target, data, preprocess, reference, min_accuracy, micro_run)
+    return Verdict(str(path), target.to_json(), checks, summary)
+
+
+def _flash(model, target) -> Check:
+    figure = f"{model.size:,} bytes"
+    if target.flash_bytes is None:
+        return Check("flash (model bytes)", INFO, figure)
+    ok = model.size <= target.flash_bytes
+    return Check("flash (model bytes)", PASS if ok else FAIL, figure,
+                 f"<= {target.flash_bytes:,}",
+                 "" if ok else "the file does not fit the target's flash")
+
+
+def _dtypes(model, target) -> Check:
+    io = [model.tensors[i].dtype for i in model.inputs + model.outputs]
+    floats = len(model.float_tensors())
+    figure = f"input/output {'/'.join(sorted(set(io)))}, {floats} float tensor(s)"
+    if not target.int8_only:
+        return Check("number types", INFO, figure)
+    ok = floats == 0 and all(t == "INT8" for t in io)
+    note = "" if ok else (f"{target.name} runs integer models only: export with --mode int8 "
+                          "(full integer, int8 input and output)")
+    return Check("number types", PASS if ok else FAIL, figure, "int8 only", note)
+
+
+def _operators(model, target) -> Check:
+    used = sorted(model.op_counts())
+    if target.ops is None:
+        return Check("operators", INFO, ", ".join(used))
+    missing = [op for op in used if op not in target.ops]
+    return Check("operators", FAIL if missing else PASS,
+                 f"{len(used)} kinds used" + (f"; unsupported: {', '.join(missing)}"
+                                              if missing else ""),
+                 f"{target.name}'s operator set",
+                 "replace or remove these operators" if missing else "")
+
+
+def _memory(model, target, micro_run) -> Check:
+    if micro_run is not None and micro_run.arena_bytes is not None:
+        used, how = micro_run.arena_bytes, "TFLite Micro minimum arena (bisection)"
+    else:
+        used, how = model.peak_activation_bytes(), "peak activation estimate"
+        if target.runtime == "tflm":
+            how += (" (TFLite Micro not installed or could not allocate: the arena would "
+                    "add its own overhead)")
+    if target.ram_bytes is None:
+        return Check("RAM", INFO, f"{used:,} bytes", note=how)
+    return Check("RAM", PASS if used <= target.ram_bytes else FAIL, f"{used:,} bytes",
+                 f"<= {target.ram_bytes:,}", how)
+
+
+def _latency(path, model, target, data, preprocess, runs, summary) -> list[Check]:
+    macs = summary["macs"]
+    if target.runtime == "tflm":
+        estimate = target.estimate_ms(macs)
+        if estimate is None:
+            return []
+        summary["estimated_latency_ms"] = estimate
+        status = INFO if target.latency_ms is None else (
+            PASS if estimate <= target.latency_ms else FAIL)
+        return [Check("latency (estimate)", status, f"~{estimate:.1f} ms for {macs:,} MACs",
+                      "-" if target.latency_ms is None else f"<= {target.latency_ms} ms",
+                      f"an estimate from {target.macs_per_cycle} MAC/cycle at "
+                      f"{target.clock_mhz:g} MHz, not a measurement")]
+    runner = verify.LiteRTModel(path, threads=target.threads)
+    image = data.x[0] if data is not None else np.zeros(runner.input_shape[1:], np.uint8)
+    how = verify.resolve_preprocess(runner, preprocess) if data is not None else Preprocess.RAW
+    median = float(np.median(runner.latency_ms(image, how, runs=runs)))
+    summary["latency_ms_this_machine"] = median
+    status = INFO if target.latency_ms is None else (
+        PASS if median <= target.latency_ms else FAIL)
+    return [Check("latency (this machine)", status,
+                  f"{median:.3f} ms median, {target.threads} thread(s), {macs:,} MACs",
+                  "-" if target.latency_ms is None else f"<= {target.latency_ms} ms",
+                  "measured on this machine with XNNPACK, not on the device")]
+
+
+def _micro_inputs(path, model, data, preprocess) -> np.ndarray:
+    runner = verify.LiteRTModel(path, kernels="reference")
+    how = verify.resolve_preprocess(runner, preprocess)
+    data.check_fits(runner.input_shape)
+    from .data import preprocess as preprocess_images
+
+    return runner.quantize(preprocess_images(data.x, how))
+
+
+def _accuracy(path, target, data, preprocess, reference, min_accuracy, micro_run):
+    checks = []
+    if target.runtime == "tflm" and micro_run is not None and micro_run.outputs is not None:
+        sample = data.take(len(micro_run.outputs))
+        predictions = micro_run.outputs.argmax(axis=1)
+        accuracy = float(np.mean(predictions == sample.require_labels()))
+        where = f"TFLite Micro, {len(sample)} images"
+        checks.append(_compare_with_litert(path, sample, preprocess, micro_run.outputs))
+    else:
+        result = verify._evaluate(path, data, preprocess=preprocess, reference=reference,
+                                  threads=target.threads, kernels="xnnpack", latency_runs=5)
+        accuracy, where = result.accuracy, f"LiteRT, {result.samples:,} images"
+        if reference is not None:
+            checks.append(Check("agreement with reference", INFO, f"{result.agreement:.2%}"))
+    status = INFO if min_accuracy is None else (PASS if accuracy >= min_accuracy else FAIL)
+    budget = "-" if min_accuracy is None else f">= {min_accuracy:.2%}"
+    return [Check("accuracy", status, f"{accuracy:.2%}", budget, where)] + checks
+
+
+def _compare_with_litert(path, sample, preprocess, micro_outputs) -> Check:
+    """TFLite Micro against LiteRT's reference kernels on the same images."""
+    runner = verify.LiteRTModel(path, kernels="reference")
+    outputs, _ = runner.run(sample, verify.resolve_preprocess(runner, preprocess))
+    differ = int(np.sum(outputs.argmax(1) != micro_outputs.argmax(1)))
+    largest = float(np.abs(outputs.astype(np.float64) - micro_outputs).max())
+    ok = differ <= 0.01 * len(sample)
+    return Check("TFLite Micro vs LiteRT", PASS if ok else FAIL,
+                 f"{differ} of {len(sample)} predictions differ, max output difference "
+                 f"{largest:g}", "<= 1 % differ",
+                 "LiteRT reference kernels, which agree with TFLite Micro's (STACK.md)")
