@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_export(commands)
     _add_evaluate(commands)
+    _add_inspect(commands)
+    _add_targets(commands)
+    _add_verify(commands)
     _add_demo(commands)
     return parser
 
@@ -171,6 +174,138 @@ def _describe(result, data) -> str:
               "per class    " + ", ".join(f"{name} {acc:.0%}"
                                           for name, acc in result.per_class_accuracy.items())]
     return "\n".join(lines)
+
+
+def _add_inspect(commands) -> None:
+    p = commands.add_parser(
+        "inspect", help="show what is inside a .tflite file",
+        description="Read a .tflite flatbuffer (no interpreter, no TensorFlow): operators and "
+                    "their counts, input and output types and quantisation, parameters and "
+                    "multiply-accumulates per operator, model bytes and a peak activation "
+                    "memory estimate from tensor lifetimes.")
+    p.add_argument("model", help="the .tflite file")
+    p.add_argument("--json", metavar="PATH", help="also write the summary as JSON")
+    p.set_defaults(run=run_inspect)
+
+
+def run_inspect(args) -> int:
+    from . import _io, inspect, report, verify
+
+    if args.json:
+        _io.writable_path(args.json)
+    model = inspect.read(verify.read_tflite(args.model))
+    summary = model.summary()
+    rows = [{"#": op.index, "operator": op.name,
+             "output": "x".join(map(str, model.tensors[op.outputs[0]].shape)),
+             "type": model.tensors[op.outputs[0]].dtype, "parameters": model.parameters(op),
+             "macs": model.macs(op)} for op in model.operators]
+    print(report.text_table(rows) + "\n")
+    for key in ("inputs", "outputs"):
+        for t in summary[key]:
+            print(f"{key[:-1]:<12} {t['name']} {t['dtype']} {t['shape']} "
+                  f"scale {t['scale'] or '-'} zero point {t['zero_point'] or '-'}")
+    print(f"bytes        {summary['bytes']:,}\nparameters   {summary['parameters']:,}\n"
+          f"MACs         {summary['macs']:,}\npeak memory  {summary['peak_activation_bytes']:,}"
+          f" bytes (estimate: live activations, no runtime overhead)\n"
+          f"float tensors {summary['float_tensors']}")
+    if model.metadata:
+        print(f"metadata     {model.metadata}")
+    if args.json:
+        report.write_json(args.json, {**summary, "metadata": model.metadata, "ops": rows})
+    return 0
+
+
+def _add_targets(commands) -> None:
+    p = commands.add_parser(
+        "targets", help="list the deployment target profiles",
+        description="List the target profiles verify checks against, with their budgets.")
+    p.add_argument("--targets-file", metavar="JSON", help="also load targets from this file")
+    p.add_argument("--json", metavar="PATH", help="also write the profiles as JSON")
+    p.set_defaults(run=run_targets)
+
+
+def run_targets(args) -> int:
+    from . import report, targets
+
+    if args.targets_file:
+        targets.load_file(args.targets_file)
+    profiles = [targets.get(name) for name in targets.names()]
+    rows = [{"target": t.name, "runtime": t.runtime, "threads": t.threads,
+             "int8 only": "yes" if t.int8_only else "no", "flash": _size(t.flash_bytes),
+             "RAM": _size(t.ram_bytes),
+             "latency": f"{t.latency_ms:g} ms" if t.latency_ms else "-"}
+            for t in profiles]
+    print(report.text_table(rows) + "\n")
+    for t in profiles:
+        print(f"{t.name}: {t.description}.\n    numbers: {t.source}")
+    if args.json:
+        report.write_json(args.json, [t.to_json() for t in profiles])
+    return 0
+
+
+def _size(count) -> str:
+    if count is None:
+        return "-"
+    return f"{count / 2**20:g} MB" if count >= 2**20 else f"{count / 2**10:g} KB"
+
+
+def _add_verify(commands) -> None:
+    p = commands.add_parser(
+        "verify", help="check a .tflite against a deployment target's budgets",
+        description="Check a .tflite against a target profile: flash, number types, "
+                    "operators, RAM (TFLite Micro's minimum arena for microcontrollers), "
+                    "latency (measured here for LiteRT targets, estimated from MACs for "
+                    "microcontrollers) and, with --data, accuracy. Exit status: 0 when "
+                    "every budget holds, 1 when one fails, 2 for bad input.")
+    p.add_argument("model", help="the .tflite file")
+    p.add_argument("--target", required=True, help="a profile name (see edgecompress targets)")
+    p.add_argument("--targets-file", metavar="JSON", help="also load targets from this file")
+    p.add_argument("--data", help=f"labelled images for accuracy: {DATA_HELP}")
+    p.add_argument("--preprocess", choices=Preprocess.values(),
+                   help=PREPROCESS_HELP + "; default: the one stored in the file")
+    p.add_argument("--min-accuracy", type=float, metavar="FRACTION",
+                   help="accuracy budget, e.g. 0.7")
+    p.add_argument("--micro-samples", type=int, default=200, metavar="N",
+                   help="images run on TFLite Micro, whose kernels are slow (default 200)")
+    p.add_argument("--json", metavar="PATH", help="write the verdict as JSON")
+    p.add_argument("--markdown", metavar="PATH", help="write the verdict as Markdown")
+    p.set_defaults(run=run_verify)
+
+
+def run_verify(args) -> int:
+    from . import _io, micro, report, targets, verdict, verify
+
+    for path in (args.json, args.markdown):
+        if path:
+            _io.writable_path(path)
+    if args.targets_file:
+        targets.load_file(args.targets_file)
+    target = targets.get(args.target)
+    data = None
+    if args.data:
+        shape = verify.LiteRTModel(args.model).input_shape
+        data = _load_data(args.data, shape[1:3], shape[3])
+        data.check_fits(shape)
+    if target.runtime == "tflm" and not micro.available():
+        print("note: tflite-micro is not installed (pip install 'edgecompress[mcu]'): "
+              "RAM is estimated, TFLite Micro is not run", file=sys.stderr)
+    result = verdict.verify_target(args.model, target, data, preprocess=args.preprocess,
+                                   min_accuracy=args.min_accuracy,
+                                   micro_samples=args.micro_samples)
+    rows = [{"check": c.name, "verdict": c.status, "figure": c.figure, "budget": c.budget}
+            for c in result.checks]
+    print(f"{args.model} on {target.name}: {target.description}\n")
+    print(report.text_table(rows))
+    for c in result.checks:
+        if c.note:
+            print(f"  {c.name}: {c.note}")
+    print(f"\n{'PASS' if result.passed else 'FAIL'}: "
+          f"{sum(c.status == 'fail' for c in result.checks)} budget(s) failed")
+    if args.json:
+        report.write_json(args.json, result.to_json())
+    if args.markdown:
+        report.write_text(args.markdown, result.to_markdown())
+    return 0 if result.passed else 1
 
 
 def _add_demo(commands) -> None:

@@ -5,6 +5,7 @@ Pure Python over the flatbuffer schema; no interpreter and no TensorFlow.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +30,7 @@ class Tensor:
     scale: tuple[float, ...]
     zero_point: tuple[int, ...]
     data: np.ndarray | None  # constant data (weights, biases), else None
-
-    @property
-    def is_constant(self) -> bool:
-        return self.data is not None
+    is_constant: bool = False  # no operator writes it and it is not a graph input
 
     @property
     def bytes(self) -> int:
@@ -69,7 +67,7 @@ class Model:
         for op in self.operators:
             if op.name in KERNEL_OPS and len(op.inputs) > 1 and op.inputs[1] >= 0:
                 tensor = self.tensors[op.inputs[1]]
-                if tensor.is_constant:
+                if tensor.data is not None:
                     found.append((op, tensor))
         return found
 
@@ -159,7 +157,7 @@ def _build(model, raw: bytes) -> Model:
     if not model.subgraphs:
         raise ModelError("Malformed .tflite: no subgraph.")
     graph = model.subgraphs[0]
-    tensors = tuple(_tensor(i, t, model.buffers) for i, t in enumerate(graph.tensors or []))
+    tensors = [_tensor(i, t, model.buffers) for i, t in enumerate(graph.tensors or [])]
     operators = []
     for i, op in enumerate(graph.operators or []):
         if not 0 <= op.opcodeIndex < len(model.operatorCodes or []):
@@ -169,7 +167,10 @@ def _build(model, raw: bytes) -> Model:
             i, flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) or "UNKNOWN",
             _indices(op.inputs, len(tensors), f"operator {i} input", optional=True),
             _indices(op.outputs, len(tensors), f"operator {i} output")))
-    return Model(tensors, tuple(operators), _indices(graph.inputs, len(tensors), "input"),
+    inputs = _indices(graph.inputs, len(tensors), "input")
+    written = {i for op in operators for i in op.outputs} | set(inputs)
+    tensors = tuple(dataclasses.replace(t, is_constant=t.index not in written) for t in tensors)
+    return Model(tensors, tuple(operators), inputs,
                  _indices(graph.outputs, len(tensors), "output"), len(model.subgraphs),
                  metadata.read(raw), len(raw))
 

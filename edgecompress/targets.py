@@ -140,9 +140,9 @@ PHONE_SOURCE = ("a phone's big CPU cores run LiteRT with XNNPACK; 33 ms is one f
 
 for _target in (
     Target("phone-cpu", "Phone CPU, LiteRT + XNNPACK, 4 threads", threads=4, latency_ms=33.0,
-           flash_bytes=50_000_000, source=PHONE_SOURCE),
+           flash_bytes=64 << 20, source=PHONE_SOURCE),
     Target("phone-cpu-1t", "Phone CPU, LiteRT + XNNPACK, 1 thread", threads=1,
-           latency_ms=33.0, flash_bytes=50_000_000, source=PHONE_SOURCE),
+           latency_ms=33.0, flash_bytes=64 << 20, source=PHONE_SOURCE),
     Target("iot-linux", "Linux board (Raspberry Pi Zero 2 W class: 4 x Cortex-A53, 512 MB), "
            "LiteRT, 4 threads", threads=4, ram_bytes=64 << 20, flash_bytes=16 << 20,
            latency_ms=100.0,

@@ -1,0 +1,167 @@
+import json
+
+import numpy as np
+import pytest
+
+from edgecompress import cli, export, inspect, micro, targets, verdict
+from edgecompress._tf import keras
+from edgecompress.errors import ModelError, OptionError
+
+needs_micro = pytest.mark.skipif(not micro.available(), reason="tflite-micro not installed")
+
+
+@pytest.fixture(scope="module")
+def float_file(trained, tmp_path_factory):
+    path = tmp_path_factory.mktemp("float") / "tiny_fp32.tflite"
+    return export.export(trained[0], path, mode="fp32", preprocess="unit")
+
+
+def _statuses(result):
+    return {c.name: c.status for c in result.checks}
+
+
+@needs_micro
+def test_int8_model_passes_the_mcu_target(int8_file, test_set):
+    result = verdict.verify_target(int8_file, "mcu-cortex-m4", test_set, micro_samples=30,
+                                   min_accuracy=0.3)
+    statuses = _statuses(result)
+    assert result.passed, result.checks
+    for name in ("flash (model bytes)", "number types", "operators", "RAM", "accuracy",
+                 "TFLite Micro vs LiteRT"):
+        assert statuses[name] == "pass", name
+    assert statuses["latency (estimate)"] == "info"
+    ram = next(c for c in result.checks if c.name == "RAM")
+    assert "TFLite Micro minimum arena" in ram.note
+
+
+def test_float_model_fails_an_int8_only_target_and_says_why(float_file):
+    result = verdict.verify_target(float_file, "mcu-cortex-m4")
+    check = next(c for c in result.checks if c.name == "number types")
+    assert not result.passed and check.status == "fail"
+    assert "FLOAT32" in check.figure and "--mode int8" in check.note
+
+
+def test_each_budget_can_fail(int8_file, test_set):
+    strict = targets.Target("strict", "every budget too small", runtime="litert",
+                            ops={"CONV_2D"}, flash_bytes=100, ram_bytes=10, latency_ms=1e-6)
+    result = verdict.verify_target(int8_file, strict, test_set, min_accuracy=1.01)
+    statuses = _statuses(result)
+    for name in ("flash (model bytes)", "operators", "RAM", "latency (this machine)",
+                 "accuracy"):
+        assert statuses[name] == "fail", name
+    operators = next(c for c in result.checks if c.name == "operators")
+    assert "FULLY_CONNECTED" in operators.figure
+
+
+def test_phone_target_measures_latency_with_its_threads(int8_file):
+    result = verdict.verify_target(int8_file, "phone-cpu", latency_runs=20)
+    latency = next(c for c in result.checks if c.name == "latency (this machine)")
+    assert latency.status == "pass" and "4 thread(s)" in latency.figure
+    assert "not on the device" in latency.note
+
+
+def test_custom_targets_from_python_and_file(tmp_path, int8_file, capsys):
+    mine = targets.register(targets.Target("my-board", "test board", runtime="tflm",
+                                           int8_only=True, ram_bytes=1 << 20))
+    assert targets.get("my-board") is mine and targets.get(mine) is mine
+    spec = tmp_path / "targets.json"
+    spec.write_text(json.dumps([{"name": "tiny-ram", "description": "1000 bytes of RAM",
+                                 "runtime": "litert", "ram_bytes": 1000}]))
+    status = cli.main(["verify", str(int8_file), "--target", "tiny-ram",
+                       "--targets-file", str(spec), "--json", str(tmp_path / "v.json")])
+    out = capsys.readouterr().out
+    assert status == 1 and "FAIL" in out
+    verdict_json = json.loads((tmp_path / "v.json").read_text())
+    assert not verdict_json["passed"] and verdict_json["target"]["ram_bytes"] == 1000
+    assert cli.main(["targets", "--targets-file", str(spec)]) == 0
+    assert "tiny-ram" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("content, message", [
+    ("not json", "Cannot read targets file"),
+    ('{"name": "x"}', "JSON list"),
+    ('[{"name": "x"}]', "needs name and description"),
+    ('[{"name": "x", "description": "d", "speed": 3}]', "unknown fields: speed"),
+    ('[{"name": "x", "description": "d", "runtime": "gpu"}]', "runtime must be one of"),
+])
+def test_bad_targets_files(tmp_path, content, message):
+    spec = tmp_path / "t.json"
+    spec.write_text(content)
+    with pytest.raises(OptionError, match=message):
+        targets.load_file(spec)
+
+
+def test_unknown_target_lists_the_known_ones(int8_file, capsys):
+    with pytest.raises(OptionError, match="mcu-cortex-m4"):
+        targets.get("arduino")
+    assert cli.main(["verify", str(int8_file), "--target", "arduino"]) == 2
+    assert "Unknown target 'arduino'" in capsys.readouterr().err
+
+
+def test_exit_statuses(int8_file, float_file, tmp_path, capsys):
+    assert cli.main(["verify", str(int8_file), "--target", "phone-cpu-1t"]) == 0
+    assert cli.main(["verify", str(float_file), "--target", "mcu-cortex-m7"]) == 1
+    truncated = tmp_path / "truncated.tflite"
+    truncated.write_bytes(int8_file.read_bytes()[:3000])
+    assert cli.main(["verify", str(truncated), "--target", "phone-cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "Traceback" not in err
+
+
+def test_truncated_and_bit_flipped_files_give_clear_errors(int8_file, tmp_path):
+    raw = bytearray(int8_file.read_bytes())
+    truncated = tmp_path / "truncated.tflite"
+    truncated.write_bytes(bytes(raw[: len(raw) // 2]))
+    with pytest.raises(ModelError):
+        verdict.verify_target(truncated, "phone-cpu")
+    rng = np.random.default_rng(0)
+    outcomes = {"result": 0, "error": 0}
+    for _ in range(10):
+        flipped = bytearray(raw)
+        for position in rng.integers(0, len(raw), 20):
+            flipped[position] ^= 1 << int(rng.integers(0, 8))
+        path = tmp_path / "flipped.tflite"
+        path.write_bytes(bytes(flipped))
+        try:
+            verdict.verify_target(path, "phone-cpu-1t", latency_runs=2)
+            outcomes["result"] += 1
+        except ModelError:
+            outcomes["error"] += 1
+    assert sum(outcomes.values()) == 10  # anything else (a crash) would have ended the test
+
+
+def test_inspect_counts_macs_parameters_and_memory(tmp_path, capsys):
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same")(inputs)  # 8*8*4 outputs x 27 MACs
+    x = keras.layers.DepthwiseConv2D(3, padding="same")(x)  # 8*8*4 outputs x 9 MACs
+    outputs = keras.layers.Dense(5, bias_initializer="ones")(  # 5 x 256 MACs; a zero bias
+        keras.layers.Flatten()(x))  # would be dropped by the converter
+    path = tmp_path / "m.tflite"
+    path.write_bytes(export.convert(keras.Model(inputs, outputs), mode="fp32"))
+    model = inspect.read(path)
+    assert sum(model.macs(op) for op in model.operators) == 256 * 27 + 256 * 9 + 5 * 256
+    # weights and biases, and RESHAPE's two-value shape
+    assert sum(model.parameters(op) for op in model.operators) == (
+        4 * 27 + 4) + (4 * 9 + 4) + (5 * 256 + 5) + 2
+    # float32: 192 input + 256 output values at the first op, then two 256-value tensors
+    # at each later op (the depthwise and the reshape), so the peak is 512 values
+    assert model.peak_activation_bytes() == 4 * (256 + 256)
+    assert cli.main(["inspect", str(path), "--json", str(tmp_path / "i.json")]) == 0
+    assert "DEPTHWISE_CONV_2D" in capsys.readouterr().out
+    assert json.loads((tmp_path / "i.json").read_text())["macs"] == 256 * 36 + 5 * 256
+
+
+def test_smallest_arena_bisection():
+    assert micro._smallest_arena(lambda n: n >= 55_984) == 55_984
+    assert micro._smallest_arena(lambda n: n >= 1) == 1
+
+
+@needs_micro
+def test_micro_arena_is_the_smallest_that_allocates(int8_file):
+    from tflite_micro import runtime
+
+    run = micro.run(int8_file.read_bytes())
+    assert run.arena_bytes > 0 and run.missing_ops == ()
+    runtime.Interpreter.from_bytes(int8_file.read_bytes(), arena_size=run.arena_bytes)
+    with pytest.raises(RuntimeError):
+        runtime.Interpreter.from_bytes(int8_file.read_bytes(), arena_size=run.arena_bytes - 1)
