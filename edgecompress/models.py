@@ -123,17 +123,21 @@ def _conv_bn(x, filters, kernel, strides=1, relu=True, momentum=0.99, name=None)
     return keras.layers.Activation("relu")(x) if relu else x
 
 
-def resnet8(input_shape=(32, 32, 3), classes: int = 10, *, bn_momentum: float = 0.99
-            ) -> keras.Model:
-    """The MLPerf Tiny image-classification ResNet-8 (three residual stacks: 16, 32, 64).
+def resnet8(input_shape=(32, 32, 3), classes: int = 10, *, width: float = 1.0,
+            bn_momentum: float = 0.99) -> keras.Model:
+    """The MLPerf Tiny image-classification ResNet-8 (three residual stacks: 16, 32, 64
+    filters, times `width`).
 
     Example:
         >>> resnet8().count_params()
         78666
     """
+    if not 0 < width <= 4:
+        raise OptionError(f"`width` must be in (0, 4]. Received: width={width}.")
     inputs = keras.Input(input_shape)
-    x = _conv_bn(inputs, 16, 3, momentum=bn_momentum)
-    for filters, strides in ((16, 1), (32, 2), (64, 2)):
+    stem, *stacks = (max(1, round(f * width)) for f in (16, 16, 32, 64))
+    x = _conv_bn(inputs, stem, 3, momentum=bn_momentum)
+    for filters, strides in zip(stacks, (1, 2, 2)):
         y = _conv_bn(x, filters, 3, strides, momentum=bn_momentum)
         y = _conv_bn(y, filters, 3, relu=False, momentum=bn_momentum)
         if strides != 1:

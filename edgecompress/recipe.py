@@ -10,22 +10,26 @@ from dataclasses import dataclass, field
 from ._tf import keras
 from .data import Dataset
 from .errors import OptionError
-from .techniques import cluster, prune, quantize
+from .techniques import _layers, channels, cluster, distill, lowrank, prune, quantize, student
 from .train import FitConfig, fit
 
-TECHNIQUES = {"prune": prune, "cluster": cluster, "qat": quantize}
+TECHNIQUES = {"prune": prune, "cluster": cluster, "qat": quantize, "channels": channels,
+              "lowrank": lowrank, "student": student}
 
 
 @dataclass(frozen=True)
 class Stage:
     """One step of a recipe: a technique's `Config` and how to fine-tune after applying it.
 
-    `technique` is `prune`, `cluster` or `qat`, or `finetune` (train only, `config` None).
+    `technique` is one of `TECHNIQUES` or `finetune` (train only, `config` None). With
+    `distill` (a `distill.Config`), fine-tuning learns from the recipe's input model as a
+    frozen teacher instead of from the labels alone.
     """
 
     technique: str
     config: object = None
     fit: FitConfig = field(default_factory=FitConfig)
+    distill: distill.Config | None = None
 
     def __post_init__(self):
         if self.technique != "finetune" and self.technique not in TECHNIQUES:
@@ -41,13 +45,22 @@ class Stage:
         c = self.config
         if self.technique == "prune":
             target = "2:4 sparsity" if c.pattern == "2:4" else f"{c.sparsity:.0%} sparsity"
-            return f"pruning to {target} ({c.schedule})"
-        if self.technique == "cluster":
-            return f"clustering to {c.clusters} clusters ({c.init})"
-        if self.technique == "qat":
-            return "quantisation-aware training" + (
+            text = f"pruning to {target} ({c.schedule})"
+        elif self.technique == "cluster":
+            text = f"clustering to {c.clusters} clusters ({c.init})"
+        elif self.technique == "qat":
+            text = "quantisation-aware training" + (
                 f" ({c.scheme})" if c.scheme != "default" else "")
-        return "fine-tuning"
+        elif self.technique == "channels":
+            text = f"removing {c.ratio:.0%} of channels ({c.criterion}, {c.scope})"
+        elif self.technique == "lowrank":
+            text = "low-rank factorisation (" + (f"energy {c.energy}" if c.energy else
+                                                  f"ratio {c.ratio}") + f", {c.method})"
+        elif self.technique == "student":
+            text = f"a fresh {c.architecture} student {c.options}"
+        else:
+            text = "fine-tuning"
+        return text + (f", distilled at T={self.distill.temperature}" if self.distill else "")
 
 
 def pruning(fit_config: FitConfig, samples: int, *, sparsity: float = 0.5,
@@ -101,6 +114,7 @@ def run(model: keras.Model, stages: list[Stage], train: Dataset, *, preprocess: 
     """
     check_order(stages)
     records = []
+    teacher = _layers.copy(model) if any(stage.distill for stage in stages) else None
     for i, stage in enumerate(stages, start=1):
         print(f"[stage {i}/{len(stages)}] {stage.describe()}, "
               f"{stage.fit.epochs} epoch(s) ...", flush=True)
@@ -108,7 +122,7 @@ def run(model: keras.Model, stages: list[Stage], train: Dataset, *, preprocess: 
         with strategy.scope() if strategy is not None else contextlib.nullcontext():
             model = _apply(stage, model)
             history = _fine_tune(stage, model, train, preprocess, validation, strategy, seed,
-                                 verbose)
+                                 verbose, teacher)
         if stage.technique in ("prune", "cluster"):
             model = TECHNIQUES[stage.technique].strip(model)
         records.append(_record(stage, history, time.perf_counter() - started))
@@ -121,17 +135,19 @@ def _apply(stage: Stage, model: keras.Model) -> keras.Model:
     return TECHNIQUES[stage.technique].apply(model, stage.config)
 
 
-def _fine_tune(stage, model, train, preprocess, validation, strategy, seed, verbose):
+def _fine_tune(stage, model, train, preprocess, validation, strategy, seed, verbose, teacher):
     if stage.fit.epochs == 0:
         return None
     callbacks = prune.callbacks(stage.config) if stage.technique == "prune" else []
     return fit(model, train, preprocess=preprocess, config=stage.fit, validation=validation,
-               callbacks=callbacks, strategy=strategy, seed=seed, verbose=verbose)
+               callbacks=callbacks, strategy=strategy, seed=seed, verbose=verbose,
+               teacher=teacher if stage.distill else None, distill_config=stage.distill)
 
 
 def _record(stage: Stage, history, seconds: float) -> dict:
     metrics = {k: float(v[-1]) for k, v in history.history.items()} if history else {}
     return {"stage": stage.describe(), "technique": stage.technique,
             "config": dataclasses.asdict(stage.config) if stage.config else None,
+            "distill": dataclasses.asdict(stage.distill) if stage.distill else None,
             "fit": dataclasses.asdict(stage.fit), "seconds": round(seconds, 1),
             "metrics": metrics}

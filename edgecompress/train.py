@@ -11,6 +11,7 @@ from .data import Dataset, preprocess as preprocess_images
 from .errors import OptionError
 from .models import input_shape
 from .options import Choice, Preprocess
+from .techniques import distill
 
 
 class LearningRate(Choice):
@@ -56,7 +57,8 @@ class FitConfig:
 
 def fit(model: keras.Model, data: Dataset, *, preprocess="raw", config: FitConfig = FitConfig(),
         validation: Dataset | None = None, callbacks=(), strategy=None, seed: int = 0,
-        verbose: int = 1, **overrides) -> keras.callbacks.History:
+        verbose: int = 1, teacher: keras.Model | None = None, distill_config=None,
+        **overrides) -> keras.callbacks.History:
     """Trains `model` in place on `data` with Adam and sparse categorical cross-entropy.
 
     Args:
@@ -71,6 +73,8 @@ def fit(model: keras.Model, data: Dataset, *, preprocess="raw", config: FitConfi
         strategy: a `tf.distribute.Strategy`, e.g. `MirroredStrategy()`.
         seed: shuffling and initialisation seed.
         verbose: Keras progress output (0 silent, 1 bar, 2 a line per epoch).
+        teacher: when given, `model` learns by distillation from this frozen model
+            (`techniques.distill`), with `distill_config` (a `distill.Config`).
 
     Returns:
         The Keras `History`.
@@ -83,13 +87,20 @@ def fit(model: keras.Model, data: Dataset, *, preprocess="raw", config: FitConfi
     how = Preprocess.get(preprocess)
     data.check_fits(input_shape(model))
     keras.utils.set_random_seed(seed)
+    trainer = model
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
-        model.compile(optimizer=keras.optimizers.Adam(_learning_rate(config, len(data))),
-                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        optimizer = keras.optimizers.Adam(_learning_rate(config, len(data)))
+        if teacher is None:
+            model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
+                          metrics=["accuracy"])
+        else:
+            trainer = distill.Distiller(student=model, teacher=teacher,
+                                        config=distill_config or distill.Config())
+            trainer.compile(optimizer=optimizer, metrics=["accuracy"])
     val = None
     if validation is not None:
         val = (preprocess_images(validation.x, how), validation.require_labels())
-    return model.fit(preprocess_images(data.x, how), data.require_labels(),
+    return trainer.fit(preprocess_images(data.x, how), data.require_labels(),
                      batch_size=config.batch_size, epochs=config.epochs, validation_data=val,
                      callbacks=list(callbacks) + _early_stopping(config, val), shuffle=True,
                      verbose=verbose)

@@ -1,0 +1,33 @@
+"""A smaller architecture from the zoo to distil into: the model becomes a fresh student.
+
+The student takes the same input and predicts the same classes; its weights are new, so
+the stage's fine-tuning (with distillation, `Stage(..., distill=distill.Config())`) is
+what teaches it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .._tf import keras
+from ..errors import OptionError
+from .. import models
+
+
+@dataclass(frozen=True)
+class Config:
+    """The student: a zoo `architecture` and its options (e.g. {"width": 0.5})."""
+
+    architecture: str = "resnet8"
+    options: dict = field(default_factory=lambda: {"width": 0.5})
+
+    def __post_init__(self):
+        if self.architecture not in models.ZOO:
+            raise OptionError(f"Unknown zoo model {self.architecture!r}. Choose one of: "
+                              f"{', '.join(models.ZOO)}.")
+
+
+def apply(model: keras.Model, config: Config = Config()) -> keras.Model:
+    """A new zoo model with `model`'s input shape and number of classes."""
+    return models.build(config.architecture, input_shape=models.input_shape(model)[1:],
+                        classes=int(model.output_shape[-1]), **config.options)

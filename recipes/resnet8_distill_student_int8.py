@@ -1,0 +1,34 @@
+"""ResNet-8 on CIFAR-10: distil into a half-width ResNet-8 student, QAT, full-INT8 export.
+
+Why: a student with half the filters has about a quarter of the weights and MACs; it
+learns from the original's soft predictions as well as the labels.
+
+    python recipes/resnet8_distill_student_int8.py --model pretrainedResnet.h5 \\
+        --width 0.5 --epochs 20 --train-data train.npz --eval-data test.npz --out runs/student
+
+The student starts from random weights, so it needs more epochs than a fine-tuning.
+"""
+
+import sys
+
+from edgecompress import recipe, runner, train
+from edgecompress.techniques import distill, quantize, student
+
+
+def arguments(parser):
+    parser.add_argument("--width", type=float, default=0.5,
+                        help="student filters as a fraction of ResNet-8's (default 0.5)")
+    parser.set_defaults(learning_rate=1e-3, epochs=20)
+
+
+def stages(args, train_data):
+    fit = runner.fit_config(args)
+    qat = train.FitConfig(epochs=max(1, args.epochs // 10), batch_size=args.batch_size,
+                          learning_rate=args.learning_rate / 10)
+    config = student.Config("resnet8", {"width": args.width})
+    return [recipe.Stage("student", config, fit, distill.Config()),
+            recipe.Stage("qat", quantize.Config(), qat, distill.Config())]
+
+
+if __name__ == "__main__":
+    sys.exit(runner.script_main(__doc__, stages, extra_arguments=arguments))
