@@ -1,11 +1,24 @@
-"""Readable results: comparison rows and plain-text tables."""
+"""Readable results: comparison tables, plots and HTML / Markdown reports.
+
+Tables are pandas DataFrames when pandas is installed, plain lists of dicts otherwise.
+Plots are matplotlib `Figure`s (no pyplot state, so they work in scripts and notebooks
+alike); matplotlib is needed only by the plotting functions.
+"""
 
 from __future__ import annotations
 
+import base64
+import html
+import io
 import json
+from pathlib import Path
+
+import numpy as np
 
 from . import _io
 
+
+# --- tables ----------------------------------------------------------------------------
 
 def comparison_row(name: str, evaluation, baseline=None) -> dict:
     """One row of a comparison table from an `Evaluation` (and a baseline `Evaluation`)."""
@@ -18,11 +31,47 @@ def comparison_row(name: str, evaluation, baseline=None) -> dict:
     return row
 
 
+def table(results: dict, baseline: str | None = None, *, memory: dict | None = None,
+          as_rows: bool = False):
+    """Compares evaluations: a DataFrame (or rows) with deltas against `baseline`.
+
+    Args:
+        results: variant name -> `verify.Evaluation`.
+        baseline: the variant the deltas refer to (default: the first).
+        memory: variant name -> peak memory bytes (e.g. `inspect.read(f).summary()`).
+        as_rows: return plain rows even when pandas is installed.
+
+    Example:
+        >>> table({"float": float_eval, "int8": int8_eval}, baseline="float")  # doctest: +SKIP
+    """
+    if not results:
+        return []
+    baseline = baseline or next(iter(results))
+    base = results[baseline]
+    rows = []
+    for name, evaluation in results.items():
+        row = comparison_row(name, evaluation, base)
+        row["latency_p90_ms"] = evaluation.latency_ms["p90"]
+        if memory is not None:
+            row["memory_bytes"] = memory.get(name)
+        row["accuracy_delta_points"] = 100 * (evaluation.accuracy - base.accuracy)
+        rows.append(row)
+    if as_rows:
+        return rows
+    try:
+        import pandas
+    except ImportError:
+        return rows
+    return pandas.DataFrame(rows).set_index("variant")
+
+
 def _cell(value) -> str:
     if value is None:
         return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float):
-        return f"{value:.4f}" if value < 10 else f"{value:.1f}"
+        return f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
     if isinstance(value, int):
         return f"{value:,}"
     return str(value)
@@ -60,6 +109,162 @@ def write_text(path, text: str):
     return _io.write_text(path, text)
 
 
-def write_json(path, result: dict):
+def write_json(path, result) -> Path:
     """Writes `result` as indented JSON, atomically."""
     return _io.write_text(path, json.dumps(result, indent=2, sort_keys=True) + "\n")
+
+
+# --- plots -----------------------------------------------------------------------------
+
+def _figure(columns: int = 1, width: float = 5.5, height: float = 4.0):
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width * columns, height), layout="constrained")
+    return figure, figure.subplots(1, columns, squeeze=False)[0]
+
+
+def pareto_front(costs, accuracies) -> list[int]:
+    """Indices of the points no other point beats on both cost (lower) and accuracy."""
+    order = sorted(range(len(costs)), key=lambda i: (costs[i], -accuracies[i]))
+    front, best = [], -np.inf
+    for i in order:
+        if accuracies[i] > best:
+            front.append(i)
+            best = accuracies[i]
+    return front
+
+
+def pareto_plot(rows: list[dict], path=None, *, title: str = ""):
+    """Accuracy against bytes and against latency, the Pareto front joined and labelled.
+
+    `rows` need `variant`, `bytes`, `latency_ms` and `accuracy` (as `table(as_rows=True)`
+    or `comparison_row` give). Returns the Figure; writes a PNG when `path` is given.
+    """
+    figure, axes = _figure(2)
+    names = [r["variant"] for r in rows]
+    accuracy = [100 * r["accuracy"] for r in rows]
+    for ax, key, label in ((axes[0], "bytes", "model bytes"),
+                           (axes[1], "latency_ms", "median latency (ms, this machine)")):
+        cost = [r[key] for r in rows]
+        front = pareto_front(cost, accuracy)
+        ax.scatter(cost, accuracy, color="tab:gray", zorder=2)
+        ax.plot([cost[i] for i in front], [accuracy[i] for i in front], "o-",
+                color="tab:red", label="Pareto front", zorder=3)
+        for x, y, name in zip(cost, accuracy, names):
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("top-1 accuracy (%)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
+    if title:
+        figure.suptitle(title)
+    return _save(figure, path)
+
+
+def latency_plot(results: dict, path=None):
+    """Box plots of the single-image latencies of each evaluation."""
+    figure, (ax,) = _figure(1, width=7)
+    names = list(results)
+    ax.boxplot([results[n].latency_samples for n in names], showfliers=False)
+    ax.set_xticks(range(1, len(names) + 1), names, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("latency (ms, this machine)")
+    ax.grid(True, axis="y", alpha=0.3)
+    return _save(figure, path)
+
+
+def per_class_plot(results: dict, path=None):
+    """Grouped bars: accuracy of each class for each evaluation."""
+    figure, (ax,) = _figure(1, width=8)
+    names = list(results)
+    classes = list(next(iter(results.values())).per_class_accuracy)
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        values = [100 * results[name].per_class_accuracy.get(c, np.nan) for c in classes]
+        ax.bar(np.arange(len(classes)) + i * width, values, width, label=name)
+    ax.set_xticks(np.arange(len(classes)) + 0.4 - width / 2, classes, rotation=30, ha="right",
+                  fontsize=8)
+    ax.set_ylabel("accuracy (%)")
+    ax.legend(fontsize=8)
+    return _save(figure, path)
+
+
+def confusion_matrix(evaluation) -> np.ndarray:
+    """Counts: rows are true classes, columns predicted classes."""
+    size = len(evaluation.classes) or int(max(evaluation.labels.max(),
+                                              evaluation.predictions.max())) + 1
+    matrix = np.zeros((size, size), np.int64)
+    np.add.at(matrix, (evaluation.labels, evaluation.predictions), 1)
+    return matrix
+
+
+def confusion_plot(evaluation, path=None):
+    """The confusion matrix of one evaluation, with counts in the cells."""
+    matrix = confusion_matrix(evaluation)
+    figure, (ax,) = _figure(1, width=6, height=5.5)
+    image = ax.imshow(matrix, cmap="Blues")
+    labels = list(evaluation.classes) or [str(i) for i in range(len(matrix))]
+    ax.set_xticks(range(len(matrix)), labels, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(len(matrix)), labels, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for (i, j), count in np.ndenumerate(matrix):
+        if count:
+            ax.text(j, i, count, ha="center", va="center", fontsize=6,
+                    color="white" if count > matrix.max() / 2 else "black")
+    figure.colorbar(image, ax=ax)
+    return _save(figure, path)
+
+
+def weights_plot(model, path=None):
+    """Per-layer sparsity (share of zero weights) and a histogram of non-zero weights of a
+    Keras model, e.g. after pruning or clustering."""
+    from .techniques import _layers
+
+    kernels = [(layer.name, _layers.kernel(layer)) for layer in model.layers
+               if _layers.kernel(layer) is not None]
+    figure, (left, right) = _figure(2)
+    left.barh([n for n, _ in kernels], [100 * np.mean(k == 0) for _, k in kernels])
+    left.set_xlabel("zero weights (%)")
+    left.tick_params(axis="y", labelsize=7)
+    values = np.concatenate([k.ravel() for _, k in kernels])
+    right.hist(values[values != 0], bins=101)
+    right.set_xlabel("non-zero weight value")
+    right.set_ylabel("count")
+    return _save(figure, path)
+
+
+def _save(figure, path):
+    if path is not None:
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=110)
+        _io.write_bytes(path, buffer.getvalue())
+    return figure
+
+
+def _png_base64(figure) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def html_report(results: dict, path, *, title: str = "edgecompress report",
+                baseline: str | None = None, notes: str = "") -> Path:
+    """Writes one self-contained HTML page: the table and every plot, embedded."""
+    rows = table(results, baseline, as_rows=True)
+    figures = [("Accuracy against size and latency", pareto_plot(rows)),
+               ("Latency", latency_plot(results)),
+               ("Accuracy per class", per_class_plot(results))]
+    last = list(results)[-1]
+    figures.append((f"Confusion matrix: {last}", confusion_plot(results[last])))
+    header = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row.values())
+                   + "</tr>" for row in rows)
+    images = "".join(f"<h2>{html.escape(t)}</h2><img src='data:image/png;base64,"
+                     f"{_png_base64(f)}'>" for t, f in figures)
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+            "</title><style>body{font-family:sans-serif;margin:2em}table{border-collapse:"
+            "collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}</style>"
+            f"</head><body><h1>{html.escape(title)}</h1><p>{html.escape(notes)}</p>"
+            f"<table><tr>{header}</tr>{body}</table>{images}</body></html>")
+    return _io.write_text(path, page)

@@ -46,7 +46,7 @@ def compress(model, stages: list[recipe.Stage], train_data, eval_data, out: Path
 
     Writes in `out`: `float.tflite`, `ptq_int8.tflite`, `model_int8.tflite` (the recipe's
     result), `model.h5` (the final Keras model, stripped of pruning/clustering wrappers),
-    `report.json` and `report.md`.
+    `report.json`, `report.md` and `report.html` (with plots).
 
     Returns:
         The report as a dict.
@@ -84,6 +84,9 @@ def compress(model, stages: list[recipe.Stage], train_data, eval_data, out: Path
               "results": {name: r.to_json() for name, r in results.items()}}
     report.write_json(out / "report.json", result)
     report.write_text(out / "report.md", markdown(result))
+    report.html_report(results, out / "report.html", title="Compression report",
+                       baseline="float", notes=f"Evaluated on {eval_data.source}; fine-tuned "
+                       f"on {train_data.source}. Latency is this machine's.")
     print("\n" + report.text_table(rows) + f"\n\nwrote {out}/", flush=True)
     return result
 

@@ -127,7 +127,7 @@ def read_tflite(path) -> bytes:
 
 @dataclass
 class Evaluation:
-    """What `evaluate` measured. `to_json()` leaves out the per-image predictions."""
+    """What `evaluate` measured. `to_json()` leaves out the per-image arrays."""
 
     model: str
     accuracy: float
@@ -142,10 +142,14 @@ class Evaluation:
     agreement: float | None = None
     seconds: dict = field(default_factory=dict)
     predictions: np.ndarray | None = field(default=None, repr=False)
+    labels: np.ndarray | None = field(default=None, repr=False)
+    latency_samples: np.ndarray | None = field(default=None, repr=False)
+    classes: tuple = ()
 
     def to_json(self) -> dict:
         result = asdict(self)
-        del result["predictions"]
+        for bulky in ("predictions", "labels", "latency_samples", "classes"):
+            del result[bulky]
         if self.agreement is None:
             del result["agreement"]
         return result
@@ -206,7 +210,8 @@ def _evaluate(path, data, *, preprocess, reference, threads, kernels, latency_ru
         per_class_accuracy=per_class_accuracy(predictions, labels, data.classes),
         agreement=agreement(predictions, reference),
         seconds={"run": run_seconds, "invoke": invoke_seconds},
-        predictions=predictions)
+        predictions=predictions, labels=labels, latency_samples=latencies,
+        classes=tuple(data.classes))
 
 
 def resolve_preprocess(model: LiteRTModel, preprocess) -> Preprocess:
