@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import data, export, models, report, train, verify
+from ._tf import keras
 
 IMAGE_SIZE = (32, 32)
 PREPROCESS = "unit"
@@ -20,6 +21,7 @@ def run(out: Path, *, epochs: int = 8, train_samples: int = 2000, test_samples: 
     train_set = data.shapes(train_samples, size=IMAGE_SIZE, seed=0)
     test_set = data.shapes(test_samples, size=IMAGE_SIZE, seed=1)
     print(f"[1/3] training a tiny CNN on {len(train_set):,} built-in shape images ...")
+    keras.utils.set_random_seed(0)
     model = models.tiny_cnn(IMAGE_SIZE + (3,), classes=len(train_set.classes),
                             filters=(16, 32, 32))
     train.fit(model, train_set, preprocess=PREPROCESS, epochs=epochs, verbose=verbose)

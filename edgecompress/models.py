@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import warnings
 import zipfile
 from pathlib import Path
@@ -88,11 +89,18 @@ def _saved_config(path: Path) -> str | None:
 
 
 def save(model: keras.Model, path) -> Path:
-    """Saves `model` as `.h5` or `.keras` (by suffix), or as a SavedModel folder otherwise."""
+    """Saves `model` as `.h5` or `.keras` (by suffix), or as a SavedModel folder otherwise.
+
+    Files are written under a temporary name and renamed, so an interrupted save leaves
+    the previous file intact.
+    """
     path = Path(path)
+    target = path.with_name(f".{path.stem}.partial{path.suffix}") if path.suffix else path
     with warnings.catch_warnings():  # .h5 is "legacy" to Keras, yet what most users share
         warnings.simplefilter("ignore", UserWarning)
-        model.save(path)
+        model.save(target)
+    if target != path:
+        os.replace(target, path)
     return path
 
 

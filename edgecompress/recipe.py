@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from . import _io, models
 from ._tf import keras
 from .data import Dataset
 from .errors import OptionError
@@ -101,32 +104,69 @@ def check_order(stages: list[Stage]) -> None:
 
 
 def run(model: keras.Model, stages: list[Stage], train: Dataset, *, preprocess: str,
-        validation: Dataset | None = None, strategy=None, seed: int = 0,
-        verbose: int = 1) -> tuple[keras.Model, list[dict]]:
+        validation: Dataset | None = None, strategy=None, seed: int = 0, verbose: int = 1,
+        checkpoints: Path | None = None) -> tuple[keras.Model, list[dict]]:
     """Applies and fine-tunes each stage in order; returns the final model and a record.
 
     Pruning and clustering wrappers are stripped after their fine-tuning, so the next stage
     (and export) sees a plain model; a QAT model stays quantisation-aware for export.
+
+    Args:
+        checkpoints: a folder for the model after each completed stage and for epoch
+            backups within a stage. Running again with the same folder resumes: completed
+            stages are loaded, an interrupted stage continues from its last epoch.
 
     Returns:
         (model, records): one dict per stage with its description, settings, training
         seconds and final training / validation metrics.
     """
     check_order(stages)
-    records = []
     teacher = _layers.copy(model) if any(stage.distill for stage in stages) else None
-    for i, stage in enumerate(stages, start=1):
+    records = _completed(checkpoints, stages) if checkpoints else []
+    if records:
+        model = models.load(checkpoints / f"stage_{len(records)}.h5")
+        print(f"resuming after stage {len(records)} of {len(stages)} ({checkpoints})",
+              flush=True)
+    for i, stage in enumerate(stages[len(records):], start=len(records) + 1):
         print(f"[stage {i}/{len(stages)}] {stage.describe()}, "
               f"{stage.fit.epochs} epoch(s) ...", flush=True)
         started = time.perf_counter()
+        backup = [keras.callbacks.BackupAndRestore(str(checkpoints / f"stage_{i}_epochs"))] \
+            if checkpoints else []
+        keras.utils.set_random_seed(seed + i)  # clustering and students draw at random
         with strategy.scope() if strategy is not None else contextlib.nullcontext():
             model = _apply(stage, model)
             history = _fine_tune(stage, model, train, preprocess, validation, strategy, seed,
-                                 verbose, teacher)
+                                 verbose, teacher, backup)
         if stage.technique in ("prune", "cluster"):
             model = TECHNIQUES[stage.technique].strip(model)
         records.append(_record(stage, history, time.perf_counter() - started))
+        if checkpoints:
+            _save_progress(checkpoints, i, model, stages, records)
     return model, records
+
+
+def _fingerprint(stages: list[Stage]) -> list[str]:
+    return [repr(stage) for stage in stages]
+
+
+def _completed(checkpoints: Path, stages: list[Stage]) -> list[dict]:
+    """Records of the stages a previous run in `checkpoints` completed."""
+    progress = checkpoints / "progress.json"
+    if not progress.exists():
+        return []
+    state = json.loads(progress.read_text())
+    if state["stages"] != _fingerprint(stages)[:len(state["stages"])]:
+        raise OptionError(f"The stages differ from those of the run in {checkpoints}; "
+                          "resume with the same recipe and options, or start afresh.")
+    return state["records"]
+
+
+def _save_progress(checkpoints: Path, index: int, model, stages, records) -> None:
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    models.save(model, checkpoints / f"stage_{index}.h5")
+    _io.write_text(checkpoints / "progress.json", json.dumps(
+        {"stages": _fingerprint(stages)[:index], "records": records}, indent=2))
 
 
 def _apply(stage: Stage, model: keras.Model) -> keras.Model:
@@ -135,10 +175,12 @@ def _apply(stage: Stage, model: keras.Model) -> keras.Model:
     return TECHNIQUES[stage.technique].apply(model, stage.config)
 
 
-def _fine_tune(stage, model, train, preprocess, validation, strategy, seed, verbose, teacher):
+def _fine_tune(stage, model, train, preprocess, validation, strategy, seed, verbose, teacher,
+               callbacks):
     if stage.fit.epochs == 0:
         return None
-    callbacks = prune.callbacks(stage.config) if stage.technique == "prune" else []
+    if stage.technique == "prune":
+        callbacks = prune.callbacks(stage.config) + callbacks
     return fit(model, train, preprocess=preprocess, config=stage.fit, validation=validation,
                callbacks=callbacks, strategy=strategy, seed=seed, verbose=verbose,
                teacher=teacher if stage.distill else None, distill_config=stage.distill)

@@ -9,6 +9,7 @@ import argparse
 import hashlib
 import importlib.metadata
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -16,21 +17,29 @@ from pathlib import Path
 import numpy as np
 
 from . import data as data_module, export, models, recipe, report, train, verify
+from ._tf import keras
 from .errors import EdgeCompressError, OptionError
 from .options import DEFAULT_CALIBRATION_SAMPLES, Preprocess
 
+CHECKPOINTS = "checkpoints"
 PACKAGES = ("tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert",
             "numpy", "edgecompress")
 
 
-def prepare_output(out: Path, *, overwrite: bool) -> Path:
-    """Creates `out`; refuses a folder that already holds results unless `overwrite`."""
+def prepare_output(out: Path, *, overwrite: bool, resume: bool = False) -> Path:
+    """Creates `out`; refuses a folder that already holds results unless `overwrite`, or
+    unless `resume` and it holds an interrupted run's checkpoints."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OptionError(f"Output `{out}` is a file; give a folder.")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
+    if resume and not (out / CHECKPOINTS).is_dir():
+        raise OptionError(f"Nothing to resume in `{out}`: no interrupted run's checkpoints.")
+    if out.is_dir() and any(out.iterdir()) and not (overwrite or resume):
         raise OptionError(f"Output folder `{out}` already holds results. Choose another "
-                          "folder, or pass --overwrite to replace them.")
+                          "folder, pass --resume to continue an interrupted run, or "
+                          "--overwrite to replace them.")
+    if overwrite and not resume:
+        shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -65,7 +74,7 @@ def compress(model, stages: list[recipe.Stage], train_data, eval_data, out: Path
     started = time.perf_counter()
     final, records = recipe.run(model, stages, train_data, preprocess=preprocess,
                                 validation=eval_data, strategy=strategy, seed=seed,
-                                verbose=verbose)
+                                verbose=verbose, checkpoints=out / CHECKPOINTS)
     training_seconds = time.perf_counter() - started
     models.save(final, out / "model.h5")
     print(f"[{steps - 1}/{steps}] exporting the result to INT8 ...", flush=True)
@@ -87,6 +96,7 @@ def compress(model, stages: list[recipe.Stage], train_data, eval_data, out: Path
     report.html_report(results, out / "report.html", title="Compression report",
                        baseline="float", notes=f"Evaluated on {eval_data.source}; fine-tuned "
                        f"on {train_data.source}. Latency is this machine's.")
+    shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)  # the run is complete
     print("\n" + report.text_table(rows) + f"\n\nwrote {out}/", flush=True)
     return result
 
@@ -153,6 +163,9 @@ def parser(description: str) -> argparse.ArgumentParser:
                         "(/127.5 - 1); default raw")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in --out from its last completed stage "
+                        "or epoch (same recipe and options)")
     p.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs per stage")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--learning-rate", type=float, default=1e-4)
@@ -192,6 +205,7 @@ def load_inputs(args):
         train_data, eval_data = train_data.split(args.eval_fraction, seed=args.seed)
     if model is None:
         options = {"alpha": args.alpha} if getattr(args, "alpha", None) else {}
+        keras.utils.set_random_seed(args.seed)
         model = models.build(args.model[4:], input_shape=train_data.image_shape,
                              classes=len(train_data.classes), **options)
     for dataset in (train_data, eval_data):
@@ -217,7 +231,7 @@ def script_main(description: str, build_stages, argv=None, extra_arguments=None)
         model, train_data, eval_data = load_inputs(args)
         stages = build_stages(args, train_data)
         recipe.check_order(stages)
-        out = prepare_output(args.out, overwrite=args.overwrite)
+        out = prepare_output(args.out, overwrite=args.overwrite, resume=args.resume)
         compress(model, stages, train_data, eval_data, out, preprocess=args.preprocess,
                  calibration_samples=args.calibration_samples,
                  strategy=train.strategy(args.strategy), seed=args.seed,
@@ -227,4 +241,8 @@ def script_main(description: str, build_stages, argv=None, extra_arguments=None)
     except EdgeCompressError as e:
         print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"{Path(sys.argv[0]).name}: interrupted; continue with the same command and "
+              "--resume", file=sys.stderr)
+        return 130
     return 0
