@@ -1,0 +1,221 @@
+"""Reliability: bad input everywhere a user gives it, untrusted .tflite files (fuzzing),
+interrupted runs resumed, and reproducible results."""
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgecompress import data, export, inspect, models, recipe, targets, verdict, verify
+from edgecompress.errors import EdgeCompressError
+from edgecompress.techniques import channels, cluster, lowrank, prune, quantize
+from edgecompress.train import FitConfig
+from conftest import write_npz
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, trained, int8_file):
+    """Files with something wrong in each."""
+    folder = tmp_path_factory.mktemp("bad")
+    write_npz(folder / "no_x.npz", images=np.zeros((2, 16, 16, 3), np.uint8))
+    write_npz(folder / "labels.npz", x=np.zeros((2, 16, 16, 3), np.uint8), y=np.array([0, 7]),
+              classes=np.array(["a", "b"]))
+    write_npz(folder / "gray.npz", x=np.zeros((2, 16, 16), np.uint8), y=np.array([0, 1]))
+    write_npz(folder / "empty.npz", x=np.zeros((0, 16, 16, 3), np.uint8))
+    (folder / "text.h5").write_text("not a model")
+    (folder / "text.tflite").write_text("not a model")
+    (folder / "half.tflite").write_bytes(int8_file.read_bytes()[:2000])
+    for name, classes in (("one_class", ("cats",)), ("junk_file", ("cats", "dogs"))):
+        for c in classes:
+            (folder / name / c).mkdir(parents=True)
+            Image.new("RGB", (8, 8)).save(folder / name / c / "a.png")
+    (folder / "junk_file" / "dogs" / "notes.txt").write_text("hello")
+    return folder
+
+
+def _api_cases(f, model, int8_file):
+    fit = FitConfig(epochs=1)
+    shapes = data.shapes(10, size=(16, 16))
+    return [
+        ("missing data file", lambda: data.load(f / "nope.npz"), "does not exist"),
+        ("npz without x", lambda: data.load(f / "no_x.npz"), "no array `x`"),
+        ("labels out of range", lambda: data.load(f / "labels.npz"), "label 7 but only 2"),
+        ("empty dataset", lambda: data.load(f / "empty.npz").check_fits((None, 16, 16, 3)),
+         "is empty"),
+        ("grayscale for an RGB model",
+         lambda: data.load(f / "gray.npz").check_fits(models.input_shape(model)), "1 channel"),
+        ("folder with one class", lambda: data.load(f / "one_class", image_size=(8, 8)),
+         "at least two"),
+        ("folder with a non-image file", lambda: data.load(f / "junk_file", image_size=(8, 8)),
+         "notes.txt` is not a readable image"),
+        ("zero shapes", lambda: data.shapes(0), "at least 1"),
+        ("unknown preprocessing", lambda: data.preprocess(shapes.x, "bgr"), "raw, unit"),
+        ("calibration set of size 0", lambda: export.export(
+            model, f / "m.tflite", data=shapes, preprocess="unit", calibration_samples=0),
+         "at least one sample"),
+        ("model file that is not a model", lambda: models.load(f / "text.h5"), "text.h5"),
+        ("missing model", lambda: models.load(f / "nope.h5"), "does not exist"),
+        ("unknown zoo model", lambda: models.build("vgg"), "resnet8"),
+        ("unknown export mode", lambda: export.convert(model, mode="int4"), "int8"),
+        ("int8 without data", lambda: export.convert(model, mode="int8"), "calibration data"),
+        ("negative sparsity", lambda: prune.Config(sparsity=-0.5), "Received: sparsity=-0.5"),
+        ("sparsity of 1", lambda: prune.Config(sparsity=1.0), "[0, 1)"),
+        ("one cluster", lambda: cluster.Config(clusters=1), "at least 2"),
+        ("rank above the layer's", lambda: lowrank.apply(model, lowrank.Config(
+            ranks={model.layers[-1].name: 999})), "largest possible rank"),
+        ("channel ratio of 1", lambda: channels.Config(ratio=1.0), "[0, 1)"),
+        ("excluded layer that does not exist",
+         lambda: channels.apply(model, channels.Config(exclude=("nope",))), "No layer named"),
+        ("QAT on a model still wrapped for pruning",
+         lambda: quantize.apply(prune.apply(model)), "strip it"),
+        ("unknown technique", lambda: recipe.Stage("sharpen"), "Unknown technique"),
+        ("stage with another technique's config",
+         lambda: recipe.Stage("prune", cluster.Config()), "needs a techniques.prune.Config"),
+        ("pruning after QAT", lambda: recipe.check_order([
+            recipe.Stage("qat", quantize.Config(), fit), recipe.Stage("prune", prune.Config(),
+                                                                      fit)]),
+         "must be the last stage"),
+        ("unknown target", lambda: targets.get("esp32"), "mcu-cortex-m4"),
+        ("not a .tflite", lambda: verify.evaluate(f / "text.tflite", shapes), "not a .tflite"),
+        ("truncated .tflite", lambda: verdict.verify_target(f / "half.tflite", "phone-cpu"),
+         ""),
+        ("zero threads", lambda: verify.LiteRTModel(int8_file, threads=0), "threads"),
+        ("evaluation without labels",
+         lambda: verify.evaluate(int8_file, data.Dataset(shapes.x, None, (), "unlabelled")),
+         "no labels"),
+    ]
+
+
+def test_bad_input_through_the_api(inputs, trained, int8_file):
+    cases = _api_cases(inputs, trained[0], int8_file)
+    for name, call, message in cases:
+        with pytest.raises(EdgeCompressError) as caught:
+            call()
+        assert message in str(caught.value), name
+        assert "\n" not in str(caught.value).strip(), name
+    assert len(cases) == 30
+
+
+def _recipe(*args):
+    return subprocess.run([sys.executable, str(ROOT / "recipes" / "resnet8_qat_int8.py"),
+                           *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "nope.h5", "--train-data", "shapes"], "does not exist"),
+    (["--model", "zoo:vgg", "--train-data", "shapes"], "Unknown zoo model"),
+    (["--train-data", "shapes"], "Give the model"),
+    (["--model", "zoo:tiny_cnn", "--train-data", "nope.npz"], "does not exist"),
+    (["--model", "zoo:tiny_cnn", "--train-data", "shapes", "--resume"], "Nothing to resume"),
+    (["--model", "zoo:tiny_cnn", "--train-data", "shapes", "--strategy", "tpu"],
+     "invalid choice"),
+])
+def test_bad_input_through_a_recipe(tmp_path, args, message):
+    done = _recipe(*args, "--out", tmp_path / "out")
+    assert done.returncode == 2 and message in done.stderr, done.stderr[-500:]
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+# --- untrusted .tflite files -------------------------------------------------------------
+
+def _mutations(raw: bytes, count: int, seed: int):
+    """Truncations, bit flips and overwritten 32-bit words (offsets, lengths, indices)."""
+    rng = np.random.default_rng(seed)
+    for case in range(count):
+        mutated = bytearray(raw)
+        kind = case % 3
+        if kind == 0:
+            mutated = mutated[:int(rng.integers(0, len(raw)))]
+        elif kind == 1:
+            for position in rng.integers(0, len(raw), int(rng.integers(1, 16))):
+                mutated[position] ^= 1 << int(rng.integers(0, 8))
+        else:
+            position = int(rng.integers(0, len(raw) - 4)) & ~3
+            mutated[position:position + 4] = int(rng.integers(0, 2**32)).to_bytes(4, "little")
+        yield ("truncated", "bit flips", "word overwritten")[kind], bytes(mutated)
+
+
+def test_fuzzed_tflite_files_end_in_a_result_or_a_clear_error(int8_file, tmp_path):
+    images = data.shapes(2, size=(16, 16))
+    outcomes = {"rejected by the structure check": 0, "result": 0, "clear error": 0,
+                "interpreter crashed (caught)": 0}
+    started, budget = time.monotonic(), 240
+    for kind, mutated in _mutations(int8_file.read_bytes(), 300, seed=0):
+        if time.monotonic() - started > budget:
+            break
+        try:
+            inspect.read(mutated)
+        except EdgeCompressError:
+            outcomes["rejected by the structure check"] += 1
+            continue
+        path = tmp_path / "fuzzed.tflite"
+        path.write_bytes(mutated)
+        try:
+            verify.evaluate(path, images, preprocess="unit", latency_runs=1)
+            outcomes["result"] += 1
+        except EdgeCompressError as e:
+            key = "interpreter crashed (caught)" if "crashed" in str(e) else "clear error"
+            outcomes[key] += 1
+    print("fuzz outcomes:", outcomes)
+    assert sum(outcomes.values()) >= 100  # within the time budget on 2 busy cores
+    assert outcomes["result"] > 0 and outcomes["rejected by the structure check"] > 0
+
+
+def test_a_crash_in_native_code_is_an_error_not_a_dead_process():
+    import ctypes
+
+    from edgecompress import _isolate
+    from edgecompress.errors import ModelError
+
+    with pytest.raises(ModelError, match="crashed.*killed by SIGSEGV"):
+        _isolate.call(ctypes.string_at, 0)  # reads address 0: a segmentation fault
+
+
+# --- interrupted runs, reproducibility ---------------------------------------------------
+
+RECIPE = ["--model", "zoo:resnet8", "--image-size", "16", "--train-data", "shapes",
+          "--preprocess", "unit", "--train-samples", "600", "--eval-samples", "100",
+          "--calibration-samples", "50", "--quiet"]
+
+
+def test_killed_recipe_resumes_from_its_last_completed_stage(tmp_path):
+    out = tmp_path / "run"
+    script = str(ROOT / "recipes" / "resnet8_prune_qat_int8.py")
+    process = subprocess.Popen([sys.executable, script, *RECIPE, "--epochs", "6", "--out",
+                                str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not (out / "checkpoints" / "progress.json").exists():
+        assert process.poll() is None, process.stderr.read().decode()[-1000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)  # no chance to clean up, as with a power cut
+    process.wait()
+    assert not (out / "model_int8.tflite").exists()
+    again = subprocess.run([sys.executable, script, *RECIPE, "--epochs", "6", "--out",
+                            str(out)], capture_output=True, text=True)
+    assert again.returncode == 2 and "--resume" in again.stderr  # refuses to overwrite
+    resumed = subprocess.run([sys.executable, script, *RECIPE, "--epochs", "6", "--out",
+                              str(out), "--resume"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-1000:]
+    assert "resuming after stage 1 of 2" in resumed.stdout
+    assert "[stage 1/2]" not in resumed.stdout and "[stage 2/2]" in resumed.stdout
+    assert (out / "model_int8.tflite").exists() and not (out / "checkpoints").exists()
+
+
+def test_same_seed_same_tflite_bytes(tmp_path):
+    script = str(ROOT / "recipes" / "resnet8_prune_qat_int8.py")
+    files = []
+    for run in ("a", "b"):
+        done = subprocess.run([sys.executable, script, *RECIPE, "--epochs", "1", "--out",
+                               str(tmp_path / run)], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-1000:]
+        files.append((tmp_path / run / "model_int8.tflite").read_bytes())
+    assert files[0] == files[1]
