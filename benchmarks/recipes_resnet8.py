@@ -39,6 +39,8 @@ def recipes(samples: int, scale: float) -> dict[str, list[recipe.Stage]]:
 
     qat = fit(3, 1e-4)
     return {
+        # the same fine-tuning without any technique: how much the JPEG data alone moves
+        "float fine-tuned, PTQ INT8": [recipe.Stage("finetune", None, qat)],
         "QAT INT8": [recipe.Stage("qat", quantize.Config(), qat)],
         "prune 75 % + PQAT INT8": [
             recipe.pruning(fit(6, 5e-4), samples, sparsity=0.75),
@@ -49,6 +51,9 @@ def recipes(samples: int, scale: float) -> dict[str, list[recipe.Stage]]:
         "cluster 16 + CQAT INT8": [
             recipe.Stage("cluster", cluster.Config(clusters=16), fit(3, 1e-4)),
             recipe.Stage("qat", quantize.Config(scheme="cluster-preserve"), qat)],
+        "cluster 8 + CQAT INT8": [
+            recipe.Stage("cluster", cluster.Config(clusters=8), fit(3, 1e-4)),
+            recipe.Stage("qat", quantize.Config(scheme="cluster-preserve"), qat)],
     }
 
 
@@ -58,7 +63,10 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs-scale", type=float, default=1.0,
                         help="multiply every stage's epochs (0.1 for a quick look)")
     parser.add_argument("--train-samples", type=int, help="fine-tune on a random subset")
+    parser.add_argument("--only", nargs="+", metavar="TEXT",
+                        help="run only the recipes whose names contain one of these")
     parser.add_argument("--json", type=Path, help="also write the table as JSON")
+    parser.add_argument("--plot", type=Path, help="write the Pareto plot (PNG)")
     args = parser.parse_args(argv)
     model_dir = args.shared / "models" / "mlperf_tiny_resnet8"
     cifar = args.shared / "data" / "cifar10"
@@ -77,7 +85,9 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         files["PTQ INT8 (ours)"] = export.export(models.load(h5), Path(tmp) / "ptq.tflite",
                                                  data=calibration, preprocess="raw")
-        for i, (name, stages) in enumerate(recipes(len(train), args.epochs_scale).items()):
+        chosen = {name: stages for name, stages in recipes(len(train), args.epochs_scale).items()
+                  if not args.only or any(text in name for text in args.only)}
+        for i, (name, stages) in enumerate(chosen.items()):
             print(f"\n=== {name} ===", flush=True)
             started = time.perf_counter()
             final, _ = recipe.run(models.load(h5), stages, train, preprocess="raw",
@@ -101,6 +111,9 @@ def main(argv=None) -> int:
     if args.json:
         report.write_json(args.json, {"rows": rows, "epochs_scale": args.epochs_scale,
                                       "train_samples": len(train)})
+    if args.plot:
+        report.pareto_plot(rows, args.plot, size="gzip_bytes",
+                           title="ResNet-8 recipes, 10k JPEG CIFAR-10 test")
     return 0
 
 

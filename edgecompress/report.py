@@ -134,16 +134,20 @@ def pareto_front(costs, accuracies) -> list[int]:
     return front
 
 
-def pareto_plot(rows: list[dict], path=None, *, title: str = ""):
-    """Accuracy against bytes and against latency, the Pareto front joined and labelled.
+def pareto_plot(rows: list[dict], path=None, *, title: str = "", size: str = "bytes"):
+    """Accuracy against size and against latency, the Pareto front joined and labelled.
 
-    `rows` need `variant`, `bytes`, `latency_ms` and `accuracy` (as `table(as_rows=True)`
-    or `comparison_row` give). Returns the Figure; writes a PNG when `path` is given.
+    `rows` need `variant`, `bytes` (or `gzip_bytes` with `size="gzip_bytes"`),
+    `latency_ms` and `accuracy` (as `table(as_rows=True)` or `comparison_row` give).
+    Returns the Figure; writes a PNG when `path` is given.
     """
+    from matplotlib.ticker import NullFormatter
+
     figure, axes = _figure(2)
     names = [r["variant"] for r in rows]
     accuracy = [100 * r["accuracy"] for r in rows]
-    for ax, key, label in ((axes[0], "bytes", "model bytes"),
+    size_label = "model bytes" + (" after gzip" if size == "gzip_bytes" else "")
+    for ax, key, label in ((axes[0], size, size_label),
                            (axes[1], "latency_ms", "median latency (ms, this machine)")):
         cost = [r[key] for r in rows]
         front = pareto_front(cost, accuracy)
@@ -153,10 +157,12 @@ def pareto_plot(rows: list[dict], path=None, *, title: str = ""):
         for x, y, name in zip(cost, accuracy, names):
             ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor log labels overlap
+        ax.margins(x=0.25, y=0.1)
         ax.set_xlabel(label)
         ax.set_ylabel("top-1 accuracy (%)")
         ax.grid(True, alpha=0.3)
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="best", fontsize=8)
     if title:
         figure.suptitle(title)
     return _save(figure, path)
