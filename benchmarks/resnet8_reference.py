@@ -15,17 +15,14 @@ other, never with published accuracies.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+import _common
 from edgecompress import data, export, models, report, verify
-
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def calibration_sets(train: data.Dataset, calib_index: np.ndarray) -> dict:
     """The calibration choices compared: which images, and how many."""
@@ -60,33 +57,25 @@ def measure(files: dict, test: data.Dataset, reference: np.ndarray, runs: int) -
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared",
-                        help="the shared folder with data/ and models/ (default ../shared)")
+    parser = _common.arguments(__doc__.split("\n\n")[0])
     parser.add_argument("--latency-runs", type=int, default=2000,
                         help="single-image invokes timed per file (default 2000)")
-    parser.add_argument("--json", type=Path, help="also write the table as JSON")
     args = parser.parse_args(argv)
-    model_dir = args.shared / "models" / "mlperf_tiny_resnet8"
-    cifar = args.shared / "data" / "cifar10"
-    if not model_dir.is_dir() or not cifar.is_dir():
-        print(f"needs {model_dir} and {cifar}: see ../shared/DATA.md", file=sys.stderr)
+    inputs = _common.load(args)
+    if inputs is None:
         return 2
-    train, test = data.load(cifar / "train.npz"), data.load(cifar / "test.npz")
-    calib_index = np.load(cifar / "test.npz")["mlperf_calib_idx"]
-    keras_model = models.load(model_dir / "pretrainedResnet.h5")
-    print("[1/3] Keras reference predictions on the 10k test set ...", flush=True)
-    reference = models.predict_labels(keras_model, test, "raw")
+    train, test, reference = inputs.train, inputs.test, inputs.keras_labels
+    keras_model = models.load(inputs.h5)
     keras_accuracy = float(np.mean(reference == test.y))
-    files = {"reference float": model_dir / "pretrainedResnet.tflite",
-             "reference INT8": model_dir / "pretrainedResnet_quant.tflite"}
+    calib_index = np.load(args.shared / "data" / "cifar10" / "test.npz")["mlperf_calib_idx"]
+    files = dict(inputs.reference_files)
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, calibration) in enumerate(calibration_sets(train, calib_index).items()):
-            print(f"[2/3] exporting INT8, calibration: {name} ...", flush=True)
+            print(f"[1/2] exporting INT8, calibration: {name} ...", flush=True)
             files[f"ours, {name}"] = export.export(
                 keras_model, Path(tmp) / f"ours_{i}.tflite", mode="int8", data=calibration,
                 preprocess="raw", calibration_samples=len(calibration))
-        print(f"[3/3] evaluating {len(files)} files on {len(test):,} images ...", flush=True)
+        print(f"[2/2] evaluating {len(files)} files on {len(test):,} images ...", flush=True)
         results = measure(files, test, reference, args.latency_runs)
     baseline = results["reference INT8"]
     rows = [report.comparison_row(name, r, baseline) for name, r in results.items()]
@@ -101,6 +90,8 @@ def main(argv=None) -> int:
     if args.json:
         report.write_json(args.json, {"keras_accuracy": keras_accuracy, "rows": rows,
                                       "seconds": overhead})
+    if args.plot:
+        report.pareto_plot(rows, args.plot, title="ResNet-8 INT8 exports")
     return 0
 
 

@@ -15,7 +15,6 @@ model fine-tuned for the same epochs with the same distillation: compare against
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -23,12 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+import _common
 from edgecompress import data, export, inspect, models, recipe, report, verify
 from edgecompress.techniques import channels, distill, lowrank, quantize, student
 from edgecompress.train import FitConfig
-
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def variants(scale: float) -> dict[str, list[recipe.Stage]]:
     def fit(epochs, learning_rate=1e-3):
@@ -54,26 +51,16 @@ def variants(scale: float) -> dict[str, list[recipe.Stage]]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared")
-    parser.add_argument("--epochs-scale", type=float, default=1.0)
-    parser.add_argument("--train-samples", type=int, help="fine-tune on a random subset")
-    parser.add_argument("--json", type=Path, help="also write the table as JSON")
-    parser.add_argument("--plot", type=Path, help="write the Pareto plot (PNG)")
+    parser = _common.arguments(__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs-scale", type=float, default=1.0,
+                        help="multiply every stage's epochs (0.1 for a quick look)")
     args = parser.parse_args(argv)
-    model_dir = args.shared / "models" / "mlperf_tiny_resnet8"
-    cifar = args.shared / "data" / "cifar10"
-    if not model_dir.is_dir() or not cifar.is_dir():
-        print(f"needs {model_dir} and {cifar}: see ../shared/DATA.md", file=sys.stderr)
+    inputs = _common.load(args)
+    if inputs is None:
         return 2
-    train, test = data.load(cifar / "train.npz"), data.load(cifar / "test.npz")
-    if args.train_samples:
-        train = train.take(args.train_samples, seed=0)
-    h5 = model_dir / "pretrainedResnet.h5"
-    keras_labels = models.predict_labels(models.load(h5), test, "raw")
-    calibration = train.take(500, seed=0)
-    files = {"float (reference .tflite)": model_dir / "pretrainedResnet.tflite",
-             "reference INT8": model_dir / "pretrainedResnet_quant.tflite"}
+    train, test, h5 = inputs.train, inputs.test, inputs.h5
+    keras_labels, calibration = inputs.keras_labels, inputs.calibration
+    files = dict(inputs.reference_files)
     minutes = {}
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, stages) in enumerate(variants(args.epochs_scale).items()):

@@ -1,0 +1,52 @@
+"""What the ResNet-8 benchmarks share: the ../shared inputs and the Keras reference."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgecompress import data, models
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Inputs:
+    train: data.Dataset
+    test: data.Dataset
+    h5: Path
+    keras_labels: np.ndarray  # the float Keras model's top-1 on the test set
+    calibration: data.Dataset  # 500 train images at random (the export default)
+    reference_files: dict  # the float and INT8 .tflite files of MLPerf Tiny
+
+
+def arguments(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared",
+                        help="the shared folder with data/ and models/ (default ../shared)")
+    parser.add_argument("--train-samples", type=int, help="fine-tune on a random subset")
+    parser.add_argument("--json", type=Path, help="also write the table as JSON")
+    parser.add_argument("--plot", type=Path, help="write the Pareto plot (PNG)")
+    return parser
+
+
+def load(args) -> Inputs | None:
+    """The inputs, or None (with a message) when ../shared is absent."""
+    model_dir = args.shared / "models" / "mlperf_tiny_resnet8"
+    cifar = args.shared / "data" / "cifar10"
+    if not model_dir.is_dir() or not cifar.is_dir():
+        print(f"needs {model_dir} and {cifar}: see ../shared/DATA.md", file=sys.stderr)
+        return None
+    train, test = data.load(cifar / "train.npz"), data.load(cifar / "test.npz")
+    if getattr(args, "train_samples", None):
+        train = train.take(args.train_samples, seed=0)
+    h5 = model_dir / "pretrainedResnet.h5"
+    print("Keras reference predictions on the 10k test set ...", flush=True)
+    return Inputs(train, test, h5, models.predict_labels(models.load(h5), test, "raw"),
+                  train.take(500, seed=0),
+                  {"float (reference .tflite)": model_dir / "pretrainedResnet.tflite",
+                   "reference INT8": model_dir / "pretrainedResnet_quant.tflite"})
