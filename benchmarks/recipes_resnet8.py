@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 import _common
-from edgecompress import data, export, models, recipe, report, verify
+from edgecompress import export, models, recipe, report, verify
 from edgecompress.techniques import cluster, quantize
 from edgecompress.train import FitConfig
 

@@ -20,10 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 import _common
-from edgecompress import data, export, inspect, models, recipe, report, verify
+from edgecompress import export, inspect, models, recipe, report, verify
 from edgecompress.techniques import channels, distill, lowrank, quantize, student
 from edgecompress.train import FitConfig
 

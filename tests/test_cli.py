@@ -93,9 +93,9 @@ def test_bad_input_gives_one_line_and_status_2(tmp_path, trained, npz, int8_file
     cases = _bad_inputs(tmp_path, trained, npz, int8_file)
     for argv, message in cases:
         try:
-            status, out, err = run(capsys, *argv)
+            status, _, err = run(capsys, *argv)
         except SystemExit as e:  # argparse exits from inside main()
-            status, (out, err) = e.code, capsys.readouterr()
+            status, (_, err) = e.code, capsys.readouterr()
         assert status == 2, argv
         errors = [line for line in err.splitlines() if "error:" in line]
         assert len(errors) == 1 and message in errors[0], (argv, err)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgecompress import recipe, runner, train
+from edgecompress import recipe, train
 from edgecompress.errors import OptionError
 from edgecompress.techniques import cluster, prune, quantize
 from conftest import write_npz

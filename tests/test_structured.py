@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from edgecompress import data, export, inspect, models, recipe, train
-from edgecompress._tf import keras, tf
+from edgecompress._tf import keras
 from edgecompress.errors import OptionError
 from edgecompress.techniques import channels, distill, lowrank, student
 

@@ -82,7 +82,7 @@ def apply(model: keras.Model, config: Config = Config()) -> keras.Model:
             layer, number_of_clusters=config.clusters, cluster_centroids_init=centroids,
             preserve_sparsity=config.preserve_sparsity, cluster_per_channel=per_channel)
 
-    wrapped, skipped = _layers.wrap(model, lambda l: _reason_to_skip(l, config), wrapper)
+    wrapped, skipped = _layers.wrap(model, lambda layer: _reason_to_skip(layer, config), wrapper)
     _layers.warn_skipped("Clustering", skipped)
     return wrapped
 

@@ -116,7 +116,7 @@ def apply(model: keras.Model, config: Config = Config()) -> keras.Model:
         return tfmot.sparsity.keras.prune_low_magnitude(
             layer, pruning_schedule=config.tfmot_schedule(), sparsity_m_by_n=m_by_n)
 
-    wrapped, skipped = _layers.wrap(model, lambda l: _reason_to_skip(l, config), wrapper)
+    wrapped, skipped = _layers.wrap(model, lambda layer: _reason_to_skip(layer, config), wrapper)
     _layers.warn_skipped("Pruning", skipped)
     return wrapped
 
