@@ -15,8 +15,12 @@ _EXPORTS = {
     "shapes": "data",
     "load_model": ("models", "load"), "build_model": ("models", "build"),
     "Mode": "options", "convert": "export", "export": ("export", "export"),
-    "fit": "train",
+    "fit": "train", "FitConfig": "train",
     "Evaluation": "verify", "evaluate": "verify", "LiteRTModel": "verify",
+    "Target": "targets", "get_target": ("targets", "get"),
+    "Verdict": "verdict", "verify_target": "verdict",
+    "Stage": "recipe", "run_recipe": ("recipe", "run"), "compress": "runner",
+    "inspect_tflite": ("inspect", "read"),
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
