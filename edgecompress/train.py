@@ -87,7 +87,7 @@ def fit(model: keras.Model, data: Dataset, *, preprocess="raw", config: FitConfi
     how = Preprocess.get(preprocess)
     data.check_fits(input_shape(model))
     keras.utils.set_random_seed(seed)
-    trainer = model
+    trainer, teacher_was_trainable = model, teacher is not None and teacher.trainable
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         optimizer = keras.optimizers.Adam(_learning_rate(config, len(data)))
         if teacher is None:
@@ -100,10 +100,14 @@ def fit(model: keras.Model, data: Dataset, *, preprocess="raw", config: FitConfi
     val = None
     if validation is not None:
         val = (preprocess_images(validation.x, how), validation.require_labels())
-    return trainer.fit(preprocess_images(data.x, how), data.require_labels(),
-                     batch_size=config.batch_size, epochs=config.epochs, validation_data=val,
-                     callbacks=list(callbacks) + _early_stopping(config, val), shuffle=True,
-                     verbose=verbose)
+    try:
+        return trainer.fit(preprocess_images(data.x, how), data.require_labels(),
+                           batch_size=config.batch_size, epochs=config.epochs,
+                           validation_data=val, shuffle=True, verbose=verbose,
+                           callbacks=list(callbacks) + _early_stopping(config, val))
+    finally:
+        if teacher is not None:  # frozen for the distillation only, not for the caller
+            teacher.trainable = teacher_was_trainable
 
 
 def _learning_rate(config: FitConfig, samples: int):

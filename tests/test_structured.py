@@ -42,7 +42,7 @@ def test_distillation_freezes_the_teacher_and_calls_it_once_per_batch(trained, t
                         batch_size=32, learning_rate=1e-2, verbose=0, teacher=teacher,
                         distill_config=distill.Config(temperature=2.0, alpha=0.5))
     assert all(np.array_equal(a, b) for a, b in zip(before, teacher_core.get_weights()))
-    assert not teacher.trainable
+    assert teacher.trainable and teacher_core.trainable  # frozen only while distilling
     assert float(counter.calls.numpy()) == 2 * 128 / 32  # epochs x batches
     assert history.history["loss"][-1] < history.history["loss"][0]
 
@@ -55,6 +55,13 @@ def test_distilled_student_learns_from_the_teacher(trained, train_set, test_set)
     agreement = np.mean(pupil.predict_on_batch(x).argmax(1) ==
                         trained[0].predict_on_batch(x).argmax(1))
     assert agreement > 0.5  # labels unused (alpha 0): all it knows came from the teacher
+
+
+def test_distiller_freezes_its_teacher(trained):
+    teacher = models.tiny_cnn((16, 16, 3))
+    distiller = distill.Distiller(student=models.tiny_cnn((16, 16, 3)), teacher=teacher)
+    assert not teacher.trainable and distiller.student.trainable
+    assert not set(map(id, distiller.trainable_weights)) & set(map(id, teacher.weights))
 
 
 def test_distillation_config_and_shape_errors(trained):
