@@ -20,14 +20,15 @@ def call(function, *args, what: str = "the interpreter", **kwargs):
 
     `function` must be importable (module level). Exceptions it raises come back as they
     are; a crash of the child (a signal, or an exit without a result) raises `ModelError`.
-    The child is `python -m edgecompress._isolate`, so the caller's main module is never
-    re-imported (unlike multiprocessing's spawn).
+    The child is `python -P -m edgecompress._isolate`: the caller's main module is never
+    re-imported (unlike multiprocessing's spawn), and `-P` keeps the working folder off
+    `sys.path`, where a file such as `inspect.py` would shadow the standard library.
     """
     request = pickle.dumps((function.__module__, function.__qualname__, args, kwargs))
     with tempfile.TemporaryDirectory(prefix="edgecompress-") as folder:
         result_path = os.path.join(folder, "result.pickle")
-        done = subprocess.run([sys.executable, "-P", "-m", __name__, result_path], input=request,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        done = subprocess.run([sys.executable, "-P", "-m", __name__, result_path],
+                              input=request, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         if done.returncode != 0 or not os.path.exists(result_path):
             raise ModelError(f"{what} crashed on this file ({_describe_exit(done)}); the "
                              "file is probably malformed.")

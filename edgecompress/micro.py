@@ -46,10 +46,11 @@ def run(tflite: bytes, inputs: np.ndarray | None = None) -> MicroRun:
     if not available():
         raise MicroUnavailable("TFLite Micro checks need the optional package: "
                                "pip install 'edgecompress[mcu]'.")
-    return _isolate.call(_run, bytes(tflite), inputs, what="TFLite Micro")
+    return _isolate.call(run_in_process, bytes(tflite), inputs, what="TFLite Micro")
 
 
-def _run(tflite: bytes, inputs) -> MicroRun:
+def run_in_process(tflite: bytes, inputs) -> MicroRun:
+    """`run` without the child process (for code already isolated)."""
     from tflite_micro import runtime
 
     def allocate(arena):

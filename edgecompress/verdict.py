@@ -91,7 +91,7 @@ def _verify(path, target, model, data, preprocess, reference, min_accuracy, micr
         inputs = None
         if data is not None:
             inputs = _micro_inputs(path, model, data.take(micro_samples), preprocess)
-        micro_run = micro._run(verify.read_tflite(path), inputs)
+        micro_run = micro.run_in_process(verify.read_tflite(path), inputs)
         if micro_run.missing_ops:
             checks.append(Check("TFLite Micro operators", FAIL,
                                 ", ".join(micro_run.missing_ops) + " not resolved",
@@ -195,8 +195,9 @@ def _accuracy(path, target, data, preprocess, reference, min_accuracy, micro_run
         where = f"TFLite Micro, {len(sample)} images"
         checks.append(_compare_with_litert(path, sample, preprocess, micro_run.outputs))
     else:
-        result = verify._evaluate(path, data, preprocess=preprocess, reference=reference,
-                                  threads=target.threads, kernels="xnnpack", latency_runs=5)
+        result = verify.evaluate_in_process(
+            path, data, preprocess=preprocess, reference=reference, threads=target.threads,
+            kernels="xnnpack", latency_runs=5)
         accuracy, where = result.accuracy, f"LiteRT, {result.samples:,} images"
         if reference is not None:
             checks.append(Check("agreement with reference", INFO, f"{result.agreement:.2%}"))

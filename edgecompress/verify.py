@@ -187,11 +187,13 @@ def evaluate(path, data: Dataset, *, preprocess=None, reference: np.ndarray | No
                    kernels=kernels, latency_runs=latency_runs)
     if isolate:
         inspect.read(read_tflite(path))  # a structural check first, in this process
-        return _isolate.call(_evaluate, path, data, what="LiteRT", **options)
-    return _evaluate(path, data, **options)
+        return _isolate.call(evaluate_in_process, path, data, what="LiteRT", **options)
+    return evaluate_in_process(path, data, **options)
 
 
-def _evaluate(path, data, *, preprocess, reference, threads, kernels, latency_runs):
+def evaluate_in_process(path, data, *, preprocess, reference, threads, kernels,
+                        latency_runs):
+    """`evaluate` without the child process (for code already isolated)."""
     model = LiteRTModel(path, threads=threads, kernels=kernels)
     how = resolve_preprocess(model, preprocess)
     labels = data.require_labels()
