@@ -29,9 +29,13 @@ def call(function, *args, what: str = "the interpreter", **kwargs):
         result_path = os.path.join(folder, "result.pickle")
         done = subprocess.run([sys.executable, "-P", "-m", __name__, result_path],
                               input=request, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if done.returncode < 0:
+            raise ModelError(f"{what} crashed on this file ({_signal_name(done.returncode)});"
+                             " the file is probably malformed.")
         if done.returncode != 0 or not os.path.exists(result_path):
-            raise ModelError(f"{what} crashed on this file ({_describe_exit(done)}); the "
-                             "file is probably malformed.")
+            last = done.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
+            raise ModelError(f"{what} failed in its child process (exit status "
+                             f"{done.returncode}): {last[0][:300]}")
         with open(result_path, "rb") as f:
             ok, value = pickle.load(f)
     if not ok:
@@ -39,14 +43,11 @@ def call(function, *args, what: str = "the interpreter", **kwargs):
     return value
 
 
-def _describe_exit(done: subprocess.CompletedProcess) -> str:
-    if done.returncode < 0:
-        try:
-            return f"killed by {signal.Signals(-done.returncode).name}"
-        except ValueError:
-            return f"killed by signal {-done.returncode}"
-    last = done.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
-    return f"exit status {done.returncode}{': ' + last[0][:200] if last[0] else ''}"
+def _signal_name(returncode: int) -> str:
+    try:
+        return f"killed by {signal.Signals(-returncode).name}"
+    except ValueError:
+        return f"killed by signal {-returncode}"
 
 
 def _serve(result_path: str) -> None:
