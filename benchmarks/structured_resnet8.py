@@ -54,6 +54,9 @@ def variants(scale: float) -> dict[str, list[recipe.Stage]]:
         "channels 50% + KD(a=0.5) + QAT, 15 ep": [
             recipe.Stage("channels", channels.Config(ratio=0.5), fit(15), labels),
             recipe.Stage("qat", quantize.Config(), qat, labels)],
+        "channels 50% + KD(a=0.5) + QAT, 30 ep": [
+            recipe.Stage("channels", channels.Config(ratio=0.5), fit(30), labels),
+            recipe.Stage("qat", quantize.Config(), qat, labels)],
     }
 
 
