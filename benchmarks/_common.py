@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from edgecompress import data, models
+from edgecompress import data, export, models, recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,8 +25,13 @@ class Inputs:
     reference_files: dict  # the float and INT8 .tflite files of MLPerf Tiny
 
 
-def arguments(description: str) -> argparse.ArgumentParser:
+def arguments(description: str, *, training: bool = False) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
+    if training:
+        parser.add_argument("--epochs-scale", type=float, default=1.0,
+                            help="multiply every stage's epochs (0.1 for a quick look)")
+        parser.add_argument("--only", nargs="+", metavar="TEXT",
+                            help="run only the variants whose names contain one of these")
     parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared",
                         help="the shared folder with data/ and models/ (default ../shared)")
     parser.add_argument("--train-samples", type=int, help="fine-tune on a random subset")
@@ -50,3 +56,22 @@ def load(args) -> Inputs | None:
                   train.take(500, seed=0),
                   {"float (reference .tflite)": model_dir / "pretrainedResnet.tflite",
                    "reference INT8": model_dir / "pretrainedResnet_quant.tflite"})
+
+
+def train_variants(inputs: Inputs, variants: dict, only, folder: Path) -> tuple[dict, dict]:
+    """Runs each variant's stages on the ResNet-8 and exports it to INT8 in `folder`.
+
+    Returns ({name: .tflite path}, {name: training minutes}).
+    """
+    files, minutes = {}, {}
+    chosen = {name: stages for name, stages in variants.items()
+              if not only or any(text in name for text in only)}
+    for i, (name, stages) in enumerate(chosen.items()):
+        print(f"\n=== {name} ===", flush=True)
+        started = time.perf_counter()
+        final, _ = recipe.run(models.load(inputs.h5), stages, inputs.train, preprocess="raw",
+                              validation=inputs.test.take(1000, seed=1), verbose=2)
+        minutes[name] = (time.perf_counter() - started) / 60
+        files[name] = export.export(final, folder / f"variant_{i}.tflite",
+                                    data=inputs.calibration, preprocess="raw")
+    return files, minutes

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -55,48 +54,36 @@ def recipes(samples: int, scale: float) -> dict[str, list[recipe.Stage]]:
 
 
 def main(argv=None) -> int:
-    parser = _common.arguments(__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs-scale", type=float, default=1.0,
-                        help="multiply every stage's epochs (0.1 for a quick look)")
-    parser.add_argument("--only", nargs="+", metavar="TEXT",
-                        help="run only the recipes whose names contain one of these")
+    parser = _common.arguments(__doc__.split("\n\n")[0], training=True)
     args = parser.parse_args(argv)
     inputs = _common.load(args)
     if inputs is None:
         return 2
-    train, test, h5 = inputs.train, inputs.test, inputs.h5
-    keras_labels, calibration = inputs.keras_labels, inputs.calibration
     files = dict(inputs.reference_files)
-    seconds = {}
     with tempfile.TemporaryDirectory() as tmp:
-        files["PTQ INT8 (ours)"] = export.export(models.load(h5), Path(tmp) / "ptq.tflite",
-                                                 data=calibration, preprocess="raw")
-        chosen = {name: stages for name, stages in recipes(len(train), args.epochs_scale).items()
-                  if not args.only or any(text in name for text in args.only)}
-        for i, (name, stages) in enumerate(chosen.items()):
-            print(f"\n=== {name} ===", flush=True)
-            started = time.perf_counter()
-            final, _ = recipe.run(models.load(h5), stages, train, preprocess="raw",
-                                  validation=test.take(1000, seed=1), verbose=2)
-            seconds[name] = time.perf_counter() - started
-            files[name] = export.export(final, Path(tmp) / f"recipe_{i}.tflite",
-                                        data=calibration, preprocess="raw")
-        print(f"\nevaluating {len(files)} files on {len(test):,} images ...", flush=True)
-        results = {name: verify.evaluate(path, test, preprocess="raw", reference=keras_labels,
+        files["PTQ INT8 (ours)"] = export.export(models.load(inputs.h5),
+                                                 Path(tmp) / "ptq.tflite",
+                                                 data=inputs.calibration, preprocess="raw")
+        trained, minutes = _common.train_variants(
+            inputs, recipes(len(inputs.train), args.epochs_scale), args.only, Path(tmp))
+        files.update(trained)
+        print(f"\nevaluating {len(files)} files on {len(inputs.test):,} images ...", flush=True)
+        results = {name: verify.evaluate(path, inputs.test, preprocess="raw",
+                                         reference=inputs.keras_labels,
                                          latency_runs=1000) for name, path in files.items()}
     baseline = results["reference INT8"]
     rows = []
     for name, result in results.items():
         row = report.comparison_row(name, result, baseline)
         row["gzip_vs_ref"] = result.gzip_bytes / baseline.gzip_bytes
-        row["train_min"] = round(seconds[name] / 60, 1) if name in seconds else None
+        row["train_min"] = round(minutes[name], 1) if name in minutes else None
         rows.append(row)
-    print(f"\nKeras float model accuracy: {np.mean(keras_labels == test.y):.4f} "
+    print(f"\nKeras float model accuracy: {np.mean(inputs.keras_labels == inputs.test.y):.4f} "
           f"(10k JPEG-decoded test images); ratios against the reference INT8\n")
     print(report.text_table(rows))
     if args.json:
         report.write_json(args.json, {"rows": rows, "epochs_scale": args.epochs_scale,
-                                      "train_samples": len(train)})
+                                      "train_samples": len(inputs.train)})
     if args.plot:
         report.pareto_plot(rows, args.plot, size="gzip_bytes",
                            title="ResNet-8 recipes, 10k JPEG CIFAR-10 test")

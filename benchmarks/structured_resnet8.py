@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import _common
-from edgecompress import export, inspect, models, recipe, report, verify
+from edgecompress import inspect, recipe, report, verify
 from edgecompress.techniques import channels, distill, lowrank, quantize, student
 from edgecompress.train import FitConfig
 
@@ -61,32 +60,19 @@ def variants(scale: float) -> dict[str, list[recipe.Stage]]:
 
 
 def main(argv=None) -> int:
-    parser = _common.arguments(__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs-scale", type=float, default=1.0,
-                        help="multiply every stage's epochs (0.1 for a quick look)")
-    parser.add_argument("--only", nargs="+", metavar="TEXT",
-                        help="run only the variants whose names contain one of these")
+    parser = _common.arguments(__doc__.split("\n\n")[0], training=True)
     args = parser.parse_args(argv)
     inputs = _common.load(args)
     if inputs is None:
         return 2
-    train, test, h5 = inputs.train, inputs.test, inputs.h5
-    keras_labels, calibration = inputs.keras_labels, inputs.calibration
     files = dict(inputs.reference_files)
-    minutes = {}
     with tempfile.TemporaryDirectory() as tmp:
-        chosen = {name: stages for name, stages in variants(args.epochs_scale).items()
-                  if not args.only or any(text in name for text in args.only)}
-        for i, (name, stages) in enumerate(chosen.items()):
-            print(f"\n=== {name} ===", flush=True)
-            started = time.perf_counter()
-            final, _ = recipe.run(models.load(h5), stages, train, preprocess="raw",
-                                  validation=test.take(1000, seed=1), verbose=2)
-            minutes[name] = (time.perf_counter() - started) / 60
-            files[name] = export.export(final, Path(tmp) / f"variant_{i}.tflite",
-                                        data=calibration, preprocess="raw")
-        print(f"\nevaluating {len(files)} files on {len(test):,} images ...", flush=True)
-        results = {name: verify.evaluate(path, test, preprocess="raw", reference=keras_labels,
+        trained, minutes = _common.train_variants(inputs, variants(args.epochs_scale),
+                                                  args.only, Path(tmp))
+        files.update(trained)
+        print(f"\nevaluating {len(files)} files on {len(inputs.test):,} images ...", flush=True)
+        results = {name: verify.evaluate(path, inputs.test, preprocess="raw",
+                                         reference=inputs.keras_labels,
                                          latency_runs=2000) for name, path in files.items()}
         structure = {name: inspect.read(path).summary() for name, path in files.items()}
     baseline = results["reference INT8"]
