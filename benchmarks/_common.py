@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecompress import data, export, models, recipe
+from edgecompress import data, export, models, recipe, verify
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,3 +75,11 @@ def train_variants(inputs: Inputs, variants: dict, only, folder: Path) -> tuple[
         files[name] = export.export(final, folder / f"variant_{i}.tflite",
                                     data=inputs.calibration, preprocess="raw")
     return files, minutes
+
+
+def evaluate_all(inputs: Inputs, files: dict, latency_runs: int) -> dict:
+    """{name: verify.Evaluation} of every file on the test set, against the Keras labels."""
+    print(f"\nevaluating {len(files)} files on {len(inputs.test):,} images ...", flush=True)
+    return {name: verify.evaluate(path, inputs.test, preprocess="raw",
+                                  reference=inputs.keras_labels, latency_runs=latency_runs)
+            for name, path in files.items()}

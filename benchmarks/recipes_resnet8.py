@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 import _common
-from edgecompress import export, models, recipe, report, verify
+from edgecompress import export, models, recipe, report
 from edgecompress.techniques import cluster, quantize
 from edgecompress.train import FitConfig
 
@@ -67,10 +67,7 @@ def main(argv=None) -> int:
         trained, minutes = _common.train_variants(
             inputs, recipes(len(inputs.train), args.epochs_scale), args.only, Path(tmp))
         files.update(trained)
-        print(f"\nevaluating {len(files)} files on {len(inputs.test):,} images ...", flush=True)
-        results = {name: verify.evaluate(path, inputs.test, preprocess="raw",
-                                         reference=inputs.keras_labels,
-                                         latency_runs=1000) for name, path in files.items()}
+        results = _common.evaluate_all(inputs, files, latency_runs=1000)
     baseline = results["reference INT8"]
     rows = []
     for name, result in results.items():

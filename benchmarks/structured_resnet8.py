@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 import _common
-from edgecompress import inspect, recipe, report, verify
+from edgecompress import inspect, recipe, report
 from edgecompress.techniques import channels, distill, lowrank, quantize, student
 from edgecompress.train import FitConfig
 
@@ -70,10 +70,7 @@ def main(argv=None) -> int:
         trained, minutes = _common.train_variants(inputs, variants(args.epochs_scale),
                                                   args.only, Path(tmp))
         files.update(trained)
-        print(f"\nevaluating {len(files)} files on {len(inputs.test):,} images ...", flush=True)
-        results = {name: verify.evaluate(path, inputs.test, preprocess="raw",
-                                         reference=inputs.keras_labels,
-                                         latency_runs=2000) for name, path in files.items()}
+        results = _common.evaluate_all(inputs, files, latency_runs=2000)
         structure = {name: inspect.read(path).summary() for name, path in files.items()}
     baseline = results["reference INT8"]
     float_accuracy = results["float (reference .tflite)"].accuracy
