@@ -136,6 +136,28 @@ def test_channel_pruning_respects_exclusions_and_unknown_layers():
     assert pruned.predict_on_batch(x).shape == (2, 2)  # Flatten -> Dense rows remapped
 
 
+def test_channel_pruning_per_layer_ratios_override_the_shared_one():
+    model = models.resnet8((16, 16, 3))
+    adds = {layer.name for layer in model.layers if isinstance(layer, keras.layers.Add)}
+    last = [g for g in channels.analyse(model) if adds & set(g.members)][-1]
+    first, dense = model.layers[1].name, model.layers[-1].name
+    config = channels.Config(ratio=0.5, divisor=8, ratios={last.producers[0]: 0.375})
+    pruned = channels.apply(model, config)
+    filters = {layer.name: layer.filters for layer in pruned.layers
+               if isinstance(layer, keras.layers.Conv2D)}
+    assert {filters[name] for name in last.producers} == {40}  # the whole tied group
+    assert filters[first] == 8  # the others follow `ratio`
+    with pytest.raises(OptionError, match="different ratios"):
+        channels.plan(model, channels.Config(ratios={last.producers[0]: 0.25,
+                                                     last.producers[1]: 0.5}))
+    with pytest.raises(OptionError, match=f"Cannot prune {dense}"):
+        channels.plan(model, channels.Config(ratios={dense: 0.5}))
+    with pytest.raises(OptionError, match="scope='layer'"):
+        channels.Config(scope="global", ratios={dense: 0.5})
+    with pytest.raises(OptionError, match="No layer named nope"):
+        channels.plan(model, channels.Config(ratios={"nope": 0.5}))
+
+
 def _full_ranks(model, method):
     return {layer.name: min(lowrank._matrix(layer, lowrank.Method(method)).shape)
             for layer in model.layers if type(layer).__name__ in ("Conv2D", "Dense")}

@@ -11,7 +11,7 @@ and faster on every runtime.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -53,6 +53,8 @@ class Config:
         scope: `layer` or `global`.
         divisor: keep a multiple of this many channels per group (hardware likes 4 or 8).
         exclude: names of layers whose output channels are kept.
+        ratios: ratio per layer name, overriding `ratio` for the group of that layer
+            (`layer` scope only).
     """
 
     ratio: float = 0.25
@@ -60,12 +62,16 @@ class Config:
     scope: str = "layer"
     divisor: int = 1
     exclude: tuple[str, ...] = ()
+    ratios: dict = field(default_factory=dict)
 
     def __post_init__(self):
         Criterion.get(self.criterion)
-        Scope.get(self.scope)
-        if not 0 <= self.ratio < 1:
-            raise OptionError(f"`ratio` must be in [0, 1). Received: ratio={self.ratio}.")
+        if Scope.get(self.scope) is Scope.GLOBAL and self.ratios:
+            raise OptionError("Per-layer `ratios` need scope='layer'; the global scope "
+                              "ranks all channels together.")
+        for name, ratio in {"ratio": self.ratio, **self.ratios}.items():
+            if not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
+                raise OptionError(f"Ratio for {name} must be in [0, 1). Received: {ratio!r}.")
         if self.divisor < 1:
             raise OptionError(f"`divisor` must be at least 1. Received: divisor={self.divisor}.")
 
@@ -108,7 +114,7 @@ class _Groups:
 
 def analyse(model: keras.Model, config: Config = Config()) -> list[Group]:
     """The channel groups of `model` and whether each can be pruned (before `keep` is set)."""
-    _layers.check_layer_names(model, config.exclude)
+    _layers.check_layer_names(model, (*config.exclude, *config.ratios))
     sources = _graph.inbound(model)
     groups = _Groups()
     for layer in model.layers:
@@ -181,17 +187,31 @@ def plan(model: keras.Model, config: Config = Config()) -> list[Group]:
         threshold = np.quantile(everything, config.ratio) if config.ratio else -np.inf
     for group in groups:
         if group.fixed_by:
+            named = [m for m in group.members if config.ratios.get(m)]
+            if named:
+                raise OptionError(f"Cannot prune {', '.join(named)}: its channels are fixed "
+                                  f"({group.fixed_by}).")
             group.keep = np.arange(group.channels)
             continue
         score = scores[id(group)]
         if threshold is None:
-            count = group.channels - int(round(config.ratio * group.channels))
+            count = group.channels - int(round(_ratio(group, config) * group.channels))
         else:
             count = int(np.sum(score / (score.max() or 1.0) > threshold))
         count = min(group.channels, max(config.divisor, -(-count // config.divisor) *
                                         config.divisor))
         group.keep = np.sort(np.argsort(-score, kind="stable")[:count])
     return groups
+
+
+def _ratio(group: Group, config: Config) -> float:
+    """The group's ratio: one named in `config.ratios` by a member, else `config.ratio`."""
+    named = {config.ratios[m] for m in group.members if m in config.ratios}
+    if len(named) > 1:
+        raise OptionError(f"Layers {', '.join(m for m in group.members if m in config.ratios)}"
+                          f" share their channels (one group) but were given different "
+                          f"ratios: {sorted(named)}.")
+    return named.pop() if named else config.ratio
 
 
 def apply(model: keras.Model, config: Config = Config()) -> keras.Model:
