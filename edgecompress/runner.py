@@ -218,6 +218,21 @@ def load_inputs(args):
     return model, train_data, eval_data
 
 
+def _discard_partial(out: Path | None, fresh: bool) -> str:
+    """Removes what a failed run wrote in a folder it created; keeps completed stages.
+
+    Returns a hint for the error message ("" when nothing is kept)."""
+    if out is None or not fresh:
+        return ""
+    for path in out.iterdir():
+        if path.name != CHECKPOINTS:
+            path.unlink()
+    if (out / CHECKPOINTS / "progress.json").exists():
+        return f" Completed stages are kept in {out}: fix this and rerun with --resume."
+    shutil.rmtree(out)
+    return ""
+
+
 def script_main(description: str, build_stages, argv=None, extra_arguments=None) -> int:
     """Runs a recipe script: parse, load, `build_stages(args, train_data)`, compress.
 
@@ -227,6 +242,8 @@ def script_main(description: str, build_stages, argv=None, extra_arguments=None)
     if extra_arguments:
         extra_arguments(p)
     args = p.parse_args(argv)
+    fresh = not args.out.exists() or args.out.is_dir() and not any(args.out.iterdir())
+    out = None
     try:
         model, train_data, eval_data = load_inputs(args)
         stages = build_stages(args, train_data)
@@ -239,7 +256,8 @@ def script_main(description: str, build_stages, argv=None, extra_arguments=None)
                  inputs={"model": args.model, "train_data": args.train_data,
                          "eval_data": args.eval_data})
     except EdgeCompressError as e:
-        print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
+        print(f"{Path(sys.argv[0]).name}: error: {e}{_discard_partial(out, fresh)}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{Path(sys.argv[0]).name}: interrupted; continue with the same command and "

@@ -8,8 +8,11 @@ recovers accuracy faster than labels alone; QAT closes the INT8 gap.
         --ratio 0.5 --train-data train.npz --eval-data test.npz --out runs/channels
 
 Residual connections tie channels across each Add: those groups are pruned together.
+`--layer-ratio conv2d_7=0.375` gives one layer (and the layers tied to it) its own ratio;
+`--divisor 8` keeps channel counts XNNPACK runs fast.
 """
 
+import argparse
 import sys
 
 from edgecompress import recipe, runner
@@ -20,15 +23,30 @@ def arguments(parser):
     parser.add_argument("--ratio", type=float, default=0.5,
                         help="fraction of channels removed (default 0.5)")
     parser.add_argument("--criterion", default="l1", choices=channels.Criterion.values())
+    parser.add_argument("--divisor", type=int, default=1,
+                        help="keep a multiple of this many channels per layer (default 1)")
+    parser.add_argument("--layer-ratio", type=_layer_ratio, action="append", default=[],
+                        metavar="LAYER=RATIO", help="a layer's own ratio (repeatable)")
     parser.add_argument("--temperature", type=float, default=4.0)
+    parser.add_argument("--label-weight", type=float, default=0.5,
+                        help="weight of the labels against the teacher, 0-1 (default 0.5)")
     parser.set_defaults(learning_rate=1e-3)
+
+
+def _layer_ratio(text):
+    name, _, ratio = text.partition("=")
+    try:
+        return name, float(ratio)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LAYER=RATIO, got {text!r}") from None
 
 
 def stages(args, train_data):
     fit = runner.fit_config(args)
-    teach = distill.Config(temperature=args.temperature)
-    return [recipe.Stage("channels", channels.Config(ratio=args.ratio,
-                                                     criterion=args.criterion), fit, teach),
+    teach = distill.Config(temperature=args.temperature, alpha=args.label_weight)
+    config = channels.Config(ratio=args.ratio, criterion=args.criterion, divisor=args.divisor,
+                             ratios=dict(args.layer_ratio))
+    return [recipe.Stage("channels", config, fit, teach),
             recipe.Stage("qat", quantize.Config(), fit, teach)]
 
 

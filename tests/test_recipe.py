@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgecompress import recipe, train
+from edgecompress import recipe, runner, train
 from edgecompress.errors import OptionError
 from edgecompress.techniques import cluster, prune, quantize
 from conftest import write_npz
@@ -88,6 +88,32 @@ def test_recipe_bad_input_is_one_line(tmp_path, shapes_npz):
                        "--train-data", shapes_npz[0], "--out", tmp_path / "out")
     assert done.returncode == 2 and "does not exist" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
+
+
+def test_recipe_failing_after_it_started_leaves_no_files(tmp_path, shapes_npz):
+    args = ["--model", "zoo:resnet8", "--image-size", 16, "--train-data", shapes_npz[0],
+            "--eval-data", shapes_npz[1], "--train-samples", 64, "--quiet"]
+    done = _run_script("resnet8_channels_distill_qat_int8.py", *args, "--out",
+                       tmp_path / "out", "--layer-ratio", "nope=0.5")
+    assert done.returncode == 2 and "No layer named nope" in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
+    done = _run_script("resnet8_channels_distill_qat_int8.py", *args, "--out",
+                       tmp_path / "out", "--layer-ratio", "conv2d")
+    assert done.returncode == 2 and "expected LAYER=RATIO" in done.stderr
+
+
+def test_a_failed_run_keeps_only_its_completed_stages(tmp_path):
+    out = tmp_path / "out"
+    (out / runner.CHECKPOINTS).mkdir(parents=True)
+    (out / "float.tflite").write_bytes(b"x")
+    assert runner._discard_partial(out, fresh=False) == ""  # not ours: untouched
+    assert (out / "float.tflite").exists()
+    (out / runner.CHECKPOINTS / "progress.json").write_text("{}")
+    assert "--resume" in runner._discard_partial(out, fresh=True)
+    assert [p.name for p in out.iterdir()] == [runner.CHECKPOINTS]
+    (out / runner.CHECKPOINTS / "progress.json").unlink()
+    runner._discard_partial(out, fresh=True)
+    assert not out.exists()
 
 
 def test_image_folder_recipe_smoke(tmp_path):
