@@ -32,6 +32,9 @@ def arguments(description: str, *, training: bool = False) -> argparse.ArgumentP
                             help="multiply every stage's epochs (0.1 for a quick look)")
         parser.add_argument("--only", nargs="+", metavar="TEXT",
                             help="run only the variants whose names contain one of these")
+        parser.add_argument("--seed", type=int, default=0,
+                            help="seed of the fine-tuning (run again with another to see "
+                                 "the spread)")
     parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared",
                         help="the shared folder with data/ and models/ (default ../shared)")
     parser.add_argument("--train-samples", type=int, help="fine-tune on a random subset")
@@ -58,7 +61,8 @@ def load(args) -> Inputs | None:
                    "reference INT8": model_dir / "pretrainedResnet_quant.tflite"})
 
 
-def train_variants(inputs: Inputs, variants: dict, only, folder: Path) -> tuple[dict, dict]:
+def train_variants(inputs: Inputs, variants: dict, only, folder: Path,
+                   seed: int = 0) -> tuple[dict, dict]:
     """Runs each variant's stages on the ResNet-8 and exports it to INT8 in `folder`.
 
     Returns ({name: .tflite path}, {name: training minutes}).
@@ -70,7 +74,8 @@ def train_variants(inputs: Inputs, variants: dict, only, folder: Path) -> tuple[
         print(f"\n=== {name} ===", flush=True)
         started = time.perf_counter()
         final, _ = recipe.run(models.load(inputs.h5), stages, inputs.train, preprocess="raw",
-                              validation=inputs.test.take(1000, seed=1), verbose=2)
+                              validation=inputs.test.take(1000, seed=1), seed=seed,
+                              verbose=2)
         minutes[name] = (time.perf_counter() - started) / 60
         files[name] = export.export(final, folder / f"variant_{i}.tflite",
                                     data=inputs.calibration, preprocess="raw")

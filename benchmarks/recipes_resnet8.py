@@ -65,7 +65,8 @@ def main(argv=None) -> int:
                                                  Path(tmp) / "ptq.tflite",
                                                  data=inputs.calibration, preprocess="raw")
         trained, minutes = _common.train_variants(
-            inputs, recipes(len(inputs.train), args.epochs_scale), args.only, Path(tmp))
+            inputs, recipes(len(inputs.train), args.epochs_scale), args.only, Path(tmp),
+            args.seed)
         files.update(trained)
         results = _common.evaluate_all(inputs, files, latency_runs=1000)
     baseline = results["reference INT8"]
