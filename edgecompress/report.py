@@ -135,15 +135,18 @@ def pareto_front(costs, accuracies) -> list[int]:
 
 
 def pareto_plot(rows: list[dict], path=None, *, title: str = "", size: str = "bytes"):
-    """Accuracy against size and against latency, the Pareto front joined and labelled.
+    """Accuracy against size and against latency, the Pareto front joined.
 
-    `rows` need `variant`, `bytes` (or `gzip_bytes` with `size="gzip_bytes"`),
-    `latency_ms` and `accuracy` (as `table(as_rows=True)` or `comparison_row` give).
+    Points are numbered and the names listed below the plots: names beside the points
+    overlap as soon as a few variants are close. `rows` need `variant`, `bytes` (or
+    `gzip_bytes` with `size="gzip_bytes"`), `latency_ms` and `accuracy` (as
+    `table(as_rows=True)` or `comparison_row` give).
     Returns the Figure; writes a PNG when `path` is given.
     """
+    from matplotlib.patches import Patch
     from matplotlib.ticker import NullFormatter
 
-    figure, axes = _figure(2)
+    figure, axes = _figure(2, height=4.0 + 0.2 * -(-len(rows) // 2))  # room for the names
     names = [r["variant"] for r in rows]
     accuracy = [100 * r["accuracy"] for r in rows]
     size_label = "model bytes" + (" after gzip" if size == "gzip_bytes" else "")
@@ -154,8 +157,9 @@ def pareto_plot(rows: list[dict], path=None, *, title: str = "", size: str = "by
         ax.scatter(cost, accuracy, color="tab:gray", zorder=2)
         ax.plot([cost[i] for i in front], [accuracy[i] for i in front], "o-",
                 color="tab:red", label="Pareto front", zorder=3)
-        for x, y, name in zip(cost, accuracy, names):
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        for number, (x, y) in enumerate(zip(cost, accuracy), start=1):
+            ax.annotate(str(number), (x, y), textcoords="offset points", xytext=(3, 3),
+                        fontsize=8)
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())  # minor log labels overlap
         ax.margins(x=0.25, y=0.1)
@@ -163,6 +167,10 @@ def pareto_plot(rows: list[dict], path=None, *, title: str = "", size: str = "by
         ax.set_ylabel("top-1 accuracy (%)")
         ax.grid(True, alpha=0.3)
         ax.legend(loc="best", fontsize=8)
+    figure.legend([Patch(visible=False)] * len(names),
+                  [f"{number}  {name}" for number, name in enumerate(names, start=1)],
+                  loc="outside lower center", ncols=2, handlelength=0, fontsize=8,
+                  frameon=False)
     if title:
         figure.suptitle(title)
     return _save(figure, path)
