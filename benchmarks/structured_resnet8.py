@@ -68,6 +68,12 @@ def variants(scale: float) -> dict[str, list[recipe.Stage]]:
             recipe.Stage("channels", channels.Config(0.5, divisor=8, ratios={
                 **wider_end, "conv2d_4": 0.25}), fit(30), labels),
             recipe.Stage("qat", quantize.Config(), qat, labels)],
+        "low-rank 0.5 + KD(a=0.5), PTQ, 15 ep": [
+            recipe.Stage("lowrank", lowrank.Config(ratio=0.5), fit(15), labels)],
+        "student width 0.5 + KD(a=0.5) + QAT, 15 ep": [
+            recipe.Stage("student", student.Config("resnet8", {"width": 0.5}), fit(15),
+                         labels),
+            recipe.Stage("qat", quantize.Config(), qat, labels)],
         # the uncompressed model under the same loss: how much of a variant's accuracy is
         # the JPEG-decoded train set's rather than the technique's
         "float fine-tuned (KD a=0.5), PTQ": [

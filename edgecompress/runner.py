@@ -6,6 +6,7 @@ Also the argument parser the scripts in `recipes/` share.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import importlib.metadata
 import platform
@@ -169,6 +170,8 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs per stage")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--learning-rate", type=float, default=1e-4)
+    p.add_argument("--schedule", default="constant", choices=train.LearningRate.values(),
+                   help="learning rate over each stage: constant, or cosine decay to zero")
     p.add_argument("--train-samples", type=int, metavar="N",
                    help="fine-tune on N images drawn at random (default: all)")
     p.add_argument("--eval-samples", type=int, metavar="N",
@@ -183,9 +186,11 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
-def fit_config(args) -> train.FitConfig:
-    return train.FitConfig(epochs=args.epochs, batch_size=args.batch_size,
-                           learning_rate=args.learning_rate)
+def fit_config(args, **changes) -> train.FitConfig:
+    """The fine-tuning the arguments ask for, with `changes` (e.g. fewer epochs for QAT)."""
+    return dataclasses.replace(train.FitConfig(
+        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        schedule=args.schedule), **changes)
 
 
 def load_inputs(args):

@@ -13,7 +13,7 @@ Images are resized to --image-size and scaled with --preprocess (default symmetr
 
 import sys
 
-from edgecompress import recipe, runner, train
+from edgecompress import recipe, runner
 from edgecompress.techniques import quantize
 
 
@@ -28,8 +28,8 @@ def arguments(parser):
 
 def stages(args, train_data):
     fit = runner.fit_config(args)
-    qat = train.FitConfig(epochs=args.qat_epochs, batch_size=args.batch_size,
-                          learning_rate=args.learning_rate / 10)
+    qat = runner.fit_config(args, epochs=args.qat_epochs,
+                            learning_rate=args.learning_rate / 10)
     return [recipe.Stage("finetune", None, fit),
             recipe.Stage("qat", quantize.Config(), qat)]
 
