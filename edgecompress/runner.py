@@ -21,6 +21,7 @@ from . import data as data_module, export, models, recipe, report, train, verify
 from ._tf import keras
 from .errors import EdgeCompressError, OptionError
 from .options import DEFAULT_CALIBRATION_SAMPLES, Preprocess
+from .techniques import distill
 
 CHECKPOINTS = "checkpoints"
 PACKAGES = ("tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert",
@@ -191,6 +192,19 @@ def fit_config(args, **changes) -> train.FitConfig:
     return dataclasses.replace(train.FitConfig(
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
         schedule=args.schedule), **changes)
+
+
+def distill_arguments(parser) -> None:
+    """--temperature and --label-weight, for recipes that distil from the input model."""
+    parser.add_argument("--temperature", type=float, default=4.0,
+                        help="softening of both models' predictions (default 4)")
+    parser.add_argument("--label-weight", type=float, default=0.5,
+                        help="weight of the labels against the teacher, 0-1 (default 0.5: "
+                             "fine-tuning data the teacher never saw is worth learning from)")
+
+
+def distill_config(args) -> distill.Config:
+    return distill.Config(temperature=args.temperature, alpha=args.label_weight)
 
 
 def load_inputs(args):

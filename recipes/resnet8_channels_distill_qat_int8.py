@@ -23,7 +23,7 @@ import argparse
 import sys
 
 from edgecompress import recipe, runner
-from edgecompress.techniques import channels, distill, quantize
+from edgecompress.techniques import channels, quantize
 
 
 def arguments(parser):
@@ -34,9 +34,7 @@ def arguments(parser):
                         help="keep a multiple of this many channels per layer (default 1)")
     parser.add_argument("--layer-ratio", type=_layer_ratio, action="append", default=[],
                         metavar="LAYER=RATIO", help="a layer's own ratio (repeatable)")
-    parser.add_argument("--temperature", type=float, default=4.0)
-    parser.add_argument("--label-weight", type=float, default=0.5,
-                        help="weight of the labels against the teacher, 0-1 (default 0.5)")
+    runner.distill_arguments(parser)
     parser.add_argument("--qat-epochs", type=int, default=2,
                         help="quantisation-aware training epochs, at a tenth of the "
                              "learning rate (default 2)")
@@ -53,7 +51,7 @@ def _layer_ratio(text):
 
 def stages(args, train_data):
     fit = runner.fit_config(args)
-    teach = distill.Config(temperature=args.temperature, alpha=args.label_weight)
+    teach = runner.distill_config(args)
     config = channels.Config(ratio=args.ratio, criterion=args.criterion, divisor=args.divisor,
                              ratios=dict(args.layer_ratio))
     qat = runner.fit_config(args, epochs=args.qat_epochs,

@@ -11,23 +11,24 @@ The student starts from random weights, so it needs more epochs than a fine-tuni
 
 import sys
 
-from edgecompress import recipe, runner, train
-from edgecompress.techniques import distill, quantize, student
+from edgecompress import recipe, runner
+from edgecompress.techniques import quantize, student
 
 
 def arguments(parser):
     parser.add_argument("--width", type=float, default=0.5,
                         help="student filters as a fraction of ResNet-8's (default 0.5)")
+    runner.distill_arguments(parser)
     parser.set_defaults(learning_rate=1e-3, epochs=20)
 
 
 def stages(args, train_data):
-    fit = runner.fit_config(args)
-    qat = train.FitConfig(epochs=max(1, args.epochs // 10), batch_size=args.batch_size,
-                          learning_rate=args.learning_rate / 10)
+    qat = runner.fit_config(args, epochs=max(1, args.epochs // 10),
+                            learning_rate=args.learning_rate / 10)
     config = student.Config("resnet8", {"width": args.width})
-    return [recipe.Stage("student", config, fit, distill.Config()),
-            recipe.Stage("qat", quantize.Config(), qat, distill.Config())]
+    teach = runner.distill_config(args)
+    return [recipe.Stage("student", config, runner.fit_config(args), teach),
+            recipe.Stage("qat", quantize.Config(), qat, teach)]
 
 
 if __name__ == "__main__":

@@ -13,19 +13,21 @@ Layers whose factorisation would not save weights are left as they are.
 import sys
 
 from edgecompress import recipe, runner
-from edgecompress.techniques import distill, lowrank
+from edgecompress.techniques import lowrank
 
 
 def arguments(parser):
     parser.add_argument("--ratio", type=float, default=0.5,
                         help="target weights per factorised layer, as a fraction (default 0.5)")
     parser.add_argument("--method", default="spatial", choices=lowrank.Method.values())
+    runner.distill_arguments(parser)
     parser.set_defaults(learning_rate=1e-3)
 
 
 def stages(args, train_data):
     config = lowrank.Config(ratio=args.ratio, method=args.method)
-    return [recipe.Stage("lowrank", config, runner.fit_config(args), distill.Config())]
+    return [recipe.Stage("lowrank", config, runner.fit_config(args),
+                         runner.distill_config(args))]
 
 
 if __name__ == "__main__":
