@@ -8,9 +8,17 @@ Target (issue 4), all at once for one variant: at most half the reference INT8 b
 
 Fine-tuning on the JPEG-decoded train set raises accuracy on the JPEG-decoded test set by
 itself (the float model was trained on original pixels), so the table also has the float
-model fine-tuned for the same epochs with the same distillation: compare against both.
+model fine-tuned (6 epochs) under the variants' losses: compare against both.
 
     python benchmarks/structured_resnet8.py [--epochs-scale 1.0] [--json out.json] [--plot out.png]
+
+Every variant in one run would train for about two hours on 2 cores (the sum of the
+training minutes in results/); the README's table is the one run of
+
+    python benchmarks/structured_resnet8.py --only "8/16" "a=0.5), PTQ" "KD a=0.9), PTQ" \\
+        "student width 0.5 + KD(a=0.5)" --json results/structured_resnet8_final.json
+
+and `merge_runs.py` puts the separate runs in results/ in one table and plot.
 """
 
 from __future__ import annotations
