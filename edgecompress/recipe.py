@@ -55,7 +55,8 @@ class Stage:
             text = "quantisation-aware training" + (
                 f" ({c.scheme})" if c.scheme != "default" else "")
         elif self.technique == "channels":
-            text = f"removing {c.ratio:.0%} of channels ({c.criterion}, {c.scope})"
+            text = f"removing {c.ratio:.0%} of channels ({c.criterion}, {c.scope}" + "".join(
+                f", {name} {100 * ratio:g}%" for name, ratio in c.ratios.items()) + ")"
         elif self.technique == "lowrank":
             text = "low-rank factorisation (" + (f"energy {c.energy}" if c.energy else
                                                   f"ratio {c.ratio}") + f", {c.method})"

@@ -147,6 +147,7 @@ def test_channel_pruning_per_layer_ratios_override_the_shared_one():
                if isinstance(layer, keras.layers.Conv2D)}
     assert {filters[name] for name in last.producers} == {40}  # the whole tied group
     assert filters[first] == 8  # the others follow `ratio`
+    assert f"{last.producers[0]} 37.5%" in recipe.Stage("channels", config).describe()
     with pytest.raises(OptionError, match="different ratios"):
         channels.plan(model, channels.Config(ratios={last.producers[0]: 0.25,
                                                      last.producers[1]: 0.5}))
