@@ -2,7 +2,8 @@
 
 Each run measured the reference files again, so speed-ups are comparable across runs but
 latencies are not quite: a variant's latency is shown as the first run's reference INT8
-latency divided by its speed-up in its own run. The reference rows come from the first run.
+latency divided by its speed-up in its own run. A variant (or reference) measured in several
+runs keeps the row of the first run that has it.
 
     python benchmarks/merge_runs.py benchmarks/results/structured_resnet8*.json \\
         --plot benchmarks/results/structured_resnet8.png
@@ -21,7 +22,7 @@ REFERENCES = ("float (reference .tflite)", "reference INT8")
 
 
 def merge(runs: list[dict]) -> list[dict]:
-    """The first run's rows, then every other run's variants, latencies rescaled.
+    """Every variant once, in the order of the runs, latencies rescaled.
 
     Variants trained with another seed than 0 get ", seed N" after their names."""
     rows = {}
@@ -29,10 +30,10 @@ def merge(runs: list[dict]) -> list[dict]:
     for run in runs:
         for row in run["rows"]:
             name = row["variant"]
-            if name in REFERENCES and name in rows:
-                continue
             if name not in REFERENCES and run.get("seed"):
                 name += f", seed {run['seed']}"
+            if name in rows:
+                continue
             rows[name] = {"variant": name, **{k: v for k, v in row.items() if k != "variant"},
                           "latency_ms": baseline / row["speedup"]}
     return list(rows.values())
