@@ -40,58 +40,48 @@ def variants(scale: float) -> dict[str, list[recipe.Stage]]:
     teach = distill.Config(temperature=4.0, alpha=0.1)
     labels = distill.Config(temperature=4.0, alpha=0.5)
     mostly_labels = distill.Config(temperature=4.0, alpha=0.9)
-    qat = fit(2, 1e-4)
+
+    def with_qat(stage):  # then 2 epochs of QAT under the same loss
+        return [stage, recipe.Stage("qat", quantize.Config(), fit(2, 1e-4), stage.distill)]
+
+    def pruned(config, epochs, loss):
+        return with_qat(recipe.Stage("channels", config, fit(epochs), loss))
+
+    def half_width_student(epochs, loss):
+        return with_qat(recipe.Stage("student", student.Config("resnet8", {"width": 0.5}),
+                                     fit(epochs), loss))
+
     # channels per stage 8/16/40 and 8/16-24/40 (multiples of 8 for XNNPACK): the bytes
     # saved in stages 1-2 go to stage 3, still under half the reference's bytes
     wider_end = {"conv2d_6": 0.375, "conv2d_7": 0.375}
     return {
         "float fine-tuned (distilled), PTQ": [recipe.Stage("finetune", None, fit(6), teach)],
-        "channels 50% + KD + QAT": [
-            recipe.Stage("channels", channels.Config(ratio=0.5), fit(6), teach),
-            recipe.Stage("qat", quantize.Config(), qat, teach)],
-        "channels 70% + KD + QAT": [
-            recipe.Stage("channels", channels.Config(ratio=0.7), fit(6), teach),
-            recipe.Stage("qat", quantize.Config(), qat, teach)],
+        "channels 50% + KD + QAT": pruned(channels.Config(ratio=0.5), 6, teach),
+        "channels 70% + KD + QAT": pruned(channels.Config(ratio=0.7), 6, teach),
         "low-rank 0.5 + KD, PTQ": [
             recipe.Stage("lowrank", lowrank.Config(ratio=0.5), fit(6), teach)],
-        "student width 0.5 + KD + QAT": [
-            recipe.Stage("student", student.Config("resnet8", {"width": 0.5}), fit(12), teach),
-            recipe.Stage("qat", quantize.Config(), qat, teach)],
+        "student width 0.5 + KD + QAT": half_width_student(12, teach),
         # longer, and with more weight on the labels (alpha 0.5), which the JPEG-decoded
         # train set makes worth more than the teacher trained on original pixels
-        "channels 40% + KD(a=0.5) + QAT, 15 ep": [
-            recipe.Stage("channels", channels.Config(ratio=0.4), fit(15), labels),
-            recipe.Stage("qat", quantize.Config(), qat, labels)],
-        "channels 50% + KD(a=0.5) + QAT, 15 ep": [
-            recipe.Stage("channels", channels.Config(ratio=0.5), fit(15), labels),
-            recipe.Stage("qat", quantize.Config(), qat, labels)],
-        "channels 50% + KD(a=0.5) + QAT, 30 ep": [
-            recipe.Stage("channels", channels.Config(ratio=0.5), fit(30), labels),
-            recipe.Stage("qat", quantize.Config(), qat, labels)],
-        "channels 8/16/40 + KD(a=0.5) + QAT, 30 ep": [
-            recipe.Stage("channels", channels.Config(0.5, divisor=8, ratios=wider_end),
-                         fit(30), labels),
-            recipe.Stage("qat", quantize.Config(), qat, labels)],
-        "channels 8/16-24/40 + KD(a=0.5) + QAT, 30 ep": [
-            recipe.Stage("channels", channels.Config(0.5, divisor=8, ratios={
-                **wider_end, "conv2d_4": 0.25}), fit(30), labels),
-            recipe.Stage("qat", quantize.Config(), qat, labels)],
+        "channels 40% + KD(a=0.5) + QAT, 15 ep": pruned(channels.Config(ratio=0.4), 15, labels),
+        "channels 50% + KD(a=0.5) + QAT, 15 ep": pruned(channels.Config(ratio=0.5), 15, labels),
+        "channels 50% + KD(a=0.5) + QAT, 30 ep": pruned(channels.Config(ratio=0.5), 30, labels),
+        "channels 8/16/40 + KD(a=0.5) + QAT, 30 ep": pruned(
+            channels.Config(0.5, divisor=8, ratios=wider_end), 30, labels),
+        "channels 8/16-24/40 + KD(a=0.5) + QAT, 30 ep": pruned(
+            channels.Config(0.5, divisor=8, ratios={**wider_end, "conv2d_4": 0.25}), 30,
+            labels),
         "low-rank 0.5 + KD(a=0.5), PTQ, 15 ep": [
             recipe.Stage("lowrank", lowrank.Config(ratio=0.5), fit(15), labels)],
-        "student width 0.5 + KD(a=0.5) + QAT, 15 ep": [
-            recipe.Stage("student", student.Config("resnet8", {"width": 0.5}), fit(15),
-                         labels),
-            recipe.Stage("qat", quantize.Config(), qat, labels)],
+        "student width 0.5 + KD(a=0.5) + QAT, 15 ep": half_width_student(15, labels),
         # the uncompressed model under the same loss: how much of a variant's accuracy is
         # the JPEG-decoded train set's rather than the technique's
-        "float fine-tuned (KD a=0.5), PTQ": [
-            recipe.Stage("finetune", None, fit(6), labels)],
+        "float fine-tuned (KD a=0.5), PTQ": [recipe.Stage("finetune", None, fit(6), labels)],
         # mostly the labels: how far the JPEG-decoded train set alone carries a model
         "float fine-tuned (KD a=0.9), PTQ": [
             recipe.Stage("finetune", None, fit(6), mostly_labels)],
-        "channels 50% + KD(a=0.9) + QAT, 30 ep": [
-            recipe.Stage("channels", channels.Config(ratio=0.5), fit(30), mostly_labels),
-            recipe.Stage("qat", quantize.Config(), qat, mostly_labels)],
+        "channels 50% + KD(a=0.9) + QAT, 30 ep": pruned(
+            channels.Config(ratio=0.5), 30, mostly_labels),
     }
 
 

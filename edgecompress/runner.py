@@ -194,6 +194,11 @@ def fit_config(args, **changes) -> train.FitConfig:
         schedule=args.schedule), **changes)
 
 
+def qat_fit_config(args, epochs: int) -> train.FitConfig:
+    """QAT after a fine-tuning stage: `epochs` at a tenth of the learning rate."""
+    return fit_config(args, epochs=epochs, learning_rate=args.learning_rate / 10)
+
+
 def distill_arguments(parser) -> None:
     """--temperature and --label-weight, for recipes that distil from the input model."""
     parser.add_argument("--temperature", type=float, default=4.0,

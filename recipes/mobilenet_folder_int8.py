@@ -28,8 +28,7 @@ def arguments(parser):
 
 def stages(args, train_data):
     fit = runner.fit_config(args)
-    qat = runner.fit_config(args, epochs=args.qat_epochs,
-                            learning_rate=args.learning_rate / 10)
+    qat = runner.qat_fit_config(args, args.qat_epochs)
     return [recipe.Stage("finetune", None, fit),
             recipe.Stage("qat", quantize.Config(), qat)]
 

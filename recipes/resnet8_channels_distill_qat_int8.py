@@ -54,8 +54,7 @@ def stages(args, train_data):
     teach = runner.distill_config(args)
     config = channels.Config(ratio=args.ratio, criterion=args.criterion, divisor=args.divisor,
                              ratios=dict(args.layer_ratio))
-    qat = runner.fit_config(args, epochs=args.qat_epochs,
-                            learning_rate=args.learning_rate / 10)
+    qat = runner.qat_fit_config(args, args.qat_epochs)
     return [recipe.Stage("channels", config, fit, teach),
             recipe.Stage("qat", quantize.Config(), qat, teach)]
 

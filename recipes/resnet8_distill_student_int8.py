@@ -23,8 +23,7 @@ def arguments(parser):
 
 
 def stages(args, train_data):
-    qat = runner.fit_config(args, epochs=max(1, args.epochs // 10),
-                            learning_rate=args.learning_rate / 10)
+    qat = runner.qat_fit_config(args, max(1, args.epochs // 10))
     config = student.Config("resnet8", {"width": args.width})
     teach = runner.distill_config(args)
     return [recipe.Stage("student", config, runner.fit_config(args), teach),

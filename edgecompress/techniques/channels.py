@@ -206,12 +206,12 @@ def plan(model: keras.Model, config: Config = Config()) -> list[Group]:
 
 def _ratio(group: Group, config: Config) -> float:
     """The group's ratio: one named in `config.ratios` by a member, else `config.ratio`."""
-    named = {config.ratios[m] for m in group.members if m in config.ratios}
-    if len(named) > 1:
-        raise OptionError(f"Layers {', '.join(m for m in group.members if m in config.ratios)}"
-                          f" share their channels (one group) but were given different "
-                          f"ratios: {sorted(named)}.")
-    return named.pop() if named else config.ratio
+    named = [m for m in group.members if m in config.ratios]
+    ratios = {config.ratios[m] for m in named}
+    if len(ratios) > 1:
+        raise OptionError(f"Layers {', '.join(named)} share their channels (one group) but "
+                          f"were given different ratios: {sorted(ratios)}.")
+    return ratios.pop() if ratios else config.ratio
 
 
 def apply(model: keras.Model, config: Config = Config()) -> keras.Model:
