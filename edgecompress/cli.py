@@ -120,7 +120,8 @@ def _add_evaluate(commands) -> None:
     p.add_argument("--preprocess", choices=Preprocess.values(),
                    help=PREPROCESS_HELP + "; default: the one stored in the file")
     p.add_argument("--reference", metavar="KERAS_MODEL",
-                   help="a Keras model to measure top-1 agreement with (imports TensorFlow)")
+                   help="the Keras model the file was made from: top-1 agreement with it and the "
+                        "paired accuracy drop with a 95 %% interval (imports TensorFlow)")
     p.add_argument("--threads", type=int, default=1, help="interpreter threads (default 1)")
     p.add_argument("--kernels", default="xnnpack", choices=["xnnpack", "builtin", "reference"],
                    help="LiteRT kernels: xnnpack (default, as on a phone), builtin (no "
@@ -162,11 +163,20 @@ def _reference_labels(path, data, model, args):
 
 
 def _describe(result, data) -> str:
+    from . import budget
+
     lines = [f"model        {result.model}",
              f"data         {data.source} ({result.samples:,} images, {result.preprocess})",
              f"accuracy     {result.accuracy:.2%}"]
     if result.agreement is not None:
-        lines.append(f"agreement    {result.agreement:.2%} (top-1, with the reference)")
+        drop = budget.Drop(**result.drop)
+        lines += [f"reference    accuracy {drop.reference_accuracy:.2%} on the same images",
+                  f"drop         {drop.text()} against the reference (paired; "
+                  f"{drop.lost} images lost, {drop.gained} gained)",
+                  f"agreement    {result.agreement:.2%} (top-1, with the reference)"]
+        if result.agreement < 0.5:
+            lines.append("warning      agreement below 50 %: is the reference the model this "
+                         "file was made from, with the same preprocessing?")
     lines += [f"bytes        {result.bytes:,} ({result.gzip_bytes:,} gzipped)",
               f"latency      median {result.latency_ms['median']:.3f} ms, "
               f"p90 {result.latency_ms['p90']:.3f} ms ({result.threads} thread(s), "

@@ -23,6 +23,12 @@ SHAPE_CLASSES = ("circle", "square", "triangle", "diamond", "cross",
                  "ring", "hbar", "vbar", "star", "frame")
 
 
+def preprocess_scale(how) -> tuple[float, float]:
+    """(divisor, offset) such that model input = pixels / divisor + offset."""
+    return {Preprocess.RAW: (1.0, 0.0), Preprocess.UNIT: (255.0, 0.0),
+            Preprocess.SYMMETRIC: (127.5, -1.0)}[Preprocess.get(how)]
+
+
 def preprocess(x: np.ndarray, how) -> np.ndarray:
     """Turns uint8 images into float32 model input.
 
@@ -37,13 +43,9 @@ def preprocess(x: np.ndarray, how) -> np.ndarray:
         >>> preprocess(np.full((1, 2, 2, 3), 255, np.uint8), "unit").max()
         1.0
     """
-    how = Preprocess.get(how)
+    divisor, offset = preprocess_scale(how)
     x = x.astype(np.float32)
-    if how is Preprocess.UNIT:
-        return x / 255.0
-    if how is Preprocess.SYMMETRIC:
-        return x / 127.5 - 1.0
-    return x
+    return x if divisor == 1 and offset == 0 else x / divisor + offset
 
 
 @dataclass(frozen=True)

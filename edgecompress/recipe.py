@@ -25,8 +25,9 @@ class Stage:
     """One step of a recipe: a technique's `Config` and how to fine-tune after applying it.
 
     `technique` is one of `TECHNIQUES` or `finetune` (train only, `config` None). With
-    `distill` (a `distill.Config`), fine-tuning learns from the recipe's input model as a
-    frozen teacher instead of from the labels alone.
+    `distill` (a `distill.Config`), fine-tuning learns from a frozen teacher as well as from
+    the labels: the model as it was before the recipe's first distilling stage (the input
+    model, unless earlier stages train it from scratch).
     """
 
     technique: str
@@ -68,14 +69,15 @@ class Stage:
 
 
 def pruning(fit_config: FitConfig, samples: int, *, sparsity: float = 0.5,
-            pattern: str = "unstructured") -> Stage:
+            pattern: str = "unstructured", distill: distill.Config | None = None) -> Stage:
     """A pruning stage whose polynomial schedule reaches `sparsity` two thirds of the way
-    through its fine-tuning, leaving the last third to recover at full sparsity."""
-    steps = max(2, fit_config.steps(samples))
+    through its fine-tuning (of `samples` images a pass), leaving the last third to recover
+    at full sparsity."""
+    steps = max(2, fit_config.total_steps(samples))
     end = max(1, 2 * steps // 3)
     config = prune.Config(sparsity=sparsity, pattern=pattern, schedule="polynomial",
                           begin_step=0, end_step=end, frequency=max(1, end // 10))
-    return Stage("prune", config, fit_config)
+    return Stage("prune", config, fit_config, distill)
 
 
 def check_order(stages: list[Stage]) -> None:
@@ -106,7 +108,8 @@ def check_order(stages: list[Stage]) -> None:
 
 def run(model: keras.Model, stages: list[Stage], train: Dataset, *, preprocess: str,
         validation: Dataset | None = None, strategy=None, seed: int = 0, verbose: int = 1,
-        checkpoints: Path | None = None) -> tuple[keras.Model, list[dict]]:
+        checkpoints: Path | None = None, transfer: Dataset | None = None
+        ) -> tuple[keras.Model, list[dict]]:
     """Applies and fine-tunes each stage in order; returns the final model and a record.
 
     Pruning and clustering wrappers are stripped after their fine-tuning, so the next stage
@@ -116,21 +119,34 @@ def run(model: keras.Model, stages: list[Stage], train: Dataset, *, preprocess: 
         checkpoints: a folder for the model after each completed stage and for epoch
             backups within a stage. Running again with the same folder resumes: completed
             stages are loaded, an interrupted stage continues from its last epoch.
+        transfer: extra images that the distilling stages learn through the teacher's
+            outputs only (labels ignored).
 
     Returns:
         (model, records): one dict per stage with its description, settings, training
         seconds and final training / validation metrics.
     """
     check_order(stages)
-    teacher = _layers.copy(model) if any(stage.distill for stage in stages) else None
+    first_distilling = next((i for i, s in enumerate(stages) if s.distill), None)
+    if transfer is not None and first_distilling is None:
+        raise OptionError("Transfer images are learned only through a teacher: give them to "
+                          "a recipe whose stages distil.")
     records = _completed(checkpoints, stages) if checkpoints else []
+    teacher = None
+    if first_distilling is not None and first_distilling < len(records):
+        teacher = models.load(checkpoints / f"stage_{first_distilling}.h5") \
+            if first_distilling else _layers.copy(model)
     if records:
         model = models.load(checkpoints / f"stage_{len(records)}.h5")
         print(f"resuming after stage {len(records)} of {len(stages)} ({checkpoints})",
               flush=True)
+    samples = len(train) + (len(transfer) if transfer is not None else 0)
     for i, stage in enumerate(stages[len(records):], start=len(records) + 1):
+        if i - 1 == first_distilling:
+            teacher = _layers.copy(model)
+        fit_samples = samples if stage.distill else len(train)
         print(f"[stage {i}/{len(stages)}] {stage.describe()}, "
-              f"{stage.fit.epochs} epoch(s) ...", flush=True)
+              f"{stage.fit.describe(fit_samples)} ...", flush=True)
         started = time.perf_counter()
         backup = [keras.callbacks.BackupAndRestore(str(checkpoints / f"stage_{i}_epochs"))] \
             if checkpoints else []
@@ -138,10 +154,10 @@ def run(model: keras.Model, stages: list[Stage], train: Dataset, *, preprocess: 
         with strategy.scope() if strategy is not None else contextlib.nullcontext():
             model = _apply(stage, model)
             history = _fine_tune(stage, model, train, preprocess, validation, strategy, seed,
-                                 verbose, teacher, backup)
+                                 verbose, teacher, backup, transfer)
         if stage.technique in ("prune", "cluster"):
             model = TECHNIQUES[stage.technique].strip(model)
-        records.append(_record(stage, history, time.perf_counter() - started))
+        records.append(_record(stage, history, time.perf_counter() - started, fit_samples))
         if checkpoints:
             _save_progress(checkpoints, i, model, stages, records)
     return model, records
@@ -177,20 +193,22 @@ def _apply(stage: Stage, model: keras.Model) -> keras.Model:
 
 
 def _fine_tune(stage, model, train, preprocess, validation, strategy, seed, verbose, teacher,
-               callbacks):
-    if stage.fit.epochs == 0:
+               callbacks, transfer):
+    if stage.fit.total_steps(len(train)) == 0:
         return None
     if stage.technique == "prune":
         callbacks = prune.callbacks(stage.config) + callbacks
     return fit(model, train, preprocess=preprocess, config=stage.fit, validation=validation,
                callbacks=callbacks, strategy=strategy, seed=seed, verbose=verbose,
-               teacher=teacher if stage.distill else None, distill_config=stage.distill)
+               teacher=teacher if stage.distill else None, distill_config=stage.distill,
+               transfer=transfer if stage.distill else None)
 
 
-def _record(stage: Stage, history, seconds: float) -> dict:
+def _record(stage: Stage, history, seconds: float, samples: int) -> dict:
     metrics = {k: float(v[-1]) for k, v in history.history.items()} if history else {}
     return {"stage": stage.describe(), "technique": stage.technique,
             "config": dataclasses.asdict(stage.config) if stage.config else None,
             "distill": dataclasses.asdict(stage.distill) if stage.distill else None,
-            "fit": dataclasses.asdict(stage.fit), "seconds": round(seconds, 1),
+            "fit": dataclasses.asdict(stage.fit), "steps": stage.fit.total_steps(samples),
+            "training": stage.fit.describe(samples), "seconds": round(seconds, 1),
             "metrics": metrics}

@@ -17,13 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data as data_module, export, models, recipe, report, train, verify
+from . import budget, data as data_module, export, models, recipe, report, train, verify
 from ._tf import keras
 from .errors import EdgeCompressError, OptionError
 from .options import DEFAULT_CALIBRATION_SAMPLES, Preprocess
 from .techniques import distill
 
 CHECKPOINTS = "checkpoints"
+DEFAULT_LABEL_WEIGHT = 0.1
 PACKAGES = ("tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert",
             "numpy", "edgecompress")
 
@@ -52,17 +53,26 @@ def prepare_output(out: Path, *, overwrite: bool, resume: bool = False) -> Path:
 def compress(model, stages: list[recipe.Stage], train_data, eval_data, out: Path, *,
              preprocess: str, calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
              strategy=None, seed: int = 0, verbose: int = 2, inputs: dict | None = None,
-             latency_runs: int = 500) -> dict:
+             latency_runs: int = 500, transfer=None,
+             max_drop: float = budget.DEFAULT_MAX_DROP) -> dict:
     """Runs `stages` on `model` and compares the result with the float and PTQ INT8 baselines.
 
     Writes in `out`: `float.tflite`, `ptq_int8.tflite`, `model_int8.tflite` (the recipe's
     result), `model.h5` (the final Keras model, stripped of pruning/clustering wrappers),
     `report.json`, `report.md` and `report.html` (with plots).
 
+    Every file is judged on `eval_data` against the float Keras model on the same images:
+    accuracy, the paired drop with its 95 % interval, and top-1 agreement; the recipe's
+    file against the budget of `max_drop` points (`report["budget"]`).
+
+    Args:
+        transfer: extra images the distilling stages learn through the teacher only.
+
     Returns:
         The report as a dict.
     """
     recipe.check_order(stages)
+    budget.check_max_drop(max_drop)
     calibration = train_data.take(min(len(train_data), calibration_samples), seed=seed)
     keras_labels = models.predict_labels(model, eval_data, preprocess)
     steps = len(stages) + 3
@@ -76,7 +86,8 @@ def compress(model, stages: list[recipe.Stage], train_data, eval_data, out: Path
     started = time.perf_counter()
     final, records = recipe.run(model, stages, train_data, preprocess=preprocess,
                                 validation=eval_data, strategy=strategy, seed=seed,
-                                verbose=verbose, checkpoints=out / CHECKPOINTS)
+                                verbose=verbose, checkpoints=out / CHECKPOINTS,
+                                transfer=transfer)
     training_seconds = time.perf_counter() - started
     models.save(final, out / "model.h5")
     print(f"[{steps - 1}/{steps}] exporting the result to INT8 ...", flush=True)
@@ -87,10 +98,17 @@ def compress(model, stages: list[recipe.Stage], train_data, eval_data, out: Path
           flush=True)
     results = {name: verify.evaluate(path, eval_data, reference=keras_labels,
                                      latency_runs=latency_runs) for name, path in files.items()}
-    rows = [report.comparison_row(name, r, results["float"]) for name, r in results.items()]
+    keras_correct = keras_labels == eval_data.y
+    drops = {name: budget.paired_drop(keras_correct, r.predictions == eval_data.y)
+             for name, r in results.items()}
+    rows = [_row(name, r, results["float"], drops[name]) for name, r in results.items()]
+    judged = budget.verdict(drops["recipe INT8"], max_drop)
     result = {"rows": rows, "stages": records, "training_seconds": round(training_seconds, 1),
-              "keras_accuracy": float(np.mean(keras_labels == eval_data.y)),
+              "keras_accuracy": float(np.mean(keras_correct)),
+              "budget": {**judged, "file": "model_int8.tflite"},
+              "drops": {name: d.to_json() for name, d in drops.items()},
               "train_data": train_data.source, "eval_data": eval_data.source,
+              "transfer_data": transfer.source if transfer is not None else None,
               "provenance": provenance(seed, inputs or {}),
               "results": {name: r.to_json() for name, r in results.items()}}
     report.write_json(out / "report.json", result)
@@ -99,19 +117,32 @@ def compress(model, stages: list[recipe.Stage], train_data, eval_data, out: Path
                        baseline="float", notes=f"Evaluated on {eval_data.source}; fine-tuned "
                        f"on {train_data.source}. Latency is this machine's.")
     shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)  # the run is complete
-    print("\n" + report.text_table(rows) + f"\n\nwrote {out}/", flush=True)
+    print(f"\non {eval_data.source} ({len(eval_data):,} images); drop and agreement against "
+          f"the float Keras model\n" + report.text_table(rows) + f"\n\nmodel_int8.tflite: "
+          f"{judged['text']}\nwrote {out}/", flush=True)
     return result
+
+
+def _row(name: str, evaluation, baseline, drop: budget.Drop) -> dict:
+    row = report.comparison_row(name, evaluation, baseline)
+    row["drop_points"] = drop.points
+    row["drop_95"] = f"{drop.low:+.2f} to {drop.high:+.2f}"
+    return row
 
 
 def markdown(result: dict) -> str:
     """The report as Markdown: the comparison table, the stages, the data and versions."""
+    transfer = f" and, through the teacher only, `{result['transfer_data']}`" \
+        if result["transfer_data"] else ""
     lines = ["# Compression report", "",
+             f"**model_int8.tflite: {result['budget']['text']}.**", "",
              f"Accuracy and agreement on `{result['eval_data']}`; fine-tuning on "
-             f"`{result['train_data']}`. Agreement is top-1 agreement with the Keras model "
-             f"(accuracy {result['keras_accuracy']:.4f}). Latency: median single-image "
-             "invoke on this machine's LiteRT (XNNPACK, 1 thread), not a device's.", "",
-             report.markdown_table(result["rows"]), "", "## Stages", ""]
-    lines += [f"{i}. {s['stage']}: {s['fit']['epochs']} epoch(s), {s['seconds']} s"
+             f"`{result['train_data']}`{transfer}. Drop: points of top-1 accuracy lost against "
+             f"the float Keras model (accuracy {result['keras_accuracy']:.4f}) on the same "
+             "images, with its 95 % interval; agreement: top-1 agreement with it. Latency: "
+             "median single-image invoke on this machine's LiteRT (XNNPACK, 1 thread), not a "
+             "device's.", "", report.markdown_table(result["rows"]), "", "## Stages", ""]
+    lines += [f"{i}. {s['stage']}: {s['training']}, {s['seconds']} s"
               for i, s in enumerate(result["stages"], start=1)]
     versions = ", ".join(f"{k} {v}" for k, v in result["provenance"]["versions"].items())
     lines += ["", f"Seed {result['provenance']['seed']}; {versions}.", ""]
@@ -168,8 +199,22 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run in --out from its last completed stage "
                         "or epoch (same recipe and options)")
-    p.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs per stage")
+    p.add_argument("--transfer-data", metavar="DATA",
+                   help="extra images learned only through the input model's predictions "
+                        "(labels, if any, are ignored), e.g. many unlabelled photos next to a "
+                        "small labelled --train-data")
+    p.add_argument("--epochs", type=int, default=2,
+                   help="fine-tuning epochs per stage (default 2; see --steps)")
+    p.add_argument("--steps", type=int, metavar="N",
+                   help="optimizer steps per stage instead of --epochs: on a small data set "
+                        "epochs are too coarse a unit")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--no-augment", dest="augment", action="store_false",
+                   help="no random flips and translations of the fine-tuning images")
+    p.add_argument("--max-drop", type=float, default=budget.DEFAULT_MAX_DROP, metavar="POINTS",
+                   help="accuracy budget: points of top-1 accuracy the result may lose against "
+                        "the input model on --eval-data (default 1.0); exit status 1 when it "
+                        "loses more")
     p.add_argument("--learning-rate", type=float, default=1e-4)
     p.add_argument("--schedule", default="constant", choices=train.LearningRate.values(),
                    help="learning rate over each stage: constant, or cosine decay to zero")
@@ -178,6 +223,13 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--eval-samples", type=int, metavar="N",
                    help="evaluate on N images drawn at random (default: all)")
     p.add_argument("--calibration-samples", type=int, default=DEFAULT_CALIBRATION_SAMPLES)
+    p.add_argument("--temperature", type=float, default=4.0,
+                   help="distillation: softening of both models' predictions (default 4)")
+    p.add_argument("--label-weight", type=float, default=DEFAULT_LABEL_WEIGHT,
+                   help="weight of the labels against the input model's predictions, 0-1 "
+                        f"(default {DEFAULT_LABEL_WEIGHT}: the input model is the best "
+                        "description of what the compressed one should do; 1 trains on "
+                        "labels alone)")
     p.add_argument("--strategy", default="none", choices=train.STRATEGIES,
                    help="distribution strategy for fine-tuning (default none)")
     p.add_argument("--seed", type=int, default=0)
@@ -191,29 +243,25 @@ def fit_config(args, **changes) -> train.FitConfig:
     """The fine-tuning the arguments ask for, with `changes` (e.g. fewer epochs for QAT)."""
     return dataclasses.replace(train.FitConfig(
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-        schedule=args.schedule), **changes)
+        schedule=args.schedule, steps=args.steps, augment=args.augment), **changes)
 
 
 def qat_fit_config(args, epochs: int) -> train.FitConfig:
-    """QAT after a fine-tuning stage: `epochs` at a tenth of the learning rate."""
-    return fit_config(args, epochs=epochs, learning_rate=args.learning_rate / 10)
+    """QAT after a fine-tuning stage: `epochs` (or a tenth of --steps) at a tenth of the
+    learning rate."""
+    steps = max(1, args.steps // 10) if args.steps else None
+    return fit_config(args, epochs=epochs, steps=steps, learning_rate=args.learning_rate / 10)
 
 
-def distill_arguments(parser) -> None:
-    """--temperature and --label-weight, for recipes that distil from the input model."""
-    parser.add_argument("--temperature", type=float, default=4.0,
-                        help="softening of both models' predictions (default 4)")
-    parser.add_argument("--label-weight", type=float, default=0.5,
-                        help="weight of the labels against the teacher, 0-1 (default 0.5: "
-                             "fine-tuning data the teacher never saw is worth learning from)")
-
-
-def distill_config(args) -> distill.Config:
+def distill_config(args) -> distill.Config | None:
+    """The recipe-wide distillation from the input model; None for labels only."""
+    if args.label_weight == 1:
+        return None
     return distill.Config(temperature=args.temperature, alpha=args.label_weight)
 
 
 def load_inputs(args):
-    """(model, train data, eval data) from the shared arguments."""
+    """(model, train data, eval data, transfer data or None) from the shared arguments."""
     if not args.model:
         raise OptionError("Give the model to compress with --model (a file or zoo:NAME).")
     if args.model.startswith("zoo:"):
@@ -239,7 +287,11 @@ def load_inputs(args):
         train_data = train_data.take(args.train_samples, seed=args.seed)
     if args.eval_samples:
         eval_data = eval_data.take(args.eval_samples, seed=args.seed)
-    return model, train_data, eval_data
+    transfer = None
+    if args.transfer_data:
+        transfer = data_module.load(args.transfer_data, image_size=size, channels=channels)
+        transfer.check_fits(models.input_shape(model))
+    return model, train_data, eval_data, transfer
 
 
 def _discard_partial(out: Path | None, fresh: bool) -> str:
@@ -258,9 +310,13 @@ def _discard_partial(out: Path | None, fresh: bool) -> str:
 
 
 def script_main(description: str, build_stages, argv=None, extra_arguments=None) -> int:
-    """Runs a recipe script: parse, load, `build_stages(args, train_data)`, compress.
+    """Runs a recipe script: parse, load, `build_stages(args, samples)`, compress.
 
-    Returns the exit status: 0, or 2 for bad input (one line on stderr).
+    `samples` is the number of images a distilling stage trains on (labelled and transfer
+    images), which a pruning schedule needs.
+
+    Returns the exit status: 0, 1 when the result breaks the accuracy budget (--max-drop;
+    the files are still written), or 2 for bad input (one line on stderr).
     """
     p = parser(description)
     if extra_arguments:
@@ -269,16 +325,21 @@ def script_main(description: str, build_stages, argv=None, extra_arguments=None)
     fresh = not args.out.exists() or args.out.is_dir() and not any(args.out.iterdir())
     out = None
     try:
-        model, train_data, eval_data = load_inputs(args)
-        stages = build_stages(args, train_data)
+        budget.check_max_drop(args.max_drop)
+        model, train_data, eval_data, transfer = load_inputs(args)
+        samples = len(train_data) + (len(transfer) if transfer is not None else 0)
+        stages = build_stages(args, samples)
         recipe.check_order(stages)
         out = prepare_output(args.out, overwrite=args.overwrite, resume=args.resume)
-        compress(model, stages, train_data, eval_data, out, preprocess=args.preprocess,
-                 calibration_samples=args.calibration_samples,
-                 strategy=train.strategy(args.strategy), seed=args.seed,
-                 verbose=0 if args.quiet else 2,
-                 inputs={"model": args.model, "train_data": args.train_data,
-                         "eval_data": args.eval_data})
+        result = compress(model, stages, train_data, eval_data, out,
+                          preprocess=args.preprocess,
+                          calibration_samples=args.calibration_samples,
+                          strategy=train.strategy(args.strategy), seed=args.seed,
+                          verbose=0 if args.quiet else 2, transfer=transfer,
+                          max_drop=args.max_drop,
+                          inputs={"model": args.model, "train_data": args.train_data,
+                                  "eval_data": args.eval_data,
+                                  "transfer_data": args.transfer_data})
     except EdgeCompressError as e:
         print(f"{Path(sys.argv[0]).name}: error: {e}{_discard_partial(out, fresh)}",
               file=sys.stderr)
@@ -287,4 +348,8 @@ def script_main(description: str, build_stages, argv=None, extra_arguments=None)
         print(f"{Path(sys.argv[0]).name}: interrupted; continue with the same command and "
               "--resume", file=sys.stderr)
         return 130
+    if not result["budget"]["passed"]:
+        print(f"{Path(sys.argv[0]).name}: the result breaks the accuracy budget: "
+              f"{result['budget']['text']}", file=sys.stderr)
+        return 1
     return 0

@@ -6,8 +6,10 @@ import contextlib
 import dataclasses
 from dataclasses import dataclass
 
+import numpy as np
+
 from ._tf import keras, tf
-from .data import Dataset, preprocess as preprocess_images
+from .data import Dataset, preprocess as preprocess_images, preprocess_scale
 from .errors import OptionError
 from .models import input_shape
 from .options import Choice, Preprocess
@@ -32,6 +34,10 @@ class FitConfig:
         schedule: `constant` or `cosine`.
         patience: stop after this many epochs without a better validation loss, and keep
             the best weights (needs validation data); 0 never stops early.
+        steps: optimizer steps to take instead of `epochs` (rounded up to whole epochs of
+            equal length): on a small data set, epochs are too coarse a unit.
+        augment: random horizontal flips and translations of up to 10 % (Keras
+            preprocessing layers) on the training images.
     """
 
     epochs: int = 1
@@ -39,6 +45,8 @@ class FitConfig:
     learning_rate: float = 1e-3
     schedule: str = "constant"
     patience: int = 0
+    steps: int | None = None
+    augment: bool = False
 
     def __post_init__(self):
         LearningRate.get(self.schedule)
@@ -46,20 +54,43 @@ class FitConfig:
             raise OptionError(f"epochs and patience must be >= 0 and batch_size >= 1. "
                               f"Received: epochs={self.epochs}, batch_size={self.batch_size}, "
                               f"patience={self.patience}.")
+        if self.steps is not None and self.steps < 0:
+            raise OptionError(f"`steps` must be >= 0. Received: steps={self.steps}.")
         if not self.learning_rate > 0:
             raise OptionError(f"`learning_rate` must be positive. Received: "
                               f"learning_rate={self.learning_rate}.")
 
-    def steps(self, samples: int) -> int:
+    def batches_per_epoch(self, samples: int) -> int:
+        """Full batches in one pass over `samples` images (a last partial batch is dropped)."""
+        return max(1, samples // self.batch_size)
+
+    def schedule_of(self, samples: int) -> tuple[int, int]:
+        """(epochs, steps per epoch) for `samples` training images."""
+        per_pass = self.batches_per_epoch(samples)
+        if self.steps is None:
+            return self.epochs, per_pass
+        epochs = -(-self.steps // per_pass)
+        return epochs, -(-self.steps // epochs) if epochs else per_pass
+
+    def total_steps(self, samples: int) -> int:
         """Optimizer steps this configuration takes on `samples` training images."""
-        return self.epochs * -(-samples // self.batch_size)
+        epochs, per_epoch = self.schedule_of(samples)
+        return epochs * per_epoch
+
+    def describe(self, samples: int) -> str:
+        epochs, per_epoch = self.schedule_of(samples)
+        return (f"{epochs * per_epoch} steps ({epochs} epoch(s) of {per_epoch} batches of "
+                f"{self.batch_size})" + (", augmented" if self.augment else ""))
 
 
 def fit(model: keras.Model, data: Dataset, *, preprocess="raw", config: FitConfig = FitConfig(),
         validation: Dataset | None = None, callbacks=(), strategy=None, seed: int = 0,
         verbose: int = 1, teacher: keras.Model | None = None, distill_config=None,
-        **overrides) -> keras.callbacks.History:
+        transfer: Dataset | None = None, **overrides) -> keras.callbacks.History:
     """Trains `model` in place on `data` with Adam and sparse categorical cross-entropy.
+
+    Batches are full: the last partial batch of each shuffled pass is left out (a partial
+    last batch crashed TensorFlow 2.21's oneDNN kernels in distillation; see the tests).
 
     Args:
         model: a Keras classifier with softmax output (built under `strategy.scope()` when
@@ -71,10 +102,12 @@ def fit(model: keras.Model, data: Dataset, *, preprocess="raw", config: FitConfi
         validation: labelled images evaluated after each epoch (early stopping uses them).
         callbacks: extra Keras callbacks (e.g. pruning's step counter).
         strategy: a `tf.distribute.Strategy`, e.g. `MirroredStrategy()`.
-        seed: shuffling and initialisation seed.
+        seed: shuffling, augmentation and initialisation seed.
         verbose: Keras progress output (0 silent, 1 bar, 2 a line per epoch).
         teacher: when given, `model` learns by distillation from this frozen model
-            (`techniques.distill`), with `distill_config` (a `distill.Config`).
+            (`distill`), with `distill_config` (a `distill.Config`).
+        transfer: extra images learned only through the teacher's outputs (their labels,
+            if any, are ignored); needs `teacher`.
 
     Returns:
         The Keras `History`.
@@ -86,10 +119,16 @@ def fit(model: keras.Model, data: Dataset, *, preprocess="raw", config: FitConfi
     config = dataclasses.replace(config, **overrides)
     how = Preprocess.get(preprocess)
     data.check_fits(input_shape(model))
+    data.require_labels()
+    if transfer is not None:
+        if teacher is None:
+            raise OptionError("Transfer images are learned only through a teacher's outputs: "
+                              "give a teacher (distillation) or leave the transfer data out.")
+        transfer.check_fits(input_shape(model))
     keras.utils.set_random_seed(seed)
     trainer, teacher_was_trainable = model, teacher is not None and teacher.trainable
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
-        optimizer = keras.optimizers.Adam(_learning_rate(config, len(data)))
+        optimizer = keras.optimizers.Adam(_learning_rate(config, _samples(data, transfer)))
         if teacher is None:
             model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
                           metrics=["accuracy"])
@@ -100,20 +139,53 @@ def fit(model: keras.Model, data: Dataset, *, preprocess="raw", config: FitConfi
     val = None
     if validation is not None:
         val = (preprocess_images(validation.x, how), validation.require_labels())
+    epochs, per_epoch = config.schedule_of(_samples(data, transfer))
     try:
-        return trainer.fit(preprocess_images(data.x, how), data.require_labels(),
-                           batch_size=config.batch_size, epochs=config.epochs,
-                           validation_data=val, shuffle=True, verbose=verbose,
+        return trainer.fit(_batches(data, transfer, config, how, seed), epochs=epochs,
+                           steps_per_epoch=per_epoch, validation_data=val, verbose=verbose,
                            callbacks=list(callbacks) + _early_stopping(config, val))
     finally:
         if teacher is not None:  # frozen for the distillation only, not for the caller
             teacher.trainable = teacher_was_trainable
 
 
+def _samples(data: Dataset, transfer: Dataset | None) -> int:
+    return len(data) + (len(transfer) if transfer is not None else 0)
+
+
+def _batches(data: Dataset, transfer: Dataset | None, config: FitConfig, how, seed: int):
+    """Shuffled full batches of (preprocessed images, labels), repeated without end.
+
+    Transfer images get the label -1, which the distillation loss leaves out of its
+    hard-label term.
+    """
+    x, y = data.x, data.require_labels()
+    if transfer is not None:
+        x = np.concatenate([x, transfer.x])
+        y = np.concatenate([y, np.full(len(transfer), distill.NO_LABEL, y.dtype)])
+    divisor, offset = preprocess_scale(how)
+    batch_size = min(config.batch_size, len(x))
+    images = tf.data.Dataset.from_tensor_slices((x, y))
+    images = images.shuffle(min(len(x), 1 << 16), seed=seed, reshuffle_each_iteration=True)
+    images = images.batch(batch_size, drop_remainder=True).repeat()
+    images = images.map(lambda xb, yb: (tf.cast(xb, tf.float32) / divisor + offset, yb))
+    if config.augment:
+        augment = _augmentation(seed)
+        images = images.map(lambda xb, yb: (augment(xb, training=True), yb))
+    return images.prefetch(2)
+
+
+def _augmentation(seed: int) -> keras.Sequential:
+    """Random horizontal flips and translations of up to 10 % (reflected at the edges)."""
+    return keras.Sequential([
+        keras.layers.RandomFlip("horizontal", seed=seed),
+        keras.layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", seed=seed + 1)])
+
+
 def _learning_rate(config: FitConfig, samples: int):
     if LearningRate.get(config.schedule) is LearningRate.COSINE:
         return keras.optimizers.schedules.CosineDecay(config.learning_rate,
-                                                      max(1, config.steps(samples)))
+                                                      max(1, config.total_steps(samples)))
     return config.learning_rate
 
 

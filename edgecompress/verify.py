@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-from . import _isolate, inspect
+from . import _isolate, budget, inspect
 from .data import Dataset, preprocess as preprocess_images
 from .errors import DataError, ModelError, OptionError
 from .options import Preprocess
@@ -140,6 +140,7 @@ class Evaluation:
     preprocess: str
     per_class_accuracy: dict
     agreement: float | None = None
+    drop: dict | None = None  # against the reference on the same images (`budget.Drop`)
     seconds: dict = field(default_factory=dict)
     predictions: np.ndarray | None = field(default=None, repr=False)
     labels: np.ndarray | None = field(default=None, repr=False)
@@ -150,8 +151,9 @@ class Evaluation:
         result = asdict(self)
         for bulky in ("predictions", "labels", "latency_samples", "classes"):
             del result[bulky]
-        if self.agreement is None:
-            del result["agreement"]
+        for optional in ("agreement", "drop"):
+            if result[optional] is None:
+                del result[optional]
         return result
 
 
@@ -165,7 +167,7 @@ def evaluate(path, data: Dataset, *, preprocess=None, reference: np.ndarray | No
         data: labelled images that fit the model's input.
         preprocess: `Preprocess` name; by default the one stored in the file's metadata.
         reference: top-1 labels predicted by a reference model (e.g. the Keras original)
-            for the same images; gives `agreement`.
+            for the same images; gives `agreement` and the paired accuracy `drop`.
         threads: interpreter threads.
         kernels: see `LiteRTModel`.
         latency_runs: single-image invokes timed after warm-up.
@@ -211,6 +213,8 @@ def evaluate_in_process(path, data, *, preprocess, reference, threads, kernels,
         threads=threads, kernels=kernels, preprocess=how.value,
         per_class_accuracy=per_class_accuracy(predictions, labels, data.classes),
         agreement=agreement(predictions, reference),
+        drop=None if reference is None else budget.paired_drop(
+            np.asarray(reference) == labels, predictions == labels).to_json(),
         seconds={"run": run_seconds, "invoke": invoke_seconds},
         predictions=predictions, labels=labels, latency_samples=latencies,
         classes=tuple(data.classes))

@@ -26,11 +26,13 @@ def arguments(parser):
                         epochs=10)
 
 
-def stages(args, train_data):
+def stages(args, samples):
     fit = runner.fit_config(args)
     qat = runner.qat_fit_config(args, args.qat_epochs)
+    # trained on labels (the zoo model starts from random weights), then QAT learns from
+    # the trained model
     return [recipe.Stage("finetune", None, fit),
-            recipe.Stage("qat", quantize.Config(), qat)]
+            recipe.Stage("qat", quantize.Config(), qat, runner.distill_config(args))]
 
 
 if __name__ == "__main__":

@@ -15,10 +15,11 @@ from edgecompress import recipe, runner
 from edgecompress.techniques import quantize
 
 
-def stages(args, train_data):
+def stages(args, samples):
     fit = runner.fit_config(args)
-    return [recipe.pruning(fit, len(train_data), pattern="2:4"),
-            recipe.Stage("qat", quantize.Config(scheme="prune-preserve"), fit)]
+    teach = runner.distill_config(args)
+    return [recipe.pruning(fit, samples, pattern="2:4", distill=teach),
+            recipe.Stage("qat", quantize.Config(scheme="prune-preserve"), fit, teach)]
 
 
 if __name__ == "__main__":

@@ -34,7 +34,6 @@ def arguments(parser):
                         help="keep a multiple of this many channels per layer (default 1)")
     parser.add_argument("--layer-ratio", type=_layer_ratio, action="append", default=[],
                         metavar="LAYER=RATIO", help="a layer's own ratio (repeatable)")
-    runner.distill_arguments(parser)
     parser.add_argument("--qat-epochs", type=int, default=2,
                         help="quantisation-aware training epochs, at a tenth of the "
                              "learning rate (default 2)")
@@ -49,7 +48,7 @@ def _layer_ratio(text):
         raise argparse.ArgumentTypeError(f"expected LAYER=RATIO, got {text!r}") from None
 
 
-def stages(args, train_data):
+def stages(args, samples):
     fit = runner.fit_config(args)
     teach = runner.distill_config(args)
     config = channels.Config(ratio=args.ratio, criterion=args.criterion, divisor=args.divisor,

@@ -22,11 +22,12 @@ def arguments(parser):
                         help="cluster each output channel of a convolution separately")
 
 
-def stages(args, train_data):
+def stages(args, samples):
     fit = runner.fit_config(args)
+    teach = runner.distill_config(args)
     config = cluster.Config(clusters=args.clusters, per_channel=args.per_channel)
-    return [recipe.Stage("cluster", config, fit),
-            recipe.Stage("qat", quantize.Config(scheme="cluster-preserve"), fit)]
+    return [recipe.Stage("cluster", config, fit, teach),
+            recipe.Stage("qat", quantize.Config(scheme="cluster-preserve"), fit, teach)]
 
 
 if __name__ == "__main__":

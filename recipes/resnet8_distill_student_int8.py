@@ -18,11 +18,10 @@ from edgecompress.techniques import quantize, student
 def arguments(parser):
     parser.add_argument("--width", type=float, default=0.5,
                         help="student filters as a fraction of ResNet-8's (default 0.5)")
-    runner.distill_arguments(parser)
     parser.set_defaults(learning_rate=1e-3, epochs=20)
 
 
-def stages(args, train_data):
+def stages(args, samples):
     qat = runner.qat_fit_config(args, max(1, args.epochs // 10))
     config = student.Config("resnet8", {"width": args.width})
     teach = runner.distill_config(args)

@@ -20,11 +20,10 @@ def arguments(parser):
     parser.add_argument("--ratio", type=float, default=0.5,
                         help="target weights per factorised layer, as a fraction (default 0.5)")
     parser.add_argument("--method", default="spatial", choices=lowrank.Method.values())
-    runner.distill_arguments(parser)
     parser.set_defaults(learning_rate=1e-3)
 
 
-def stages(args, train_data):
+def stages(args, samples):
     config = lowrank.Config(ratio=args.ratio, method=args.method)
     return [recipe.Stage("lowrank", config, runner.fit_config(args),
                          runner.distill_config(args))]

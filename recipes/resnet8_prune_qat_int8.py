@@ -21,10 +21,11 @@ def arguments(parser):
                         help="fraction of each kernel pruned (default 0.75)")
 
 
-def stages(args, train_data):
+def stages(args, samples):
     fit = runner.fit_config(args)
-    return [recipe.pruning(fit, len(train_data), sparsity=args.sparsity),
-            recipe.Stage("qat", quantize.Config(scheme="prune-preserve"), fit)]
+    teach = runner.distill_config(args)
+    return [recipe.pruning(fit, samples, sparsity=args.sparsity, distill=teach),
+            recipe.Stage("qat", quantize.Config(scheme="prune-preserve"), fit, teach)]
 
 
 if __name__ == "__main__":

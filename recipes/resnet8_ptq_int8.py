@@ -14,7 +14,7 @@ import sys
 from edgecompress import runner
 
 
-def stages(args, train_data):
+def stages(args, samples):
     return []
 
 

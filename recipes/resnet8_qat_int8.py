@@ -16,8 +16,9 @@ from edgecompress import recipe, runner
 from edgecompress.techniques import quantize
 
 
-def stages(args, train_data):
-    return [recipe.Stage("qat", quantize.Config(), runner.fit_config(args))]
+def stages(args, samples):
+    return [recipe.Stage("qat", quantize.Config(), runner.fit_config(args),
+                         runner.distill_config(args))]
 
 
 if __name__ == "__main__":

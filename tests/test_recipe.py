@@ -63,7 +63,7 @@ def test_prune_pqat_recipe_smoke(trained, shapes_npz, tmp_path):
     out = tmp_path / "run"
     args = ["--model", trained[1], "--train-data", train_npz, "--eval-data", test_npz,
             "--preprocess", "unit", "--out", out, "--epochs", 1, "--train-samples", 256,
-            "--sparsity", 0.5, "--calibration-samples", 50, "--quiet"]
+            "--sparsity", 0.5, "--calibration-samples", 50, "--quiet", "--max-drop", 100]
     done = _run_script("resnet8_prune_qat_int8.py", *args)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "[stage 1/2] pruning to 50% sparsity" in done.stdout
@@ -127,7 +127,8 @@ def test_image_folder_recipe_smoke(tmp_path):
         Image.fromarray(image).resize((48, 40)).save(folder / f"{i}.png")
     done = _run_script("mobilenet_folder_int8.py", "--images", tmp_path / "photos",
                        "--image-size", 32, "--alpha", 0.25, "--epochs", 1, "--qat-epochs", 1,
-                       "--out", tmp_path / "out", "--quiet", "--calibration-samples", 10)
+                       "--out", tmp_path / "out", "--quiet", "--calibration-samples", 10,
+                       "--max-drop", 100)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["results"]["recipe INT8"]["samples"] == 10  # 20 % of 5 images x 10 classes

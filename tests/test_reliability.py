@@ -183,7 +183,7 @@ def test_a_crash_in_native_code_is_an_error_not_a_dead_process():
 
 RECIPE = ["--model", "zoo:resnet8", "--image-size", "16", "--train-data", "shapes",
           "--preprocess", "unit", "--train-samples", "600", "--eval-samples", "100",
-          "--calibration-samples", "50", "--quiet"]
+          "--calibration-samples", "50", "--quiet", "--max-drop", "100"]
 
 
 def test_killed_recipe_resumes_from_its_last_completed_stage(tmp_path):

@@ -1,7 +1,8 @@
 """Knowledge distillation (Hinton et al., 2015): a student learns from a frozen teacher.
 
 The loss is `alpha * cross-entropy(labels, student) + (1 - alpha) * T^2 *
-KL(teacher_T || student_T)`, where `_T` are the softmax outputs at temperature T. Both
+KL(teacher_T || student_T)`, where `_T` are the softmax outputs at temperature T. Images
+labelled `NO_LABEL` (transfer images) count in the second term only. Both
 models may end in a softmax: `log(p)` is the logits up to a per-example constant, which
 softmax ignores, so the tempered distributions are exact.
 """
@@ -12,6 +13,8 @@ from dataclasses import dataclass
 
 from .._tf import keras, tf
 from ..errors import OptionError
+
+NO_LABEL = -1  # an image learned only through the teacher's outputs
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,10 @@ def _log_probabilities(outputs):
     return tf.math.log(tf.clip_by_value(outputs, 1e-7, 1.0))
 
 
+def _labelled(y):
+    return tf.cast(tf.not_equal(tf.reshape(y, [-1]), NO_LABEL), tf.float32)
+
+
 class Distiller(keras.Model):
     """A Keras trainer: fitting it trains `student` (in place) against a frozen `teacher`.
 
@@ -50,7 +57,6 @@ class Distiller(keras.Model):
                               f"teacher's {teacher.output_shape}.")
         self.student, self.teacher, self.config = student, teacher, config
         self.teacher.trainable = False
-        self.hard_loss = keras.losses.SparseCategoricalCrossentropy()
         self.soft_loss = keras.losses.KLDivergence()
         self.loss_tracker = keras.metrics.Mean(name="loss")
 
@@ -66,7 +72,10 @@ class Distiller(keras.Model):
         soft_teacher = tf.nn.softmax(_log_probabilities(teacher_outputs) / t)
         soft_student = tf.nn.softmax(_log_probabilities(student_outputs) / t)
         soft = self.soft_loss(soft_teacher, soft_student) * t * t
-        hard = self.hard_loss(y, student_outputs)
+        labelled = _labelled(y)
+        per_image = keras.losses.sparse_categorical_crossentropy(
+            tf.maximum(y, 0), student_outputs)
+        hard = tf.reduce_sum(per_image * labelled) / tf.maximum(tf.reduce_sum(labelled), 1.0)
         return self.config.alpha * hard + (1 - self.config.alpha) * soft
 
     def train_step(self, data):
@@ -88,5 +97,6 @@ class Distiller(keras.Model):
 
     def _update_metrics(self, loss, y, student_outputs):
         self.loss_tracker.update_state(loss)
-        self.compiled_metrics.update_state(y, student_outputs)
+        self.compiled_metrics.update_state(tf.maximum(y, 0), student_outputs,
+                                           sample_weight=_labelled(y))
         return {m.name: m.result() for m in self.metrics}

@@ -1,0 +1,171 @@
+"""The MLPerf Tiny ResNet-8 compressed where it is deployed: fine-tuned and calibrated on
+original CIFAR-10 pixels, judged on original pixels, in one run.
+
+The float model was trained on original pixels; the big JPEG-decoded sets in ../shared are
+another domain (../shared/DATA.md, "Two domains"). So every variant fine-tunes and
+calibrates on `train_original.npz` (4,085 images) and distils from the float model;
+variants marked "+ JPEG transfer" also learn the float model's predictions (never the
+labels) on the 50k JPEG-decoded train images. Each file is judged on `val_original.npz`
+(1,000 original-pixel images the float model was trained on, so absolute figures are
+optimistic: read differences) with the paired drop against the float Keras model and its
+95 % interval, and on the 10k JPEG-decoded test images for a large-sample comparison.
+Speed-up: median single-image latency (LiteRT, XNNPACK, 1 thread) against the reference
+INT8 file's, measured in the same run.
+
+Targets (on val_original): PTQ INT8 not below the reference INT8; QAT INT8 within 0.3
+points of float with agreement >= 97 %; 75 % pruning + PQAT within 1.0 point and gzip
+<= 50 % of the reference INT8's; channels + KD + QAT <= 49,248 bytes, >= 1.3x faster,
+within 1.5 points.
+
+    python benchmarks/fidelity_resnet8.py [--steps-scale 1.0] [--only TEXT ...] \\
+        [--json results/fidelity_resnet8.json] [--plot results/fidelity_resnet8.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgecompress import budget, data, export, models, recipe, report, verify
+from edgecompress.techniques import channels, distill, quantize
+from edgecompress.train import FitConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+# channels per stage 8/16/40 (multiples of 8 for XNNPACK; benchmarks/structured_resnet8.py)
+CHANNELS_8_16_40 = channels.Config(ratio=0.5, divisor=8,
+                                   ratios={"conv2d_6": 0.375, "conv2d_7": 0.375})
+
+
+def variants(samples: int, scale: float) -> dict[str, tuple[list[recipe.Stage], bool]]:
+    """name -> (stages, whether the JPEG images are transfer data)."""
+    def fit(steps, learning_rate):
+        return FitConfig(steps=max(1, round(steps * scale)), batch_size=64,
+                         learning_rate=learning_rate, schedule="cosine", augment=True)
+
+    def kd(label_weight):
+        return distill.Config(temperature=4.0, alpha=label_weight)
+
+    def qat(label_weight, steps=1000):
+        return recipe.Stage("qat", quantize.Config(), fit(steps, 1e-4), kd(label_weight))
+
+    def pqat(label_weight):
+        return recipe.Stage("qat", quantize.Config(scheme="prune-preserve"), fit(500, 1e-4),
+                            kd(label_weight))
+
+    with_transfer = samples + 50_000
+    return {
+        "QAT, labels only": ([recipe.Stage("qat", quantize.Config(), fit(1000, 1e-4))], False),
+        "QAT + KD a=0.5": ([qat(0.5)], False),
+        "QAT + KD a=0.1": ([qat(0.1)], False),
+        "QAT + KD a=0.1 + JPEG transfer": ([qat(0.1)], True),
+        "prune 75% + KD a=0.1 + JPEG transfer, PQAT": ([
+            recipe.pruning(fit(3000, 5e-4), with_transfer, sparsity=0.75, distill=kd(0.1)),
+            pqat(0.1)], True),
+        "channels 8/16/40 + KD a=0.1 + JPEG transfer, QAT": ([
+            recipe.Stage("channels", CHANNELS_8_16_40, fit(4000, 1e-3), kd(0.1)),
+            qat(0.1, 500)], True),
+    }
+
+
+def arguments() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps-scale", type=float, default=1.0,
+                        help="multiply every stage's steps (0.02 for a quick look)")
+    parser.add_argument("--only", nargs="+", metavar="TEXT",
+                        help="train only the variants whose names contain one of these")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared")
+    parser.add_argument("--json", type=Path, help="also write the table as JSON")
+    parser.add_argument("--plot", type=Path, help="write the Pareto plot (PNG)")
+    parser.add_argument("--keep", type=Path, metavar="DIR",
+                        help="keep the .tflite files in DIR (default: a temporary folder)")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = arguments().parse_args(argv)
+    cifar, model_dir = args.shared / "data" / "cifar10", args.shared / "models" / \
+        "mlperf_tiny_resnet8"
+    if not cifar.is_dir() or not model_dir.is_dir():
+        print(f"needs {cifar} and {model_dir}: see ../shared/DATA.md", file=sys.stderr)
+        return 2
+    h5 = model_dir / "pretrainedResnet.h5"
+    train = data.load(cifar / "train_original.npz")
+    transfer = data.load(cifar / "train.npz")
+    judged = {"val_original": data.load(cifar / "val_original.npz"),
+              "JPEG test": data.load(cifar / "test.npz")}
+    float_model = models.load(h5)
+    keras_labels = {name: models.predict_labels(float_model, d, "raw")
+                    for name, d in judged.items()}
+    calibration = train.take(500, seed=0)
+    files = {"float (reference .tflite)": model_dir / "pretrainedResnet.tflite",
+             "reference INT8": model_dir / "pretrainedResnet_quant.tflite"}
+    minutes = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.keep:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            tmp = args.keep
+        files["PTQ INT8 (ours, original-pixel calibration)"] = export.export(
+            float_model, Path(tmp) / "ptq.tflite", data=calibration, preprocess="raw")
+        chosen = {name: v for name, v in variants(len(train), args.steps_scale).items()
+                  if not args.only or any(text in name for text in args.only)}
+        for i, (name, (stages, uses_transfer)) in enumerate(chosen.items()):
+            print(f"\n=== {name} ===", flush=True)
+            started = time.perf_counter()
+            final, _ = recipe.run(models.load(h5), stages, train, preprocess="raw",
+                                  seed=args.seed, verbose=2,
+                                  transfer=transfer if uses_transfer else None)
+            minutes[name] = (time.perf_counter() - started) / 60
+            files[name] = export.export(final, Path(tmp) / f"variant_{i}.tflite",
+                                        data=calibration, preprocess="raw")
+        rows = measure(files, judged, keras_labels, minutes)
+    print(f"\nfine-tuned on {train.source}; JPEG transfer: {transfer.source} (teacher's "
+          "predictions only). Drop: points lost against the float Keras model on the same "
+          "images, 95 % interval in brackets; speed-up against the reference INT8.\n")
+    print(report.text_table(rows))
+    if args.json:
+        report.write_json(args.json, {"rows": rows, "steps_scale": args.steps_scale,
+                                      "seed": args.seed})
+    if args.plot:
+        report.pareto_plot([{**row, "accuracy": row["val_original accuracy"]} for row in rows],
+                           args.plot, title="ResNet-8 on original pixels (val_original)")
+    return 0
+
+
+def measure(files: dict, judged: dict, keras_labels: dict, minutes: dict) -> list[dict]:
+    """One row per file: bytes, both data sets' accuracy, drop and agreement, speed-up."""
+    results = {}
+    for set_name, dataset in judged.items():
+        print(f"\nevaluating {len(files)} files on {set_name} ...", flush=True)
+        results[set_name] = {name: verify.evaluate(path, dataset, preprocess="raw",
+                                                   reference=keras_labels[set_name],
+                                                   latency_runs=1000 if set_name ==
+                                                   "val_original" else 20)
+                             for name, path in files.items()}
+    speed = results["val_original"]
+    reference = speed["reference INT8"]
+    rows = []
+    for name in files:
+        row = {"variant": name, "bytes": speed[name].bytes, "gzip_bytes": speed[name].gzip_bytes,
+               "gzip_vs_ref": speed[name].gzip_bytes / reference.gzip_bytes}
+        for set_name, dataset in judged.items():
+            result = results[set_name][name]
+            drop = budget.paired_drop(keras_labels[set_name] == dataset.y,
+                                      result.predictions == dataset.y)
+            row[f"{set_name} accuracy"] = result.accuracy
+            row[f"{set_name} drop"] = f"{drop.points:+.2f} [{drop.low:+.2f}, {drop.high:+.2f}]"
+            row[f"{set_name} agreement"] = result.agreement
+        row["latency_ms"] = speed[name].latency_ms["median"]
+        row["speedup"] = reference.latency_ms["median"] / speed[name].latency_ms["median"]
+        row["train_min"] = round(minutes[name], 1) if name in minutes else None
+        rows.append(row)
+    return rows
+
+
+if __name__ == "__main__":
+    sys.exit(main())
