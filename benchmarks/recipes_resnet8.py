@@ -1,6 +1,11 @@
 """Every tfmot recipe on the MLPerf Tiny ResNet-8, beside the float model and the reference
 INT8 file, measured in one run.
 
+Superseded by fidelity_resnet8.py: this benchmark fine-tunes with the labels of the
+JPEG-decoded images and judges on JPEG-decoded test images, which moves the models into
+that domain and away from the original pixels a deployed model sees (its figures are kept
+for comparison in results/, not as the project's results).
+
 For each recipe: bytes, gzip bytes, accuracy and top-1 agreement with the Keras model on
 the 10k test set, median single-image latency (LiteRT, XNNPACK, 1 thread) and training
 time. Targets (issue 3): QAT INT8 within 0.2 points of the float model and above the

@@ -1,5 +1,10 @@
 """Techniques that change the architecture, on the MLPerf Tiny ResNet-8, in one run.
 
+Superseded by fidelity_resnet8.py: this benchmark fine-tunes with the labels of the
+JPEG-decoded images and judges on JPEG-decoded test images, which moves the models into
+that domain and away from the original pixels a deployed model sees (its figures are kept
+for comparison in results/, not as the project's results).
+
 Every variant beside the float model and the reference INT8 file: bytes (raw), parameters,
 MACs, accuracy and top-1 agreement with the Keras model on the 10k test set, median
 single-image latency at 1 thread (LiteRT, XNNPACK) and its ratio to the reference INT8's.

@@ -21,6 +21,7 @@ _EXPORTS = {
     "Verdict": "verdict", "verify_target": "verdict",
     "Stage": "recipe", "run_recipe": ("recipe", "run"), "compress": "runner",
     "inspect_tflite": ("inspect", "read"),
+    "paired_drop": "budget",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import __version__
 from .data import BUILTIN
-from .errors import EdgeCompressError
+from .errors import EdgeCompressError, OptionError
 from .options import DEFAULT_CALIBRATION_SAMPLES, Mode, Preprocess
 
 DATA_HELP = (f"an .npz with x (uint8 images N x H x W x C), y (labels) and optional classes; "
@@ -259,6 +259,19 @@ def _size(count) -> str:
     return f"{count / 2**20:g} MB" if count >= 2**20 else f"{count / 2**10:g} KB"
 
 
+def _check_min_accuracy(min_accuracy, data) -> None:
+    """An accuracy budget that would never be checked, or that no model can meet, is bad
+    input: a verdict that passes without checking it would be a wrong answer."""
+    if min_accuracy is None:
+        return
+    if data is None:
+        raise OptionError("--min-accuracy needs --data: without labelled images the accuracy "
+                          "budget cannot be checked.")
+    if not 0 <= min_accuracy <= 1:
+        raise OptionError(f"--min-accuracy is a fraction between 0 and 1 (0.75 for 75 %). "
+                          f"Received: {min_accuracy:g}.")
+
+
 def _add_verify(commands) -> None:
     p = commands.add_parser(
         "verify", help="check a .tflite against a deployment target's budgets",
@@ -285,6 +298,7 @@ def _add_verify(commands) -> None:
 def run_verify(args) -> int:
     from . import _io, micro, report, targets, verdict, verify
 
+    _check_min_accuracy(args.min_accuracy, args.data)
     for path in (args.json, args.markdown):
         if path:
             _io.writable_path(path)

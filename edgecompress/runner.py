@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import hashlib
 import importlib.metadata
+import inspect
 import platform
 import shutil
 import sys
@@ -203,21 +204,29 @@ def parser(description: str) -> argparse.ArgumentParser:
                    help="extra images learned only through the input model's predictions "
                         "(labels, if any, are ignored), e.g. many unlabelled photos next to a "
                         "small labelled --train-data")
-    p.add_argument("--epochs", type=int, default=2,
-                   help="fine-tuning epochs per stage (default 2; see --steps)")
-    p.add_argument("--steps", type=int, metavar="N",
-                   help="optimizer steps per stage instead of --epochs: on a small data set "
-                        "epochs are too coarse a unit")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--steps", type=int, default=1000, metavar="N",
+                   help="optimizer steps per fine-tuning stage (default %(default)s); steps, "
+                        "not epochs, so that a small data set still gets enough training")
+    p.add_argument("--epochs", type=int, metavar="N",
+                   help="passes over the fine-tuning images per stage, instead of --steps")
+    p.add_argument("--qat-steps", type=int, default=500, metavar="N",
+                   help="steps of a quantisation-aware training stage that follows another "
+                        "fine-tuning stage, at --qat-learning-rate (default %(default)s)")
+    p.add_argument("--qat-learning-rate", type=float, default=1e-4,
+                   help="learning rate of that QAT stage (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=64, help="(default %(default)s)")
     p.add_argument("--no-augment", dest="augment", action="store_false",
                    help="no random flips and translations of the fine-tuning images")
     p.add_argument("--max-drop", type=float, default=budget.DEFAULT_MAX_DROP, metavar="POINTS",
                    help="accuracy budget: points of top-1 accuracy the result may lose against "
                         "the input model on --eval-data (default 1.0); exit status 1 when it "
                         "loses more")
-    p.add_argument("--learning-rate", type=float, default=1e-4)
-    p.add_argument("--schedule", default="constant", choices=train.LearningRate.values(),
-                   help="learning rate over each stage: constant, or cosine decay to zero")
+    p.add_argument("--learning-rate", type=float, default=1e-4,
+                   help="Adam's learning rate at the start of each stage (default "
+                        "%(default)s)")
+    p.add_argument("--schedule", default="cosine", choices=train.LearningRate.values(),
+                   help="learning rate over each stage: cosine decay to zero (default) or "
+                        "constant")
     p.add_argument("--train-samples", type=int, metavar="N",
                    help="fine-tune on N images drawn at random (default: all)")
     p.add_argument("--eval-samples", type=int, metavar="N",
@@ -240,17 +249,18 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 
 def fit_config(args, **changes) -> train.FitConfig:
-    """The fine-tuning the arguments ask for, with `changes` (e.g. fewer epochs for QAT)."""
+    """The fine-tuning the arguments ask for (--steps, or --epochs when given), with
+    `changes` (e.g. another learning rate for QAT)."""
+    by_epochs = args.epochs is not None
     return dataclasses.replace(train.FitConfig(
-        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-        schedule=args.schedule, steps=args.steps, augment=args.augment), **changes)
+        epochs=args.epochs if by_epochs else 1, steps=None if by_epochs else args.steps,
+        batch_size=args.batch_size, learning_rate=args.learning_rate,
+        schedule=args.schedule, augment=args.augment), **changes)
 
 
-def qat_fit_config(args, epochs: int) -> train.FitConfig:
-    """QAT after a fine-tuning stage: `epochs` (or a tenth of --steps) at a tenth of the
-    learning rate."""
-    steps = max(1, args.steps // 10) if args.steps else None
-    return fit_config(args, epochs=epochs, steps=steps, learning_rate=args.learning_rate / 10)
+def qat_fit_config(args) -> train.FitConfig:
+    """QAT after a fine-tuning stage: --qat-steps at --qat-learning-rate."""
+    return fit_config(args, steps=args.qat_steps, learning_rate=args.qat_learning_rate)
 
 
 def distill_config(args) -> distill.Config | None:
@@ -276,7 +286,9 @@ def load_inputs(args):
     else:
         train_data, eval_data = train_data.split(args.eval_fraction, seed=args.seed)
     if model is None:
-        options = {"alpha": args.alpha} if getattr(args, "alpha", None) else {}
+        takes_alpha = "alpha" in inspect.signature(models.ZOO.get(args.model[4:], models.build)
+                                                   ).parameters
+        options = {"alpha": args.alpha} if getattr(args, "alpha", None) and takes_alpha else {}
         keras.utils.set_random_seed(args.seed)
         model = models.build(args.model[4:], input_shape=train_data.image_shape,
                              classes=len(train_data.classes), **options)

@@ -20,15 +20,13 @@ from edgecompress.techniques import quantize
 def arguments(parser):
     parser.add_argument("--alpha", type=float, default=0.35,
                         help="MobileNet v2 width multiplier (default 0.35)")
-    parser.add_argument("--qat-epochs", type=int, default=2,
-                        help="quantisation-aware training epochs (default 2)")
     parser.set_defaults(model="zoo:mobilenet_v2", preprocess="symmetric", learning_rate=1e-3,
-                        epochs=10)
+                        epochs=10, batch_size=32)
 
 
 def stages(args, samples):
     fit = runner.fit_config(args)
-    qat = runner.qat_fit_config(args, args.qat_epochs)
+    qat = runner.qat_fit_config(args)
     # trained on labels (the zoo model starts from random weights), then QAT learns from
     # the trained model
     return [recipe.Stage("finetune", None, fit),

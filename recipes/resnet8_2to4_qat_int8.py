@@ -6,7 +6,7 @@ gzip size. Layers whose input channels are not a multiple of 4 (the first convol
 stay dense, as the stage's warning says.
 
     python recipes/resnet8_2to4_qat_int8.py --model pretrainedResnet.h5 \\
-        --train-data train.npz --eval-data test.npz --out runs/2to4
+        --train-data train_original.npz --eval-data val_original.npz --out runs/2to4
 """
 
 import sys
@@ -15,12 +15,17 @@ from edgecompress import recipe, runner
 from edgecompress.techniques import quantize
 
 
+def arguments(parser):
+    parser.set_defaults(steps=3000, learning_rate=5e-4)
+
+
 def stages(args, samples):
     fit = runner.fit_config(args)
     teach = runner.distill_config(args)
     return [recipe.pruning(fit, samples, pattern="2:4", distill=teach),
-            recipe.Stage("qat", quantize.Config(scheme="prune-preserve"), fit, teach)]
+            recipe.Stage("qat", quantize.Config(scheme="prune-preserve"),
+                         runner.qat_fit_config(args), teach)]
 
 
 if __name__ == "__main__":
-    sys.exit(runner.script_main(__doc__, stages))
+    sys.exit(runner.script_main(__doc__, stages, extra_arguments=arguments))

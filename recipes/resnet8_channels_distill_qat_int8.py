@@ -2,21 +2,25 @@
 
 Why: channel (filter) pruning really shrinks the kernels, so the file is smaller and
 faster on every runtime, unlike magnitude pruning; distillation from the original model
-recovers accuracy faster than labels alone; QAT closes the INT8 gap.
+recovers what the pruning lost; QAT closes the INT8 gap.
 
     python recipes/resnet8_channels_distill_qat_int8.py --model pretrainedResnet.h5 \\
-        --ratio 0.5 --train-data train.npz --eval-data test.npz --out runs/channels
+        --ratio 0.5 --train-data train_original.npz --eval-data val_original.npz \\
+        --out runs/channels
 
 Residual connections tie channels across each Add: those groups are pruned together.
 `--layer-ratio conv2d_7=0.375` gives one layer (and the layers tied to it) its own ratio;
 `--divisor 8` keeps channel counts XNNPACK runs fast. On the MLPerf Tiny ResNet-8 these
-settings give stages of 8/16/40 channels, under half the reference INT8's bytes and 1.7x
-faster (benchmarks/structured_resnet8.py has the figures):
+settings give stages of 8/16/40 channels, under half the reference INT8's bytes and about
+1.7x faster. A few thousand labelled images are not enough to recover from removing half
+the channels: add many unlabelled images of the kind the model sees with
+`--transfer-data` (here the JPEG-decoded 50k, used through the original model's
+predictions only; benchmarks/fidelity_resnet8.py has the figures):
 
     python recipes/resnet8_channels_distill_qat_int8.py --model pretrainedResnet.h5 \\
         --ratio 0.5 --divisor 8 --layer-ratio conv2d_6=0.375 --layer-ratio conv2d_7=0.375 \\
-        --epochs 30 --batch-size 64 --schedule cosine --train-data train.npz \\
-        --eval-data test.npz --out runs/channels
+        --train-data train_original.npz --transfer-data train.npz \\
+        --eval-data val_original.npz --out runs/channels
 """
 
 import argparse
@@ -34,10 +38,7 @@ def arguments(parser):
                         help="keep a multiple of this many channels per layer (default 1)")
     parser.add_argument("--layer-ratio", type=_layer_ratio, action="append", default=[],
                         metavar="LAYER=RATIO", help="a layer's own ratio (repeatable)")
-    parser.add_argument("--qat-epochs", type=int, default=2,
-                        help="quantisation-aware training epochs, at a tenth of the "
-                             "learning rate (default 2)")
-    parser.set_defaults(learning_rate=1e-3)
+    parser.set_defaults(learning_rate=1e-3, steps=4000)
 
 
 def _layer_ratio(text):
@@ -53,7 +54,7 @@ def stages(args, samples):
     teach = runner.distill_config(args)
     config = channels.Config(ratio=args.ratio, criterion=args.criterion, divisor=args.divisor,
                              ratios=dict(args.layer_ratio))
-    qat = runner.qat_fit_config(args, args.qat_epochs)
+    qat = runner.qat_fit_config(args)
     return [recipe.Stage("channels", config, fit, teach),
             recipe.Stage("qat", quantize.Config(), qat, teach)]
 

@@ -6,7 +6,7 @@ ResNet-8 (benchmarks/recipes_resnet8.py): 8 clusters give 62.7 % of the referenc
 gzip bytes, 16 clusters 71.2 %.
 
     python recipes/resnet8_cluster_qat_int8.py --model pretrainedResnet.h5 --clusters 8 \\
-        --train-data train.npz --eval-data test.npz --out runs/cqat
+        --train-data train_original.npz --eval-data val_original.npz --out runs/cqat
 """
 
 import sys
@@ -27,7 +27,8 @@ def stages(args, samples):
     teach = runner.distill_config(args)
     config = cluster.Config(clusters=args.clusters, per_channel=args.per_channel)
     return [recipe.Stage("cluster", config, fit, teach),
-            recipe.Stage("qat", quantize.Config(scheme="cluster-preserve"), fit, teach)]
+            recipe.Stage("qat", quantize.Config(scheme="cluster-preserve"),
+                         runner.qat_fit_config(args), teach)]
 
 
 if __name__ == "__main__":

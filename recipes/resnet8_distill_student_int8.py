@@ -4,9 +4,11 @@ Why: a student with half the filters has about a quarter of the weights and MACs
 learns from the original's soft predictions as well as the labels.
 
     python recipes/resnet8_distill_student_int8.py --model pretrainedResnet.h5 \\
-        --width 0.5 --epochs 20 --train-data train.npz --eval-data test.npz --out runs/student
+        --width 0.5 --train-data train_original.npz --transfer-data train.npz \\
+        --eval-data val_original.npz --out runs/student
 
-The student starts from random weights, so it needs more epochs than a fine-tuning.
+The student starts from random weights, so it needs more steps than a fine-tuning (8,000
+by default) and many images: give unlabelled ones with --transfer-data.
 """
 
 import sys
@@ -18,11 +20,11 @@ from edgecompress.techniques import quantize, student
 def arguments(parser):
     parser.add_argument("--width", type=float, default=0.5,
                         help="student filters as a fraction of ResNet-8's (default 0.5)")
-    parser.set_defaults(learning_rate=1e-3, epochs=20)
+    parser.set_defaults(learning_rate=1e-3, steps=8000)
 
 
 def stages(args, samples):
-    qat = runner.qat_fit_config(args, max(1, args.epochs // 10))
+    qat = runner.qat_fit_config(args)
     config = student.Config("resnet8", {"width": args.width})
     teach = runner.distill_config(args)
     return [recipe.Stage("student", config, runner.fit_config(args), teach),

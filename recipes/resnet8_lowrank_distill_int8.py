@@ -5,7 +5,7 @@ fewer weights and multiply-accumulates; distillation from the original recovers 
 accuracy lost in truncation.
 
     python recipes/resnet8_lowrank_distill_int8.py --model pretrainedResnet.h5 \\
-        --ratio 0.5 --train-data train.npz --eval-data test.npz --out runs/lowrank
+        --ratio 0.5 --train-data train_original.npz --eval-data val_original.npz --out runs/lowrank
 
 Layers whose factorisation would not save weights are left as they are.
 """
@@ -20,7 +20,7 @@ def arguments(parser):
     parser.add_argument("--ratio", type=float, default=0.5,
                         help="target weights per factorised layer, as a fraction (default 0.5)")
     parser.add_argument("--method", default="spatial", choices=lowrank.Method.values())
-    parser.set_defaults(learning_rate=1e-3)
+    parser.set_defaults(learning_rate=1e-3, steps=2000)
 
 
 def stages(args, samples):

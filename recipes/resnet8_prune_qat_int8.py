@@ -5,7 +5,7 @@ training, so the INT8 file compresses far better (gzip); the kernels keep their 
 latency does not change (for that, see channel pruning).
 
     python recipes/resnet8_prune_qat_int8.py --model pretrainedResnet.h5 --sparsity 0.75 \\
-        --train-data train.npz --eval-data test.npz --out runs/pqat
+        --train-data train_original.npz --eval-data val_original.npz --out runs/pqat
 
 The sparsity ramps up polynomially over the first two thirds of the pruning stage.
 """
@@ -19,13 +19,15 @@ from edgecompress.techniques import quantize
 def arguments(parser):
     parser.add_argument("--sparsity", type=float, default=0.75,
                         help="fraction of each kernel pruned (default 0.75)")
+    parser.set_defaults(steps=3000, learning_rate=5e-4)
 
 
 def stages(args, samples):
     fit = runner.fit_config(args)
     teach = runner.distill_config(args)
     return [recipe.pruning(fit, samples, sparsity=args.sparsity, distill=teach),
-            recipe.Stage("qat", quantize.Config(scheme="prune-preserve"), fit, teach)]
+            recipe.Stage("qat", quantize.Config(scheme="prune-preserve"),
+                         runner.qat_fit_config(args), teach)]
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ Why: the quickest compression, a quarter of the float file, usually within a few
 of a point of the float model; the baseline every other recipe is measured against.
 
     python recipes/resnet8_ptq_int8.py --model pretrainedResnet.h5 \\
-        --train-data train.npz --eval-data test.npz --out runs/ptq
+        --train-data train_original.npz --eval-data val_original.npz --out runs/ptq
 
 --train-data is only used for calibration (--calibration-samples images at random).
 """

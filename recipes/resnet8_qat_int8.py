@@ -4,7 +4,7 @@ Why: post-training INT8 loses a little accuracy that fine-tuning with fake quant
 wins back; the file is the same size as post-training INT8's.
 
     python recipes/resnet8_qat_int8.py --model pretrainedResnet.h5 \\
-        --train-data train.npz --eval-data test.npz --out runs/qat
+        --train-data train_original.npz --eval-data val_original.npz --out runs/qat
 
 Writes in --out the float, PTQ INT8 and QAT INT8 `.tflite` files, the Keras model and
 report.json / report.md comparing them. Measured results: see benchmarks/recipes_resnet8.py.

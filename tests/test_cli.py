@@ -101,3 +101,12 @@ def test_bad_input_gives_one_line_and_status_2(tmp_path, trained, npz, int8_file
         assert len(errors) == 1 and message in errors[0], (argv, err)
         assert "Traceback" not in err
     assert not (tmp_path / "out.tflite").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--min-accuracy", "0.9"], "--min-accuracy needs --data"),
+    (["--min-accuracy", "75", "--data", "shapes"], "between 0 and 1"),
+])
+def test_verify_refuses_an_accuracy_budget_it_cannot_check(capsys, int8_file, argv, message):
+    status, out, err = run(capsys, "verify", int8_file, "--target", "phone-cpu", *argv)
+    assert status == 2 and message in err and not out

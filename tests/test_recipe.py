@@ -63,7 +63,8 @@ def test_prune_pqat_recipe_smoke(trained, shapes_npz, tmp_path):
     out = tmp_path / "run"
     args = ["--model", trained[1], "--train-data", train_npz, "--eval-data", test_npz,
             "--preprocess", "unit", "--out", out, "--epochs", 1, "--train-samples", 256,
-            "--sparsity", 0.5, "--calibration-samples", 50, "--quiet", "--max-drop", 100]
+            "--sparsity", 0.5, "--calibration-samples", 50, "--quiet", "--max-drop", 100,
+            "--qat-steps", 5]
     done = _run_script("resnet8_prune_qat_int8.py", *args)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "[stage 1/2] pruning to 50% sparsity" in done.stdout
@@ -116,7 +117,8 @@ def test_a_failed_run_keeps_only_its_completed_stages(tmp_path):
     assert not out.exists()
 
 
-def test_image_folder_recipe_smoke(tmp_path):
+@pytest.mark.parametrize("model", ["zoo:mobilenet_v2", "zoo:tiny_cnn"])
+def test_image_folder_recipe_smoke(tmp_path, model):
     from PIL import Image
     from edgecompress import data
 
@@ -126,13 +128,15 @@ def test_image_folder_recipe_smoke(tmp_path):
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).resize((48, 40)).save(folder / f"{i}.png")
     done = _run_script("mobilenet_folder_int8.py", "--images", tmp_path / "photos",
-                       "--image-size", 32, "--alpha", 0.25, "--epochs", 1, "--qat-epochs", 1,
-                       "--out", tmp_path / "out", "--quiet", "--calibration-samples", 10,
-                       "--max-drop", 100)
+                       "--model", model, "--image-size", 32, "--alpha", 0.25, "--epochs", 1,
+                       "--qat-steps", 2, "--out", tmp_path / "out", "--quiet",
+                       "--calibration-samples", 10, "--max-drop", 100)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["results"]["recipe INT8"]["samples"] == 10  # 20 % of 5 images x 10 classes
     assert report["eval_data"].endswith("(held-out split)")
+    assert report["stages"][0]["distill"] is None  # trained on labels: no teacher yet
+    assert report["stages"][1]["distill"]["alpha"] == 0.1  # QAT learns from the trained model
 
 
 STRATEGY_CHECK = textwrap.dedent("""

@@ -184,12 +184,14 @@ def test_a_crash_in_native_code_is_an_error_not_a_dead_process():
 RECIPE = ["--model", "zoo:resnet8", "--image-size", "16", "--train-data", "shapes",
           "--preprocess", "unit", "--train-samples", "600", "--eval-samples", "100",
           "--calibration-samples", "50", "--quiet", "--max-drop", "100"]
+LONG = ["--epochs", "6", "--qat-steps", "100"]  # long enough to be killed in stage 2
+SHORT = ["--epochs", "1", "--qat-steps", "5"]
 
 
 def test_killed_recipe_resumes_from_its_last_completed_stage(tmp_path):
     out = tmp_path / "run"
     script = str(ROOT / "recipes" / "resnet8_prune_qat_int8.py")
-    process = subprocess.Popen([sys.executable, script, *RECIPE, "--epochs", "6", "--out",
+    process = subprocess.Popen([sys.executable, script, *RECIPE, *LONG, "--out",
                                 str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
     while not (out / "checkpoints" / "progress.json").exists():
@@ -199,10 +201,10 @@ def test_killed_recipe_resumes_from_its_last_completed_stage(tmp_path):
     process.send_signal(signal.SIGKILL)  # no chance to clean up, as with a power cut
     process.wait()
     assert not (out / "model_int8.tflite").exists()
-    again = subprocess.run([sys.executable, script, *RECIPE, "--epochs", "6", "--out",
+    again = subprocess.run([sys.executable, script, *RECIPE, *LONG, "--out",
                             str(out)], capture_output=True, text=True)
     assert again.returncode == 2 and "--resume" in again.stderr  # refuses to overwrite
-    resumed = subprocess.run([sys.executable, script, *RECIPE, "--epochs", "6", "--out",
+    resumed = subprocess.run([sys.executable, script, *RECIPE, *LONG, "--out",
                               str(out), "--resume"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-1000:]
     assert "resuming after stage 1 of 2" in resumed.stdout
@@ -214,7 +216,7 @@ def test_same_seed_same_tflite_bytes(tmp_path):
     script = str(ROOT / "recipes" / "resnet8_prune_qat_int8.py")
     files = []
     for run in ("a", "b"):
-        done = subprocess.run([sys.executable, script, *RECIPE, "--epochs", "1", "--out",
+        done = subprocess.run([sys.executable, script, *RECIPE, *SHORT, "--out",
                                str(tmp_path / run)], capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-1000:]
         files.append((tmp_path / run / "model_int8.tflite").read_bytes())

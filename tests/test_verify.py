@@ -75,7 +75,8 @@ def test_preprocessing_must_be_known(trained, tmp_path, test_set):
 
 
 def test_verification_does_not_import_tensorflow():
-    code = ("import sys, edgecompress.verify, edgecompress.metadata, edgecompress.cli; "
+    code = ("import sys, edgecompress.verify, edgecompress.metadata, edgecompress.cli, "
+            "edgecompress.budget; "
             "print(any(m.split('.')[0] in ('tensorflow', 'tf_keras') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
