@@ -135,7 +135,9 @@ def fit(model: keras.Model, data: Dataset, *, preprocess="raw", config: FitConfi
         else:
             trainer = distill.Distiller(student=model, teacher=teacher,
                                         config=distill_config or distill.Config())
-            trainer.compile(optimizer=optimizer, metrics=["accuracy"])
+            # weighted: the accuracy of labelled images only (Keras' plain `metrics` ignore
+            # the sample weights that leave transfer images out)
+            trainer.compile(optimizer=optimizer, weighted_metrics=["accuracy"])
     val = None
     if validation is not None:
         val = (preprocess_images(validation.x, how), validation.require_labels())

@@ -45,7 +45,8 @@ class Distiller(keras.Model):
 
     Example:
         >>> distiller = Distiller(student=small, teacher=big, config=Config())
-        >>> distiller.compile(optimizer=keras.optimizers.Adam(1e-3), metrics=["accuracy"])
+        >>> distiller.compile(optimizer=keras.optimizers.Adam(1e-3),
+        ...                   weighted_metrics=["accuracy"])
         >>> distiller.fit(x, y, epochs=5)  # doctest: +SKIP
     """
 
