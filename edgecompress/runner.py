@@ -76,14 +76,13 @@ def compress(model, stages: list[recipe.Stage], train_data, eval_data, out: Path
     budget.check_max_drop(max_drop)
     calibration = train_data.take(min(len(train_data), calibration_samples), seed=seed)
     keras_labels = models.predict_labels(model, eval_data, preprocess)
-    steps = len(stages) + 3
-    print(f"[1/{steps}] float and post-training INT8 baselines ...", flush=True)
+    print("[1/4] float and post-training INT8 baselines ...", flush=True)
     files = {"float": export.export(model, out / "float.tflite", mode="fp32",
                                     preprocess=preprocess, classes=train_data.classes),
              "PTQ INT8": export.export(model, out / "ptq_int8.tflite", mode="int8",
                                        data=calibration, preprocess=preprocess,
                                        calibration_samples=len(calibration))}
-    print(f"[2/{steps}] running {len(stages)} stage(s) ...", flush=True)
+    print(f"[2/4] running {len(stages)} stage(s) ...", flush=True)
     started = time.perf_counter()
     final, records = recipe.run(model, stages, train_data, preprocess=preprocess,
                                 validation=eval_data, strategy=strategy, seed=seed,
@@ -91,11 +90,11 @@ def compress(model, stages: list[recipe.Stage], train_data, eval_data, out: Path
                                 transfer=transfer)
     training_seconds = time.perf_counter() - started
     models.save(final, out / "model.h5")
-    print(f"[{steps - 1}/{steps}] exporting the result to INT8 ...", flush=True)
+    print("[3/4] exporting the result to INT8 ...", flush=True)
     files["recipe INT8"] = export.export(final, out / "model_int8.tflite", mode="int8",
                                          data=calibration, preprocess=preprocess,
                                          calibration_samples=len(calibration))
-    print(f"[{steps}/{steps}] evaluating {len(files)} files on {len(eval_data):,} images ...",
+    print(f"[4/4] evaluating {len(files)} files on {len(eval_data):,} images ...",
           flush=True)
     results = {name: verify.evaluate(path, eval_data, reference=keras_labels,
                                      latency_runs=latency_runs) for name, path in files.items()}
