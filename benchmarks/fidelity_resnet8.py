@@ -29,7 +29,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 from edgecompress import budget, data, export, models, recipe, report, verify
 from edgecompress.techniques import channels, distill, quantize
 from edgecompress.train import FitConfig
