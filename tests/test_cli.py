@@ -110,3 +110,13 @@ def test_bad_input_gives_one_line_and_status_2(tmp_path, trained, npz, int8_file
 def test_verify_refuses_an_accuracy_budget_it_cannot_check(capsys, int8_file, argv, message):
     status, out, err = run(capsys, "verify", int8_file, "--target", "phone-cpu", *argv)
     assert status == 2 and message in err and not out
+
+
+def test_evaluate_warns_when_the_reference_is_another_model(capsys, int8_file, npz, tmp_path):
+    from edgecompress import models
+    from edgecompress._tf import keras
+
+    keras.utils.set_random_seed(5)
+    unrelated = models.save(models.tiny_cnn((16, 16, 3), filters=(4, 4)), tmp_path / "u.h5")
+    status, out, _ = run(capsys, "evaluate", int8_file, "--data", npz, "--reference", unrelated)
+    assert status == 0 and "agreement below 50 %" in out
