@@ -82,6 +82,9 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--plot", type=Path, help="write the Pareto plot (PNG)")
     parser.add_argument("--keep", type=Path, metavar="DIR",
                         help="keep the .tflite files in DIR (default: a temporary folder)")
+    parser.add_argument("--measure", type=Path, metavar="DIR",
+                        help="train nothing: measure again the files that a run of every "
+                             "variant kept in DIR (on a quieter machine, say)")
     return parser
 
 
@@ -104,23 +107,25 @@ def main(argv=None) -> int:
     files = {"float (reference .tflite)": model_dir / "pretrainedResnet.tflite",
              "reference INT8": model_dir / "pretrainedResnet_quant.tflite"}
     minutes = {}
+    chosen = {name: v for name, v in variants(len(train), args.steps_scale).items()
+              if not args.only or any(text in name for text in args.only)}
     with tempfile.TemporaryDirectory() as tmp:
-        if args.keep:
-            args.keep.mkdir(parents=True, exist_ok=True)
-            tmp = args.keep
-        files["PTQ INT8 (ours, original-pixel calibration)"] = export.export(
-            float_model, Path(tmp) / "ptq.tflite", data=calibration, preprocess="raw")
-        chosen = {name: v for name, v in variants(len(train), args.steps_scale).items()
-                  if not args.only or any(text in name for text in args.only)}
+        folder = Path(args.measure or args.keep or tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        ptq = folder / "ptq.tflite"
+        files["PTQ INT8 (ours, original-pixel calibration)"] = ptq if args.measure else \
+            export.export(float_model, ptq, data=calibration, preprocess="raw")
         for i, (name, (stages, uses_transfer)) in enumerate(chosen.items()):
+            files[name] = folder / f"variant_{i}.tflite"
+            if args.measure:
+                continue
             print(f"\n=== {name} ===", flush=True)
             started = time.perf_counter()
             final, _ = recipe.run(models.load(h5), stages, train, preprocess="raw",
                                   seed=args.seed, verbose=2,
                                   transfer=transfer if uses_transfer else None)
             minutes[name] = (time.perf_counter() - started) / 60
-            files[name] = export.export(final, Path(tmp) / f"variant_{i}.tflite",
-                                        data=calibration, preprocess="raw")
+            export.export(final, files[name], data=calibration, preprocess="raw")
         rows = measure(files, judged, keras_labels, minutes)
     print(f"\nfine-tuned on {train.source}; JPEG transfer: {transfer.source} (teacher's "
           "predictions only). Drop: points lost against the float Keras model on the same "
