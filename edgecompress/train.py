@@ -89,8 +89,9 @@ def fit(model: keras.Model, data: Dataset, *, preprocess="raw", config: FitConfi
         transfer: Dataset | None = None, **overrides) -> keras.callbacks.History:
     """Trains `model` in place on `data` with Adam and sparse categorical cross-entropy.
 
-    Batches are full: the last partial batch of each shuffled pass is left out (a partial
-    last batch crashed TensorFlow 2.21's oneDNN kernels in distillation; see the tests).
+    Batches are full: the last partial batch of each shuffled pass is left out. A partial
+    last batch was seen to crash TensorFlow 2.21's oneDNN kernels in distillation (exit 139,
+    on 4,085 images at batch 64); it did not reproduce on every CPU.
 
     Args:
         model: a Keras classifier with softmax output (built under `strategy.scope()` when

@@ -86,8 +86,8 @@ def test_augmentation_flips_and_translates(train_set):
 
 
 def test_distillation_with_an_odd_remainder_trains(trained, train_set):
-    """A partial last batch crashed oneDNN in distillation (exit 139 in TF 2.21): every batch
-    is now full, so a data set that leaves a remainder trains in a child process too."""
+    """A partial last batch was seen to crash oneDNN in distillation (exit 139, TF 2.21, 4,085
+    images at batch 64; not on every CPU): every batch is now full, and this size trains."""
     code = ("from edgecompress import data, models, train\n"
             "from edgecompress.techniques import distill\n"
             f"teacher = models.load({str(trained[1])!r})\n"
