@@ -55,7 +55,7 @@ def shapes_npz(train_set, test_set, tmp_path_factory):
 
 def _run_script(name, *args):
     return subprocess.run([sys.executable, str(ROOT / "recipes" / name), *map(str, args)],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=1200)
 
 
 def test_prune_pqat_recipe_smoke(trained, shapes_npz, tmp_path):
