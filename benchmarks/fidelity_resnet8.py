@@ -156,10 +156,9 @@ def measure(files: dict, judged: dict, keras_labels: dict, minutes: dict) -> lis
     for name in files:
         row = {"variant": name, "bytes": speed[name].bytes, "gzip_bytes": speed[name].gzip_bytes,
                "gzip_vs_ref": speed[name].gzip_bytes / reference.gzip_bytes}
-        for set_name, dataset in judged.items():
+        for set_name in judged:
             result = results[set_name][name]
-            drop = budget.paired_drop(keras_labels[set_name] == dataset.y,
-                                      result.predictions == dataset.y)
+            drop = budget.Drop(**result.drop)
             row[f"{set_name} accuracy"] = result.accuracy
             row[f"{set_name} drop"] = f"{drop.points:+.2f} [{drop.low:+.2f}, {drop.high:+.2f}]"
             row[f"{set_name} agreement"] = result.agreement

@@ -99,8 +99,7 @@ def compress(model, stages: list[recipe.Stage], train_data, eval_data, out: Path
     results = {name: verify.evaluate(path, eval_data, reference=keras_labels,
                                      latency_runs=latency_runs) for name, path in files.items()}
     keras_correct = keras_labels == eval_data.y
-    drops = {name: budget.paired_drop(keras_correct, r.predictions == eval_data.y)
-             for name, r in results.items()}
+    drops = {name: budget.Drop(**r.drop) for name, r in results.items()}  # paired by evaluate
     rows = [_row(name, r, results["float"], drops[name]) for name, r in results.items()]
     judged = budget.verdict(drops["recipe INT8"], max_drop)
     result = {"rows": rows, "stages": records, "training_seconds": round(training_seconds, 1),
