@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecompress import data, export, models, recipe, verify
+from edgecompress import data, models, pipeline, recipe, tflite
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,7 +77,7 @@ def train_variants(inputs: Inputs, variants: dict, only, folder: Path,
                               validation=inputs.test.take(1000, seed=1), seed=seed,
                               verbose=2)
         minutes[name] = (time.perf_counter() - started) / 60
-        files[name] = export.export(final, folder / f"variant_{i}.tflite",
+        files[name] = tflite.export(final, folder / f"variant_{i}.tflite",
                                     data=inputs.calibration, preprocess="raw")
     return files, minutes
 
@@ -85,6 +85,5 @@ def train_variants(inputs: Inputs, variants: dict, only, folder: Path,
 def evaluate_all(inputs: Inputs, files: dict, latency_runs: int) -> dict:
     """{name: verify.Evaluation} of every file on the test set, against the Keras labels."""
     print(f"\nevaluating {len(files)} files on {len(inputs.test):,} images ...", flush=True)
-    return {name: verify.evaluate(path, inputs.test, preprocess="raw",
-                                  reference=inputs.keras_labels, latency_runs=latency_runs)
-            for name, path in files.items()}
+    return pipeline.judge(files, inputs.test, inputs.keras_labels, latency_runs=latency_runs,
+                          preprocess="raw")[0]

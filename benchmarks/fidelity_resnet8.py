@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgecompress import budget, data, export, models, recipe, report, verify
+from edgecompress import budget, data, models, pipeline, recipe, report, tflite
 from edgecompress.techniques import channels, distill, quantize
 from edgecompress.train import FitConfig
 
@@ -114,7 +114,7 @@ def main(argv=None) -> int:
         folder.mkdir(parents=True, exist_ok=True)
         ptq = folder / "ptq.tflite"
         files["PTQ INT8 (ours, original-pixel calibration)"] = ptq if args.measure else \
-            export.export(float_model, ptq, data=calibration, preprocess="raw")
+            tflite.export(float_model, ptq, data=calibration, preprocess="raw")
         for i, (name, (stages, uses_transfer)) in enumerate(chosen.items()):
             files[name] = folder / f"variant_{i}.tflite"
             if args.measure:
@@ -125,7 +125,7 @@ def main(argv=None) -> int:
                                   seed=args.seed, verbose=2,
                                   transfer=transfer if uses_transfer else None)
             minutes[name] = (time.perf_counter() - started) / 60
-            export.export(final, files[name], data=calibration, preprocess="raw")
+            tflite.export(final, files[name], data=calibration, preprocess="raw")
         rows = measure(files, judged, keras_labels, minutes)
     print(f"\nfine-tuned on {train.source}; JPEG transfer: {transfer.source} (teacher's "
           "predictions only). Drop: points lost against the float Keras model on the same "
@@ -145,11 +145,9 @@ def measure(files: dict, judged: dict, keras_labels: dict, minutes: dict) -> lis
     results = {}
     for set_name, dataset in judged.items():
         print(f"\nevaluating {len(files)} files on {set_name} ...", flush=True)
-        results[set_name] = {name: verify.evaluate(path, dataset, preprocess="raw",
-                                                   reference=keras_labels[set_name],
-                                                   latency_runs=1000 if set_name ==
-                                                   "val_original" else 20)
-                             for name, path in files.items()}
+        results[set_name], _ = pipeline.judge(
+            files, dataset, keras_labels[set_name], preprocess="raw",
+            latency_runs=1000 if set_name == "val_original" else 20)
     speed = results["val_original"]
     reference = speed["reference INT8"]
     rows = []

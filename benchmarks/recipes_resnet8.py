@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 import _common
-from edgecompress import export, models, recipe, report
+from edgecompress import models, recipe, report, tflite
 from edgecompress.techniques import cluster, quantize
 from edgecompress.train import FitConfig
 
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
         return 2
     files = dict(inputs.reference_files)
     with tempfile.TemporaryDirectory() as tmp:
-        files["PTQ INT8 (ours)"] = export.export(models.load(inputs.h5),
+        files["PTQ INT8 (ours)"] = tflite.export(models.load(inputs.h5),
                                                  Path(tmp) / "ptq.tflite",
                                                  data=inputs.calibration, preprocess="raw")
         trained, minutes = _common.train_variants(

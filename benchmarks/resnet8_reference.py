@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 import _common
-from edgecompress import data, export, models, report, verify
+from edgecompress import data, models, report, tflite
+from edgecompress.device import verify
 
 def calibration_sets(train: data.Dataset, calib_index: np.ndarray) -> dict:
     """The calibration choices compared: which images, and how many."""
@@ -72,7 +73,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, calibration) in enumerate(calibration_sets(train, calib_index).items()):
             print(f"[1/2] exporting INT8, calibration: {name} ...", flush=True)
-            files[f"ours, {name}"] = export.export(
+            files[f"ours, {name}"] = tflite.export(
                 keras_model, Path(tmp) / f"ours_{i}.tflite", mode="int8", data=calibration,
                 preprocess="raw", calibration_samples=len(calibration))
         print(f"[2/2] evaluating {len(files)} files on {len(test):,} images ...", flush=True)

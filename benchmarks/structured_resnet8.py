@@ -33,7 +33,8 @@ import tempfile
 from pathlib import Path
 
 import _common
-from edgecompress import inspect, recipe, report
+from edgecompress import recipe, report
+from edgecompress.device import inspect
 from edgecompress.techniques import channels, distill, lowrank, quantize, student
 from edgecompress.train import FitConfig
 

@@ -1,7 +1,8 @@
 """edgecompress: compress Keras image classifiers for phones and microcontrollers.
 
-The public API is re-exported here lazily, so that `import edgecompress.verify` (which a
-device-side check uses) does not pull in TensorFlow.
+The public API is re-exported here lazily, so that `import edgecompress.device` (which a
+device-side check uses) does not pull in TensorFlow. No public name is also a submodule's
+name: importing the submodule would replace the function on the package.
 """
 
 import importlib
@@ -14,13 +15,14 @@ _EXPORTS = {
     "Dataset": "data", "Preprocess": "options", "load_data": ("data", "load"),
     "shapes": "data",
     "load_model": ("models", "load"), "build_model": ("models", "build"),
-    "Mode": "options", "convert": "export", "export": ("export", "export"),
+    "Mode": "options", "convert": "tflite", "export": "tflite",
     "fit": "train", "FitConfig": "train",
-    "Evaluation": "verify", "evaluate": "verify", "LiteRTModel": "verify",
-    "Target": "targets", "get_target": ("targets", "get"),
-    "Verdict": "verdict", "verify_target": "verdict",
-    "Stage": "recipe", "run_recipe": ("recipe", "run"), "compress": "runner",
-    "inspect_tflite": ("inspect", "read"),
+    "Evaluation": "device.verify", "evaluate": "device.verify",
+    "LiteRTModel": "device.verify",
+    "Target": "device.targets", "get_target": ("device.targets", "get"),
+    "Verdict": "device.verdict", "verify_target": "device.verdict",
+    "Stage": "recipe", "run_recipe": ("recipe", "run"), "compress": "pipeline",
+    "inspect_tflite": ("device.inspect", "read"), "open_tflite": ("device.inspect", "open"),
     "paired_drop": "budget",
 }
 

@@ -26,7 +26,7 @@ SHAPE_CLASSES = ("circle", "square", "triangle", "diamond", "cross",
 def preprocess_scale(how) -> tuple[float, float]:
     """(divisor, offset) such that model input = pixels / divisor + offset."""
     return {Preprocess.RAW: (1.0, 0.0), Preprocess.UNIT: (255.0, 0.0),
-            Preprocess.SYMMETRIC: (127.5, -1.0)}[Preprocess.get(how)]
+            Preprocess.SYMMETRIC: (127.5, -1.0)}[Preprocess.get(how, "preprocess")]
 
 
 def preprocess(x: np.ndarray, how) -> np.ndarray:

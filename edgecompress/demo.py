@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import data, export, models, report, train, verify
+from . import data, models, pipeline, report, tflite, train
 from ._tf import keras
 
 IMAGE_SIZE = (32, 32)
@@ -27,13 +27,12 @@ def run(out: Path, *, epochs: int = 8, train_samples: int = 2000, test_samples: 
     train.fit(model, train_set, preprocess=PREPROCESS, epochs=epochs, verbose=verbose)
     models.save(model, out / "model.keras")
     reference = models.predict_labels(model, test_set, PREPROCESS)
-    rows, results = [], {}
-    for step, mode in enumerate(("fp32", "int8"), start=2):
-        print(f"[{step}/3] exporting {mode} and evaluating on {len(test_set):,} test images ...")
-        path = export.export(model, out / f"model_{mode}.tflite", mode=mode, data=train_set,
-                             preprocess=PREPROCESS)
-        results[mode] = verify.evaluate(path, test_set, reference=reference)
-        rows.append(report.comparison_row(mode, results[mode], results["fp32"]))
+    print("[2/3] exporting fp32 and int8 ...")
+    files = {mode: tflite.export(model, out / f"model_{mode}.tflite", mode=mode,
+                                 data=train_set, preprocess=PREPROCESS)
+             for mode in ("fp32", "int8")}
+    print(f"[3/3] evaluating both on {len(test_set):,} test images against the Keras model ...")
+    results, rows = pipeline.judge(files, test_set, reference)
     keras_accuracy = float((reference == test_set.y).mean())
     print(f"\nKeras model accuracy: {keras_accuracy:.2%}\n")
     print(report.text_table(rows))

@@ -12,6 +12,7 @@ import numpy as np
 
 from ._tf import keras, tfmot
 from .errors import ModelError, OptionError
+from .options import lookup
 
 # Layers whose saved config carries Python code that loading would run.
 CODE_LAYERS = ("Lambda",)
@@ -266,9 +267,7 @@ def build(name: str, **kwargs) -> keras.Model:
     Raises:
         OptionError: unknown name; the message lists the zoo.
     """
-    if name not in ZOO:
-        raise OptionError(f"Unknown zoo model {name!r}. Choose one of: {', '.join(ZOO)}.")
-    return ZOO[name](**kwargs)
+    return lookup(ZOO, name, "architecture")(**kwargs)
 
 
 def predict_labels(model: keras.Model, data, preprocess, *, batch_size: int = 256):

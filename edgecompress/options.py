@@ -1,6 +1,8 @@
-"""Named choices shared by the API and the CLI (which uses their values as `choices=`).
+"""Named choices shared by the API and the command lines (which use their values as
+`choices=`), and the one way to look a name up in a registry.
 
-Nothing here imports TensorFlow, so the CLI can build its parser without it.
+Nothing here imports TensorFlow, so a parser, its `--help` and its argument errors answer
+without it.
 """
 
 from __future__ import annotations
@@ -10,18 +12,29 @@ import enum
 from .errors import OptionError
 
 
+def lookup(registry, name, parameter: str, hint: str = ""):
+    """`registry[name]`, or an `OptionError` that names the parameter and the valid names
+    (and ends with `hint`, e.g. where more names come from).
+
+    Example:
+        >>> lookup({"a": 1}, "b", "scope")  # doctest: +SKIP
+        OptionError: `scope` must be one of a. Received: scope='b'.
+    """
+    try:
+        return registry[name]
+    except (KeyError, TypeError):
+        raise OptionError(f"`{parameter}` must be one of {', '.join(map(str, registry))}. "
+                          f"Received: {parameter}={name!r}.{hint}") from None
+
+
 class Choice(str, enum.Enum):
     """A string enum whose `get` turns a bad name into an error listing the valid ones."""
 
     @classmethod
-    def get(cls, name):
-        """Returns the member for `name` (a member or its value)."""
-        try:
-            return cls(name)
-        except ValueError:
-            valid = ", ".join(m.value for m in cls)
-            raise OptionError(f"Unknown {cls.__doc__.split(':')[0].lower()} {name!r}. "
-                              f"Choose one of: {valid}.") from None
+    def get(cls, name, parameter: str):
+        """Returns the member for `name` (a member or its value); `parameter` names the
+        option in the error message."""
+        return lookup({m.value: m for m in cls}, name, parameter)  # a member equals its value
 
     @classmethod
     def values(cls) -> list[str]:
@@ -46,4 +59,28 @@ class Preprocess(Choice):
     SYMMETRIC = "symmetric"  # pixels / 127.5 - 1
 
 
+class LearningRate(Choice):
+    """Learning-rate schedule over the fine-tuning steps."""
+
+    CONSTANT = "constant"
+    COSINE = "cosine"  # cosine decay to zero over all steps
+
+
+class Criterion(Choice):
+    """Channel importance criterion of structured pruning."""
+
+    L1 = "l1"  # sum of |weights| of the filter
+    L2 = "l2"  # Euclidean norm of the filter
+    BN = "bn"  # |gamma| of the BatchNormalization that follows (L1 where there is none)
+
+
+class Method(Choice):
+    """Low-rank factorisation of k x k convolutions."""
+
+    SPATIAL = "spatial"  # k x 1, then 1 x k
+    CHANNEL = "channel"  # k x k with r filters, then 1 x 1
+
+
+STRATEGIES = ("none", "mirrored", "multiworker")
+ZOO_NAMES = ("resnet8", "mobilenet_v1", "mobilenet_v2", "tiny_cnn")  # models.ZOO's keys
 DEFAULT_CALIBRATION_SAMPLES = 500

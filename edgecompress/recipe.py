@@ -13,6 +13,7 @@ from . import _io, models
 from ._tf import keras
 from .data import Dataset
 from .errors import OptionError
+from .options import lookup
 from .techniques import _layers, channels, cluster, distill, lowrank, prune, quantize, student
 from .train import FitConfig, fit
 
@@ -36,9 +37,8 @@ class Stage:
     distill: distill.Config | None = None
 
     def __post_init__(self):
-        if self.technique != "finetune" and self.technique not in TECHNIQUES:
-            raise OptionError(f"Unknown technique {self.technique!r}. Choose one of: "
-                              f"finetune, {', '.join(TECHNIQUES)}.")
+        if self.technique != "finetune":
+            lookup(TECHNIQUES, self.technique, "technique")
         if self.technique in TECHNIQUES and not isinstance(
                 self.config, TECHNIQUES[self.technique].Config):
             raise OptionError(f"Stage {self.technique!r} needs a "

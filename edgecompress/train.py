@@ -12,15 +12,8 @@ from ._tf import keras, tf
 from .data import Dataset, preprocess as preprocess_images, preprocess_scale
 from .errors import OptionError
 from .models import input_shape
-from .options import Choice, Preprocess
+from .options import STRATEGIES, LearningRate, Preprocess, lookup
 from .techniques import distill
-
-
-class LearningRate(Choice):
-    """Learning-rate schedule over the fine-tuning steps."""
-
-    CONSTANT = "constant"
-    COSINE = "cosine"  # cosine decay to zero over all steps
 
 
 @dataclass(frozen=True)
@@ -49,7 +42,7 @@ class FitConfig:
     augment: bool = False
 
     def __post_init__(self):
-        LearningRate.get(self.schedule)
+        LearningRate.get(self.schedule, "schedule")
         if self.epochs < 0 or self.batch_size < 1 or self.patience < 0:
             raise OptionError(f"epochs and patience must be >= 0 and batch_size >= 1. "
                               f"Received: epochs={self.epochs}, batch_size={self.batch_size}, "
@@ -118,7 +111,7 @@ def fit(model: keras.Model, data: Dataset, *, preprocess="raw", config: FitConfi
         ... # doctest: +SKIP
     """
     config = dataclasses.replace(config, **overrides)
-    how = Preprocess.get(preprocess)
+    how = Preprocess.get(preprocess, "preprocess")
     data.check_fits(input_shape(model))
     data.require_labels()
     if transfer is not None:
@@ -186,7 +179,7 @@ def _augmentation(seed: int) -> keras.Sequential:
 
 
 def _learning_rate(config: FitConfig, samples: int):
-    if LearningRate.get(config.schedule) is LearningRate.COSINE:
+    if LearningRate.get(config.schedule, "schedule") is LearningRate.COSINE:
         return keras.optimizers.schedules.CosineDecay(config.learning_rate,
                                                       max(1, config.total_steps(samples)))
     return config.learning_rate
@@ -200,19 +193,13 @@ def _early_stopping(config: FitConfig, validation) -> list:
     return [keras.callbacks.EarlyStopping(patience=config.patience, restore_best_weights=True)]
 
 
-STRATEGIES = ("none", "mirrored", "multiworker")
-
-
 def strategy(name: str):
     """A `tf.distribute.Strategy` by name (`none` gives None).
 
     `multiworker` reads the cluster from the `TF_CONFIG` environment variable, as
     TensorFlow documents.
     """
-    if name not in STRATEGIES:
-        raise OptionError(f"Unknown strategy {name!r}. Choose one of: {', '.join(STRATEGIES)}.")
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if name == "multiworker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    return None
+    make = lookup(dict(zip(STRATEGIES, (lambda: None, tf.distribute.MirroredStrategy,
+                                        tf.distribute.MultiWorkerMirroredStrategy))),
+                  name, "strategy")
+    return make()

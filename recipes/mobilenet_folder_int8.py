@@ -13,8 +13,7 @@ Images are resized to --image-size and scaled with --preprocess (default symmetr
 
 import sys
 
-from edgecompress import recipe, runner
-from edgecompress.techniques import quantize
+from edgecompress.cli import recipes as cli
 
 
 def arguments(parser):
@@ -25,13 +24,17 @@ def arguments(parser):
 
 
 def stages(args, samples):
-    fit = runner.fit_config(args)
-    qat = runner.qat_fit_config(args)
+    # imported here, so that --help and argument errors answer without TensorFlow
+    from edgecompress import recipe
+    from edgecompress.techniques import quantize
+
+    fit = cli.fit_config(args)
+    qat = cli.qat_fit_config(args)
     # trained on labels (the zoo model starts from random weights), then QAT learns from
     # the trained model
     return [recipe.Stage("finetune", None, fit),
-            recipe.Stage("qat", quantize.Config(), qat, runner.distill_config(args))]
+            recipe.Stage("qat", quantize.Config(), qat, cli.distill_config(args))]
 
 
 if __name__ == "__main__":
-    sys.exit(runner.script_main(__doc__, stages, extra_arguments=arguments))
+    sys.exit(cli.script_main(__doc__, stages, extra_arguments=arguments))

@@ -11,8 +11,7 @@ stay dense, as the stage's warning says.
 
 import sys
 
-from edgecompress import recipe, runner
-from edgecompress.techniques import quantize
+from edgecompress.cli import recipes as cli
 
 
 def arguments(parser):
@@ -20,12 +19,16 @@ def arguments(parser):
 
 
 def stages(args, samples):
-    fit = runner.fit_config(args)
-    teach = runner.distill_config(args)
+    # imported here, so that --help and argument errors answer without TensorFlow
+    from edgecompress import recipe
+    from edgecompress.techniques import quantize
+
+    fit = cli.fit_config(args)
+    teach = cli.distill_config(args)
     return [recipe.pruning(fit, samples, pattern="2:4", distill=teach),
             recipe.Stage("qat", quantize.Config(scheme="prune-preserve"),
-                         runner.qat_fit_config(args), teach)]
+                         cli.qat_fit_config(args), teach)]
 
 
 if __name__ == "__main__":
-    sys.exit(runner.script_main(__doc__, stages, extra_arguments=arguments))
+    sys.exit(cli.script_main(__doc__, stages, extra_arguments=arguments))

@@ -26,14 +26,14 @@ predictions only; benchmarks/fidelity_resnet8.py has the figures):
 import argparse
 import sys
 
-from edgecompress import recipe, runner
-from edgecompress.techniques import channels, quantize
+from edgecompress.cli import recipes as cli
+from edgecompress.options import Criterion
 
 
 def arguments(parser):
     parser.add_argument("--ratio", type=float, default=0.5,
                         help="fraction of channels removed (default 0.5)")
-    parser.add_argument("--criterion", default="l1", choices=channels.Criterion.values())
+    parser.add_argument("--criterion", default="l1", choices=Criterion.values())
     parser.add_argument("--divisor", type=int, default=1,
                         help="keep a multiple of this many channels per layer (default 1)")
     parser.add_argument("--layer-ratio", type=_layer_ratio, action="append", default=[],
@@ -50,14 +50,18 @@ def _layer_ratio(text):
 
 
 def stages(args, samples):
-    fit = runner.fit_config(args)
-    teach = runner.distill_config(args)
+    # imported here, so that --help and argument errors answer without TensorFlow
+    from edgecompress import recipe
+    from edgecompress.techniques import channels, quantize
+
+    fit = cli.fit_config(args)
+    teach = cli.distill_config(args)
     config = channels.Config(ratio=args.ratio, criterion=args.criterion, divisor=args.divisor,
                              ratios=dict(args.layer_ratio))
-    qat = runner.qat_fit_config(args)
+    qat = cli.qat_fit_config(args)
     return [recipe.Stage("channels", config, fit, teach),
             recipe.Stage("qat", quantize.Config(), qat, teach)]
 
 
 if __name__ == "__main__":
-    sys.exit(runner.script_main(__doc__, stages, extra_arguments=arguments))
+    sys.exit(cli.script_main(__doc__, stages, extra_arguments=arguments))

@@ -11,8 +11,7 @@ gzip bytes, 16 clusters 71.2 %.
 
 import sys
 
-from edgecompress import recipe, runner
-from edgecompress.techniques import cluster, quantize
+from edgecompress.cli import recipes as cli
 
 
 def arguments(parser):
@@ -23,13 +22,17 @@ def arguments(parser):
 
 
 def stages(args, samples):
-    fit = runner.fit_config(args)
-    teach = runner.distill_config(args)
+    # imported here, so that --help and argument errors answer without TensorFlow
+    from edgecompress import recipe
+    from edgecompress.techniques import cluster, quantize
+
+    fit = cli.fit_config(args)
+    teach = cli.distill_config(args)
     config = cluster.Config(clusters=args.clusters, per_channel=args.per_channel)
     return [recipe.Stage("cluster", config, fit, teach),
             recipe.Stage("qat", quantize.Config(scheme="cluster-preserve"),
-                         runner.qat_fit_config(args), teach)]
+                         cli.qat_fit_config(args), teach)]
 
 
 if __name__ == "__main__":
-    sys.exit(runner.script_main(__doc__, stages, extra_arguments=arguments))
+    sys.exit(cli.script_main(__doc__, stages, extra_arguments=arguments))

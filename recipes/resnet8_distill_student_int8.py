@@ -13,8 +13,7 @@ by default) and many images: give unlabelled ones with --transfer-data.
 
 import sys
 
-from edgecompress import recipe, runner
-from edgecompress.techniques import quantize, student
+from edgecompress.cli import recipes as cli
 
 
 def arguments(parser):
@@ -24,12 +23,16 @@ def arguments(parser):
 
 
 def stages(args, samples):
-    qat = runner.qat_fit_config(args)
+    # imported here, so that --help and argument errors answer without TensorFlow
+    from edgecompress import recipe
+    from edgecompress.techniques import quantize, student
+
+    qat = cli.qat_fit_config(args)
     config = student.Config("resnet8", {"width": args.width})
-    teach = runner.distill_config(args)
-    return [recipe.Stage("student", config, runner.fit_config(args), teach),
+    teach = cli.distill_config(args)
+    return [recipe.Stage("student", config, cli.fit_config(args), teach),
             recipe.Stage("qat", quantize.Config(), qat, teach)]
 
 
 if __name__ == "__main__":
-    sys.exit(runner.script_main(__doc__, stages, extra_arguments=arguments))
+    sys.exit(cli.script_main(__doc__, stages, extra_arguments=arguments))

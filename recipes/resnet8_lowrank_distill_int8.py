@@ -12,22 +12,26 @@ Layers whose factorisation would not save weights are left as they are.
 
 import sys
 
-from edgecompress import recipe, runner
-from edgecompress.techniques import lowrank
+from edgecompress.cli import recipes as cli
+from edgecompress.options import Method
 
 
 def arguments(parser):
     parser.add_argument("--ratio", type=float, default=0.5,
                         help="target weights per factorised layer, as a fraction (default 0.5)")
-    parser.add_argument("--method", default="spatial", choices=lowrank.Method.values())
+    parser.add_argument("--method", default="spatial", choices=Method.values())
     parser.set_defaults(learning_rate=1e-3, steps=2000)
 
 
 def stages(args, samples):
+    # imported here, so that --help and argument errors answer without TensorFlow
+    from edgecompress import recipe
+    from edgecompress.techniques import lowrank
+
     config = lowrank.Config(ratio=args.ratio, method=args.method)
-    return [recipe.Stage("lowrank", config, runner.fit_config(args),
-                         runner.distill_config(args))]
+    return [recipe.Stage("lowrank", config, cli.fit_config(args),
+                         cli.distill_config(args))]
 
 
 if __name__ == "__main__":
-    sys.exit(runner.script_main(__doc__, stages, extra_arguments=arguments))
+    sys.exit(cli.script_main(__doc__, stages, extra_arguments=arguments))

@@ -12,8 +12,7 @@ The sparsity ramps up polynomially over the first two thirds of the pruning stag
 
 import sys
 
-from edgecompress import recipe, runner
-from edgecompress.techniques import quantize
+from edgecompress.cli import recipes as cli
 
 
 def arguments(parser):
@@ -23,12 +22,16 @@ def arguments(parser):
 
 
 def stages(args, samples):
-    fit = runner.fit_config(args)
-    teach = runner.distill_config(args)
+    # imported here, so that --help and argument errors answer without TensorFlow
+    from edgecompress import recipe
+    from edgecompress.techniques import quantize
+
+    fit = cli.fit_config(args)
+    teach = cli.distill_config(args)
     return [recipe.pruning(fit, samples, sparsity=args.sparsity, distill=teach),
             recipe.Stage("qat", quantize.Config(scheme="prune-preserve"),
-                         runner.qat_fit_config(args), teach)]
+                         cli.qat_fit_config(args), teach)]
 
 
 if __name__ == "__main__":
-    sys.exit(runner.script_main(__doc__, stages, extra_arguments=arguments))
+    sys.exit(cli.script_main(__doc__, stages, extra_arguments=arguments))

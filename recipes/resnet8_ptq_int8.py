@@ -11,7 +11,7 @@ of a point of the float model; the baseline every other recipe is measured again
 
 import sys
 
-from edgecompress import runner
+from edgecompress.cli import recipes as cli
 
 
 def stages(args, samples):
@@ -19,4 +19,4 @@ def stages(args, samples):
 
 
 if __name__ == "__main__":
-    sys.exit(runner.script_main(__doc__, stages))
+    sys.exit(cli.script_main(__doc__, stages))

@@ -12,14 +12,17 @@ report.json / report.md comparing them. Measured results: see benchmarks/recipes
 
 import sys
 
-from edgecompress import recipe, runner
-from edgecompress.techniques import quantize
+from edgecompress.cli import recipes as cli
 
 
 def stages(args, samples):
-    return [recipe.Stage("qat", quantize.Config(), runner.fit_config(args),
-                         runner.distill_config(args))]
+    # imported here, so that --help and argument errors answer without TensorFlow
+    from edgecompress import recipe
+    from edgecompress.techniques import quantize
+
+    return [recipe.Stage("qat", quantize.Config(), cli.fit_config(args),
+                         cli.distill_config(args))]
 
 
 if __name__ == "__main__":
-    sys.exit(runner.script_main(__doc__, stages))
+    sys.exit(cli.script_main(__doc__, stages))

@@ -46,10 +46,10 @@ def trained(train_set, tmp_path_factory):
 @pytest.fixture(scope="session")
 def int8_file(trained, train_set, tmp_path_factory):
     """The trained tiny CNN exported to full INT8, with metadata."""
-    from edgecompress import export
+    from edgecompress import tflite
 
     path = tmp_path_factory.mktemp("int8") / "tiny_int8.tflite"
-    return export.export(trained[0], path, mode="int8", data=train_set, preprocess="unit",
+    return tflite.export(trained[0], path, mode="int8", data=train_set, preprocess="unit",
                          calibration_samples=100)
 
 

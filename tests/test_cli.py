@@ -4,7 +4,8 @@ import os
 import numpy as np
 import pytest
 
-from edgecompress import cli, metadata
+from edgecompress import cli
+from edgecompress.device import metadata
 from conftest import write_npz
 
 

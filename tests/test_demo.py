@@ -1,6 +1,10 @@
 import json
 
+import pytest
+
 from edgecompress import demo
+
+pytestmark = pytest.mark.slow  # trains and evaluates end to end
 
 
 def test_demo_writes_models_and_report(tmp_path, capsys):
@@ -9,7 +13,7 @@ def test_demo_writes_models_and_report(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert [r["variant"] for r in rows] == ["fp32", "int8"]
     assert rows[1]["bytes"] < rows[0]["bytes"] / 2  # int8 weights are a quarter of float's
-    assert "[3/3] exporting int8" in printed and "gzip_bytes" in printed
+    assert "[3/3] evaluating both" in printed and "gzip_bytes" in printed
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
     assert report["results"]["int8"]["samples"] == 100
     assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == [

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from edgecompress import data, export, metadata, train, verify
+from edgecompress import data, tflite, train
+from edgecompress.device import metadata, verify
 from edgecompress._tf import keras
 from edgecompress.errors import DataError, OptionError
 
@@ -30,14 +31,14 @@ def _tflite_scores(path, images, how="unit"):
 @pytest.mark.parametrize("mode, atol", [("fp32", 1e-5), ("fp16", 2e-3), ("dynamic", 0.05)])
 def test_float_modes_match_keras(two_layer, test_set, tmp_path, mode, atol):
     model = two_layer
-    path = export.export(model, tmp_path / f"m_{mode}.tflite", mode=mode, preprocess="unit")
+    path = tflite.export(model, tmp_path / f"m_{mode}.tflite", mode=mode, preprocess="unit")
     expected = model.predict_on_batch(data.preprocess(test_set.x[:50], "unit"))
     _, scores = _tflite_scores(path, test_set.x[:50])
     np.testing.assert_allclose(scores, expected, atol=atol)
 
 
 def _integer_export(model, mode, train_set, test_set, folder):
-    path = export.export(model, folder / f"m_{mode}.tflite", mode=mode, data=train_set,
+    path = tflite.export(model, folder / f"m_{mode}.tflite", mode=mode, data=train_set,
                          preprocess="unit", calibration_samples=100)
     expected = model.predict_on_batch(data.preprocess(test_set.x, "unit"))
     runner, scores = _tflite_scores(path, test_set.x)
@@ -87,19 +88,30 @@ def test_metadata_replaces_and_keeps_file_runnable(int8_file, test_set):
 
 def test_integer_modes_need_calibration_data(trained, tmp_path):
     with pytest.raises(DataError, match="needs calibration data"):
-        export.export(trained[0], tmp_path / "m.tflite", mode="int8")
+        tflite.export(trained[0], tmp_path / "m.tflite", mode="int8")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_calibration_data_must_fit(trained, tmp_path):
     wrong = data.shapes(10, size=(8, 8))
     with pytest.raises(DataError, match="8x8 with 3 channels but the model takes 16x16"):
-        export.export(trained[0], tmp_path / "m.tflite", mode="int8", data=wrong)
+        tflite.export(trained[0], tmp_path / "m.tflite", mode="int8", data=wrong)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_unknown_mode_and_missing_folder(trained, tmp_path):
     with pytest.raises(OptionError, match="fp32, fp16, dynamic, int8, int16x8"):
-        export.convert(trained[0], mode="int4")
+        tflite.convert(trained[0], mode="int4")
     with pytest.raises(OptionError, match="does not exist"):
-        export.export(trained[0], tmp_path / "no" / "m.tflite", mode="fp32")
+        tflite.export(trained[0], tmp_path / "no" / "m.tflite", mode="fp32")
+
+
+def test_no_public_name_is_shadowed_by_a_submodule():
+    import importlib.util
+
+    import edgecompress
+    import edgecompress.tflite  # noqa: F401 (importing a submodule sets it on the package)
+
+    assert callable(edgecompress.export) and callable(edgecompress.convert)
+    assert not [name for name in edgecompress.__all__
+                if importlib.util.find_spec(f"edgecompress.{name}") is not None]

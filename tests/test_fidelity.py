@@ -85,6 +85,7 @@ def test_augmentation_flips_and_translates(train_set):
     assert 0 <= augmented.min() and augmented.max() <= 1  # no new pixel values
 
 
+@pytest.mark.slow
 def test_distillation_with_an_odd_remainder_trains(trained, train_set):
     """A partial last batch was seen to crash oneDNN in distillation (exit 139, TF 2.21, 4,085
     images at batch 64; not on every CPU): every batch is now full, and this size trains."""

@@ -38,13 +38,14 @@ def test_zoo_resnet8_is_the_mlperf_architecture(resnet8, cifar):
 
 def test_reference_figures_and_our_int8_export(resnet8, cifar, tmp_path):
     """The figures in benchmarks/expected.json, re-measured on the 10k test set."""
-    from edgecompress import export, models, verify
+    from edgecompress import models, tflite
+    from edgecompress.device import verify
 
     expected = json.loads((ROOT / "benchmarks" / "expected.json").read_text())
     train, test = cifar
     folder = shared_path("models", "mlperf_tiny_resnet8")
     keras_labels = models.predict_labels(resnet8, test, "raw")
-    ours = export.export(resnet8, tmp_path / "ours.tflite", mode="int8", data=train,
+    ours = tflite.export(resnet8, tmp_path / "ours.tflite", mode="int8", data=train,
                          preprocess="raw")
     files = {"reference float": folder / "pretrainedResnet.tflite",
              "reference INT8": folder / "pretrainedResnet_quant.tflite",

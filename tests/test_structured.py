@@ -4,9 +4,11 @@ architecture, with their oracles (ratio 0 / full rank reproduce the original).""
 import numpy as np
 import pytest
 
-from edgecompress import data, export, inspect, models, recipe, train
+from edgecompress import data, models, recipe, tflite, train
+from edgecompress.device import inspect, verify
 from edgecompress._tf import keras
 from edgecompress.errors import OptionError
+from edgecompress.options import Method
 from edgecompress.techniques import channels, distill, lowrank, student
 
 
@@ -93,8 +95,8 @@ def test_channel_pruning_ties_residual_channels_and_shrinks_the_file(trained, tm
     for group in residual:  # every producer of a tied group keeps the same channels
         assert len({convs[name] for name in group.producers}) == 1
     assert pruned.count_params() < 0.35 * model.count_params()
-    full = inspect.read(export.convert(model, mode="fp32"))
-    small = inspect.read(export.convert(pruned, mode="fp32"))
+    full = inspect.read(tflite.convert(model, mode="fp32"))
+    small = inspect.read(tflite.convert(pruned, mode="fp32"))
     assert small.size < 0.4 * full.size
     assert sum(map(small.macs, small.operators)) < 0.35 * sum(map(full.macs, full.operators))
 
@@ -160,7 +162,7 @@ def test_channel_pruning_per_layer_ratios_override_the_shared_one():
 
 
 def _full_ranks(model, method):
-    return {layer.name: min(lowrank._matrix(layer, lowrank.Method(method)).shape)
+    return {layer.name: min(lowrank._matrix(layer, Method(method)).shape)
             for layer in model.layers if type(layer).__name__ in ("Conv2D", "Dense")}
 
 
@@ -202,6 +204,25 @@ def test_channels_distill_qat_recipe_runs(trained, train_set, test_set):
                                 verbose=0)
     assert records[0]["stage"].startswith("removing 50% of channels")
     assert records[0]["distill"]["temperature"] == 4.0
-    flat = export.convert(final, mode="int8")
+    flat = tflite.convert(final, mode="int8")
     assert inspect.read(flat).float_tensors() == []
     assert final.count_params() < trained[0].count_params()
+
+
+@pytest.mark.parametrize("technique, config, epochs", [
+    ("channels", channels.Config(ratio=0.25), 2),
+    ("lowrank", lowrank.Config(ratio=0.5), 2),
+    ("student", student.Config("tiny_cnn", {"filters": (8, 16)}), 6),  # from scratch
+])
+def test_int8_export_agrees_with_keras(technique, config, epochs, trained, train_set, test_set,
+                                       tmp_path):
+    """LiteRT-against-Keras parity of each architecture-changing technique's export."""
+    model = recipe.TECHNIQUES[technique].apply(trained[0], config)
+    train.fit(model, train_set, preprocess="unit", epochs=epochs, learning_rate=1e-2 if
+              technique == "student" else 3e-3, verbose=0)
+    path = tflite.export(model, tmp_path / "m.tflite", mode="int8", data=train_set,
+                         preprocess="unit", calibration_samples=100)
+    keras_labels = models.predict_labels(model, test_set, "unit")
+    assert np.mean(keras_labels == test_set.y) > 0.5  # predictions that mean something
+    assert verify.evaluate(path, test_set, reference=keras_labels,
+                           latency_runs=1).agreement >= 0.95

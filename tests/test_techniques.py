@@ -6,7 +6,8 @@ import warnings
 import numpy as np
 import pytest
 
-from edgecompress import data, export, inspect, train, verify
+from edgecompress import data, tflite, train
+from edgecompress.device import inspect, verify
 from edgecompress._tf import keras
 from edgecompress.errors import OptionError
 from edgecompress.techniques import cluster, prune, quantize
@@ -19,7 +20,7 @@ def _fit(model, train_set, epochs=1, callbacks=(), learning_rate=1e-3):
 
 
 def _int8(model, train_set, folder, name):
-    path = export.export(model, folder / f"{name}.tflite", mode="int8", data=train_set,
+    path = tflite.export(model, folder / f"{name}.tflite", mode="int8", data=train_set,
                          preprocess="unit", calibration_samples=50)
     return path, inspect.read(path)
 
@@ -115,13 +116,13 @@ def test_qat_keeps_unsupported_layers_float_and_exports(train_set, tmp_path):
         qat = quantize.apply(_odd_model())
     _fit(qat, train_set.take(64))
     with pytest.warns(UserWarning, match="not fully integer"):
-        path = export.export(qat, tmp_path / "odd.tflite", mode="int8", preprocess="unit")
+        path = tflite.export(qat, tmp_path / "odd.tflite", mode="int8", preprocess="unit")
     assert verify.LiteRTModel(path).input["dtype"] == np.float32  # Rescaling stayed float
 
 
 def test_qat_is_fully_int8_and_matches_keras(trained, train_set, test_set, tmp_path):
     qat = _fit(quantize.apply(trained[0]), train_set, learning_rate=1e-4)
-    path = export.export(qat, tmp_path / "qat.tflite", mode="int8", preprocess="unit")
+    path = tflite.export(qat, tmp_path / "qat.tflite", mode="int8", preprocess="unit")
     info = inspect.read(path)
     assert info.float_tensors() == []
     assert not {"QUANTIZE", "DEQUANTIZE"} & set(info.op_counts())
@@ -129,7 +130,7 @@ def test_qat_is_fully_int8_and_matches_keras(trained, train_set, test_set, tmp_p
     result = verify.evaluate(path, test_set, reference=keras_labels, latency_runs=5)
     assert result.agreement >= 0.95
     with pytest.raises(OptionError, match="exports as int8 only"):
-        export.convert(qat, mode="fp16")
+        tflite.convert(qat, mode="fp16")
 
 
 def test_clustering_and_cqat_hold_in_the_tflite(trained, train_set, tmp_path):
@@ -138,7 +139,7 @@ def test_clustering_and_cqat_hold_in_the_tflite(trained, train_set, tmp_path):
     assert set(cluster.distinct_values(clustered).values()) == {6}
     cqat = _fit(quantize.apply(clustered, quantize.Config(scheme="cluster-preserve")),
                 train_set, learning_rate=1e-4)
-    path = export.export(cqat, tmp_path / "cqat.tflite", mode="int8", preprocess="unit")
+    path = tflite.export(cqat, tmp_path / "cqat.tflite", mode="int8", preprocess="unit")
     for kernel in _kernels(inspect.read(path)):  # int8 scales are per output channel
         assert max(np.unique(channel).size for channel in kernel.reshape(len(kernel), -1)) <= 6
 
@@ -148,7 +149,7 @@ def test_pqat_keeps_the_zeros(trained, train_set, tmp_path):
     pruned = prune.strip(_fit(prune.apply(trained[0], config), train_set,
                               callbacks=prune.callbacks()))
     pqat = _fit(quantize.apply(pruned, quantize.Config(scheme="prune-preserve")), train_set)
-    path = export.export(pqat, tmp_path / "pqat.tflite", mode="int8", preprocess="unit")
+    path = tflite.export(pqat, tmp_path / "pqat.tflite", mode="int8", preprocess="unit")
     assert all(np.mean(k == 0) >= 0.59 for k in _kernels(inspect.read(path)))
 
 

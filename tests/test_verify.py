@@ -1,11 +1,15 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from edgecompress import data, models, verify
+from edgecompress import data, models
+from edgecompress.device import verify
 from edgecompress.errors import DataError, ModelError, OptionError
+
+from conftest import write_npz
 
 
 def test_evaluate_measures_what_it_says(trained, int8_file, test_set):
@@ -65,19 +69,48 @@ def test_bad_files_and_data(int8_file, tmp_path, test_set):
 
 
 def test_preprocessing_must_be_known(trained, tmp_path, test_set):
-    from edgecompress import export
+    from edgecompress import tflite
 
     bare = tmp_path / "bare.tflite"
-    bare.write_bytes(export.convert(trained[0], mode="fp32"))
+    bare.write_bytes(tflite.convert(trained[0], mode="fp32"))
     with pytest.raises(OptionError, match="does not record its preprocessing"):
         verify.evaluate(bare, test_set)
     assert verify.evaluate(bare, test_set, preprocess="unit", latency_runs=5).accuracy > 0.5
 
 
-def test_verification_does_not_import_tensorflow():
-    code = ("import sys, edgecompress.verify, edgecompress.metadata, edgecompress.cli, "
-            "edgecompress.budget; "
-            "print(any(m.split('.')[0] in ('tensorflow', 'tf_keras') for m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
-    assert out.strip() == "False"
+NO_TENSORFLOW = "\nassert not [m for m in sys.modules if m.split('.')[0] in ('tensorflow', " \
+    "'tf_keras')], 'TensorFlow was imported'"
+
+
+def test_the_device_side_does_not_import_tensorflow():
+    import edgecompress.device
+
+    device = [f"edgecompress.device.{p.stem}" for p in
+              Path(edgecompress.device.__file__).parent.glob("*.py") if p.stem != "__init__"]
+    assert len(device) >= 7
+    code = f"import sys, {', '.join(device)}, edgecompress.cli, edgecompress.budget" + \
+        NO_TENSORFLOW
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_device_commands_do_not_import_tensorflow(int8_file, tmp_path):
+    npz = write_npz(tmp_path / "d.npz", x=np.zeros((4, 16, 16, 3), np.uint8),
+                    y=np.arange(4))
+    for argv in (["evaluate", str(int8_file), "--data", str(npz)], ["inspect", str(int8_file)],
+                 ["targets"], ["verify", str(int8_file), "--target", "mcu-cortex-m4",
+                               "--data", str(npz)]):
+        code = f"import sys\nfrom edgecompress import cli\nassert cli.main({argv!r}) == 0" + \
+            NO_TENSORFLOW
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert done.returncode == 0, (argv, done.stderr[-500:])
+
+
+def test_recipe_help_and_argument_errors_do_not_import_tensorflow():
+    script = Path(__file__).resolve().parents[1] / "recipes" / \
+        "resnet8_channels_distill_qat_int8.py"
+    for argv, status in ((["--help"], 0), (["--out", "x"], 2)):  # --train-data is missing
+        code = (f"import runpy, sys\nsys.argv = {[str(script), *argv]!r}\ntry:\n"
+                f"    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+                f"except SystemExit as e:\n    assert e.code == {status}, e.code" + NO_TENSORFLOW)
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-500:]

@@ -17,7 +17,7 @@ import numpy as np
 
 from .._tf import keras
 from ..errors import OptionError
-from ..options import Choice
+from ..options import Choice, Criterion
 from . import _graph, _layers
 
 PASS_THROUGH = ("BatchNormalization", "Activation", "ReLU", "LeakyReLU", "PReLU", "ELU",
@@ -26,14 +26,6 @@ PASS_THROUGH = ("BatchNormalization", "Activation", "ReLU", "LeakyReLU", "PReLU"
                 "SpatialDropout2D")
 MERGE = ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum")
 PRODUCERS = ("Conv2D", "Dense")
-
-
-class Criterion(Choice):
-    """Channel importance criterion."""
-
-    L1 = "l1"  # sum of |weights| of the filter
-    L2 = "l2"  # Euclidean norm of the filter
-    BN = "bn"  # |gamma| of the BatchNormalization that follows (L1 where there is none)
 
 
 class Scope(Choice):
@@ -65,8 +57,8 @@ class Config:
     ratios: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        Criterion.get(self.criterion)
-        if Scope.get(self.scope) is Scope.GLOBAL and self.ratios:
+        Criterion.get(self.criterion, "criterion")
+        if Scope.get(self.scope, "scope") is Scope.GLOBAL and self.ratios:
             raise OptionError("Per-layer `ratios` need scope='layer'; the global scope "
                               "ranks all channels together.")
         for name, ratio in {"ratio": self.ratio, **self.ratios}.items():
@@ -177,7 +169,8 @@ def _importance(model, group: Group, criterion: Criterion) -> np.ndarray:
 
 def plan(model: keras.Model, config: Config = Config()) -> list[Group]:
     """The groups of `model` with the channels each keeps (`keep`, sorted indices)."""
-    criterion, scope = Criterion.get(config.criterion), Scope.get(config.scope)
+    criterion = Criterion.get(config.criterion, "criterion")
+    scope = Scope.get(config.scope, "scope")
     groups = analyse(model, config)
     prunable = [g for g in groups if not g.fixed_by]
     scores = {id(g): _importance(model, g, criterion) for g in prunable}

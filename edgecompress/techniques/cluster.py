@@ -47,7 +47,7 @@ class Config:
     exclude: tuple[str, ...] = ()
 
     def __post_init__(self):
-        Init.get(self.init)
+        Init.get(self.init, "init")
         if self.clusters < 2:
             raise OptionError(f"`clusters` must be at least 2. Received: clusters={self.clusters}.")
 

@@ -14,15 +14,8 @@ import numpy as np
 
 from .._tf import keras
 from ..errors import OptionError
-from ..options import Choice
+from ..options import Method
 from . import _graph, _layers
-
-
-class Method(Choice):
-    """Factorisation of k x k convolutions."""
-
-    SPATIAL = "spatial"  # k x 1, then 1 x k
-    CHANNEL = "channel"  # k x k with r filters, then 1 x 1
 
 
 @dataclass(frozen=True)
@@ -47,7 +40,7 @@ class Config:
     ranks: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        Method.get(self.method)
+        Method.get(self.method, "method")
         if not 0 < self.ratio <= 1:
             raise OptionError(f"`ratio` must be in (0, 1]. Received: ratio={self.ratio}.")
         if self.energy is not None and not 0 < self.energy <= 1:
@@ -103,7 +96,7 @@ def _rank(singular: np.ndarray, rows: int, columns: int, config: Config, name: s
 
 def plan(model: keras.Model, config: Config = Config()) -> list[Decision]:
     """The rank chosen for every Dense / Conv2D layer, or why it is left alone."""
-    method = Method.get(config.method)
+    method = Method.get(config.method, "method")
     decisions = []
     for layer in model.layers:
         if _layers.kernel(layer) is None or isinstance(layer, keras.layers.DepthwiseConv2D):
@@ -139,7 +132,7 @@ def apply(model: keras.Model, config: Config = Config()) -> keras.Model:
     """
     _layers.check_layer_names(model, list(config.exclude) + list(config.ranks))
     ranks = {d.layer: d.rank for d in plan(model, config) if d.rank is not None}
-    method = Method.get(config.method)
+    method = Method.get(config.method, "method")
     return _graph.rebuild(model, lambda layer: _factorised(layer, ranks[layer.name], method)
                           if layer.name in ranks else None)
 

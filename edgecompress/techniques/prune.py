@@ -54,8 +54,8 @@ class Config:
     exclude: tuple[str, ...] = ()
 
     def __post_init__(self):
-        Schedule.get(self.schedule)
-        Pattern.get(self.pattern)
+        Schedule.get(self.schedule, "schedule")
+        Pattern.get(self.pattern, "pattern")
         if not 0 <= self.sparsity < 1:
             raise OptionError(f"`sparsity` must be in [0, 1). Received: sparsity={self.sparsity}.")
         if self.begin_step < 0 or self.end_step <= self.begin_step:
@@ -66,7 +66,7 @@ class Config:
                               f"frequency={self.frequency}.")
 
     def tfmot_schedule(self):
-        if Schedule.get(self.schedule) is Schedule.CONSTANT:
+        if Schedule.get(self.schedule, "schedule") is Schedule.CONSTANT:
             return tfmot.sparsity.keras.ConstantSparsity(
                 self.sparsity, self.begin_step, frequency=self.frequency)
         return tfmot.sparsity.keras.PolynomialDecay(
@@ -88,7 +88,7 @@ def _reason_to_skip(layer, config: Config) -> str | None:
                 "tfmot.sparsity.keras.PrunableLayer)")
     if kind not in PRUNABLE:
         return "no kernel that pruning applies to"
-    if Pattern.get(config.pattern) is Pattern.TWO_FOUR and _input_channels(layer) % 4:
+    if Pattern.get(config.pattern, "pattern") is Pattern.TWO_FOUR and _input_channels(layer) % 4:
         return f"{_input_channels(layer)} input channels are not a multiple of 4, so not 2:4"
     return None
 
@@ -110,7 +110,7 @@ def apply(model: keras.Model, config: Config = Config()) -> keras.Model:
         >>> pruned = apply(model, Config(sparsity=0.75, end_step=2000))  # doctest: +SKIP
     """
     _layers.check_layer_names(model, config.exclude)
-    m_by_n = M_BY_N if Pattern.get(config.pattern) is Pattern.TWO_FOUR else None
+    m_by_n = M_BY_N if Pattern.get(config.pattern, "pattern") is Pattern.TWO_FOUR else None
 
     def wrapper(layer):
         return tfmot.sparsity.keras.prune_low_magnitude(

@@ -34,10 +34,10 @@ class Config:
     exclude: tuple[str, ...] = ()
 
     def __post_init__(self):
-        Scheme.get(self.scheme)
+        Scheme.get(self.scheme, "scheme")
 
     def tfmot_scheme(self):
-        scheme = Scheme.get(self.scheme)
+        scheme = Scheme.get(self.scheme, "scheme")
         combine = tfmot.experimental.combine
         if scheme is Scheme.PRUNE_PRESERVE:
             return combine.Default8BitPrunePreserveQuantizeScheme()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .._tf import keras
-from ..errors import OptionError
+from ..options import lookup
 from .. import models
 
 
@@ -22,9 +22,7 @@ class Config:
     options: dict = field(default_factory=lambda: {"width": 0.5})
 
     def __post_init__(self):
-        if self.architecture not in models.ZOO:
-            raise OptionError(f"Unknown zoo model {self.architecture!r}. Choose one of: "
-                              f"{', '.join(models.ZOO)}.")
+        lookup(models.ZOO, self.architecture, "architecture")
 
 
 def apply(model: keras.Model, config: Config = Config()) -> keras.Model:

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 
-from .errors import ModelError
+from ..errors import ModelError
 
 
 def call(function, *args, what: str = "the interpreter", **kwargs):

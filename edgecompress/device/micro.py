@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _isolate
-from .errors import EdgeCompressError
+from ..errors import EdgeCompressError
 
 ARENA_LIMIT = 64 << 20
 MISSING_OP = re.compile(r"Didn't find op for builtin opcode '(\w+)'")

@@ -1,7 +1,8 @@
 """The `edgecompress` command: a thin layer over the Python API.
 
 Bad input prints one line and exits with status 2. TensorFlow is imported only by the
-commands that need a Keras model.
+commands that need a Keras model; `evaluate`, `inspect`, `targets` and `verify` use only
+the device side, whose interpreters run in a child process.
 """
 
 from __future__ import annotations
@@ -10,15 +11,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import __version__
-from .data import BUILTIN
-from .errors import EdgeCompressError, OptionError
-from .options import DEFAULT_CALIBRATION_SAMPLES, Mode, Preprocess
-
-DATA_HELP = (f"an .npz with x (uint8 images N x H x W x C), y (labels) and optional classes; "
-             f"a folder with one sub-folder of images per class; or `{BUILTIN}` (built in)")
-PREPROCESS_HELP = ("how uint8 pixels become model input: raw (0-255), unit (/255), "
-                   "symmetric (/127.5 - 1)")
+from .. import __version__
+from ..errors import OptionError
+from ..options import Mode
+from .common import (DATA_HELP, Parser, add_allow_code, add_calibration_samples,
+                     add_preprocess, guarded, load_data_for)
 
 
 def main(argv=None) -> int:
@@ -28,25 +25,11 @@ def main(argv=None) -> int:
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
-    try:
-        return args.run(args) or 0
-    except EdgeCompressError as e:
-        print(f"edgecompress {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"edgecompress {args.command}: interrupted", file=sys.stderr)
-        return 130
-
-
-class _Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line, as for every other bad input."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+    return guarded(f"edgecompress {args.command}", lambda: args.run(args))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="edgecompress",
         description="Compress Keras image classifiers into .tflite files for phones and "
                     "microcontrollers, and measure what it cost.")
@@ -75,37 +58,23 @@ def _add_export(commands) -> None:
                         "default int8")
     p.add_argument("--data", help=f"calibration images: {DATA_HELP}; needed by int8 and "
                                   "int16x8")
-    p.add_argument("--preprocess", default="raw", choices=Preprocess.values(),
-                   help=PREPROCESS_HELP + "; default raw")
-    p.add_argument("--calibration-samples", type=int, default=DEFAULT_CALIBRATION_SAMPLES,
-                   metavar="N", help="images drawn at random (seed 0) from --data to "
-                                     f"calibrate (default {DEFAULT_CALIBRATION_SAMPLES})")
-    p.add_argument("--allow-code", action="store_true",
-                   help="trust the model file and run Python code it carries (Lambda layers)")
+    add_preprocess(p, default="raw", why="default raw")
+    add_calibration_samples(p)
+    add_allow_code(p)
     p.set_defaults(run=run_export)
 
 
 def run_export(args) -> int:
-    from . import _io, export, models
+    from .. import _io, models, tflite
 
     output = _io.writable_path(args.output)
     model = models.load(args.model, allow_code=args.allow_code)
-    data = None
-    if args.data:
-        shape = models.input_shape(model)
-        data = _load_data(args.data, shape[1:3], shape[3])
-        data.check_fits(shape)
+    data = load_data_for(args.data, models.input_shape(model)) if args.data else None
     print(f"converting {model.name} to {args.mode} ...", file=sys.stderr)
-    path = export.export(model, output, mode=args.mode, data=data, preprocess=args.preprocess,
+    path = tflite.export(model, output, mode=args.mode, data=data, preprocess=args.preprocess,
                          calibration_samples=args.calibration_samples)
     print(f"wrote {path} ({path.stat().st_size:,} bytes)")
     return 0
-
-
-def _load_data(source, image_size, channels):
-    from .data import load
-
-    return load(source, image_size=image_size, channels=channels)
 
 
 def _add_evaluate(commands) -> None:
@@ -117,8 +86,7 @@ def _add_evaluate(commands) -> None:
                     "this machine's, not a phone's.")
     p.add_argument("model", help="the .tflite file")
     p.add_argument("--data", required=True, help=f"labelled images: {DATA_HELP}")
-    p.add_argument("--preprocess", choices=Preprocess.values(),
-                   help=PREPROCESS_HELP + "; default: the one stored in the file")
+    add_preprocess(p, default=None, why="default: the one stored in the file")
     p.add_argument("--reference", metavar="KERAS_MODEL",
                    help="the Keras model the file was made from: top-1 agreement with it and the "
                         "paired accuracy drop with a 95 %% interval (imports TensorFlow)")
@@ -127,24 +95,23 @@ def _add_evaluate(commands) -> None:
                    help="LiteRT kernels: xnnpack (default, as on a phone), builtin (no "
                         "delegate) or reference (agrees with TFLite Micro)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    p.add_argument("--allow-code", action="store_true",
-                   help="trust the reference model file and run Python code it carries")
+    add_allow_code(p, what="the reference model file")
     p.set_defaults(run=run_evaluate)
 
 
 def run_evaluate(args) -> int:
-    from . import _io, report, verify
+    from .. import _io, report
+    from ..device import inspect, verify
 
     if args.json:
         _io.writable_path(args.json)
-    model = verify.LiteRTModel(args.model, threads=args.threads, kernels=args.kernels)
-    data = _load_data(args.data, model.input_shape[1:3], model.input_shape[3])
-    data.check_fits(model.input_shape)
+    model = inspect.open(args.model)
+    data = load_data_for(args.data, model.input_shape)
     reference = None
     if args.reference:
         reference = _reference_labels(args.reference, data, model, args)
     print(f"evaluating {args.model} on {len(data):,} images ...", file=sys.stderr)
-    result = verify.evaluate(args.model, data, preprocess=args.preprocess, reference=reference,
+    result = verify.evaluate(model, data, preprocess=args.preprocess, reference=reference,
                              threads=args.threads, kernels=args.kernels)
     print(_describe(result, data))
     if args.json:
@@ -154,16 +121,16 @@ def run_evaluate(args) -> int:
 
 
 def _reference_labels(path, data, model, args):
-    from . import models, verify
+    from .. import models
 
-    how = verify.resolve_preprocess(model, args.preprocess)
+    how = model.preprocess(args.preprocess)
     keras_model = models.load(path, allow_code=args.allow_code)
     print(f"running the reference {keras_model.name} ...", file=sys.stderr)
     return models.predict_labels(keras_model, data, how)
 
 
 def _describe(result, data) -> str:
-    from . import budget
+    from .. import budget
 
     lines = [f"model        {result.model}",
              f"data         {data.source} ({result.samples:,} images, {result.preprocess})",
@@ -199,11 +166,12 @@ def _add_inspect(commands) -> None:
 
 
 def run_inspect(args) -> int:
-    from . import _io, inspect, report, verify
+    from .. import _io, report
+    from ..device import inspect
 
     if args.json:
         _io.writable_path(args.json)
-    model = inspect.read(verify.read_tflite(args.model))
+    model = inspect.open(args.model)
     summary = model.summary()
     rows = [{"#": op.index, "operator": op.name,
              "output": "x".join(map(str, model.tensors[op.outputs[0]].shape)),
@@ -235,7 +203,8 @@ def _add_targets(commands) -> None:
 
 
 def run_targets(args) -> int:
-    from . import report, targets
+    from .. import report
+    from ..device import targets
 
     if args.targets_file:
         targets.load_file(args.targets_file)
@@ -284,8 +253,7 @@ def _add_verify(commands) -> None:
     p.add_argument("--target", required=True, help="a profile name (see edgecompress targets)")
     p.add_argument("--targets-file", metavar="JSON", help="also load targets from this file")
     p.add_argument("--data", help=f"labelled images for accuracy: {DATA_HELP}")
-    p.add_argument("--preprocess", choices=Preprocess.values(),
-                   help=PREPROCESS_HELP + "; default: the one stored in the file")
+    add_preprocess(p, default=None, why="default: the one stored in the file")
     p.add_argument("--min-accuracy", type=float, metavar="FRACTION",
                    help="accuracy budget, e.g. 0.7")
     p.add_argument("--micro-samples", type=int, default=200, metavar="N",
@@ -296,7 +264,8 @@ def _add_verify(commands) -> None:
 
 
 def run_verify(args) -> int:
-    from . import _io, micro, report, targets, verdict, verify
+    from .. import _io, report
+    from ..device import inspect, micro, targets, verdict
 
     _check_min_accuracy(args.min_accuracy, args.data)
     for path in (args.json, args.markdown):
@@ -305,15 +274,12 @@ def run_verify(args) -> int:
     if args.targets_file:
         targets.load_file(args.targets_file)
     target = targets.get(args.target)
-    data = None
-    if args.data:
-        shape = verify.LiteRTModel(args.model).input_shape
-        data = _load_data(args.data, shape[1:3], shape[3])
-        data.check_fits(shape)
+    model = inspect.open(args.model)
+    data = load_data_for(args.data, model.input_shape) if args.data else None
     if target.runtime == "tflm" and not micro.available():
         print("note: tflite-micro is not installed (pip install 'edgecompress[mcu]'): "
               "RAM is estimated, TFLite Micro is not run", file=sys.stderr)
-    result = verdict.verify_target(args.model, target, data, preprocess=args.preprocess,
+    result = verdict.verify_target(model, target, data, preprocess=args.preprocess,
                                    min_accuracy=args.min_accuracy,
                                    micro_samples=args.micro_samples)
     rows = [{"check": c.name, "verdict": c.status, "figure": c.figure, "budget": c.budget}
@@ -345,11 +311,7 @@ def _add_demo(commands) -> None:
 
 
 def run_demo(args) -> int:
-    from .demo import run
+    from ..demo import run
 
     run(Path(args.out), epochs=args.epochs)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

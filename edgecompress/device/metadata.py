@@ -12,7 +12,7 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
 
-from .errors import ModelError
+from ..errors import ModelError
 
 NAME = "edgecompress"
 
@@ -33,7 +33,11 @@ def add(tflite: bytes, info: dict) -> bytes:
 
 def read(tflite: bytes) -> dict:
     """The metadata edgecompress stored in `tflite`, or {} for files from elsewhere."""
-    model = parse(tflite)
+    return of(parse(tflite))
+
+
+def of(model) -> dict:
+    """`read` for a flatbuffer already parsed (`parse`)."""
     for entry in model.metadata or []:
         if _name(entry) == NAME:
             data = model.buffers[entry.buffer].data
@@ -54,4 +58,5 @@ def parse(tflite: bytes):
     try:
         return flatbuffer_utils.read_model_from_bytearray(bytearray(tflite))
     except Exception as e:  # the flatbuffer reader raises many types on bad bytes
-        raise ModelError(f"Not a valid .tflite flatbuffer: {e.__class__.__name__}.") from None
+        raise ModelError("Not a valid .tflite flatbuffer: the file is truncated or corrupt "
+                         f"({type(e).__module__}.{type(e).__name__}).") from None

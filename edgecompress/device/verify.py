@@ -9,15 +9,15 @@ from __future__ import annotations
 import gzip
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-from . import _isolate, budget, inspect
-from .data import Dataset, preprocess as preprocess_images
-from .errors import DataError, ModelError, OptionError
-from .options import Preprocess
+from .. import budget
+from . import _isolate, inspect
+from ..data import Dataset, preprocess as preprocess_images
+from ..errors import DataError, ModelError, OptionError
+from ..options import lookup
 
 CHUNK = 1024  # images preprocessed at a time: bounds memory on large datasets
 
@@ -26,7 +26,7 @@ class LiteRTModel:
     """One LiteRT interpreter over a `.tflite` file, fed uint8 images one at a time.
 
     Args:
-        path: the `.tflite` file.
+        source: the `.tflite` file, or its handle from `inspect.open`.
         threads: CPU threads for the interpreter.
         kernels: `"xnnpack"` (LiteRT's default, what a phone runs), `"builtin"` (LiteRT's
             optimised kernels without delegates) or `"reference"` (the reference kernels,
@@ -37,22 +37,19 @@ class LiteRTModel:
                  "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
                  "reference": OpResolverType.BUILTIN_REF}
 
-    def __init__(self, path, *, threads: int = 1, kernels: str = "xnnpack"):
-        self.path = Path(path)
+    def __init__(self, source, *, threads: int = 1, kernels: str = "xnnpack"):
         if threads < 1:
             raise OptionError(f"`threads` must be at least 1. Received: threads={threads}.")
-        if kernels not in self.RESOLVERS:
-            raise OptionError(f"Unknown kernels {kernels!r}. Choose one of: "
-                              f"{', '.join(self.RESOLVERS)}.")
-        self.bytes = read_tflite(self.path)
-        self.metadata = inspect.read(self.bytes).metadata  # also checks the structure
+        resolver = lookup(self.RESOLVERS, kernels, "kernels")
+        self.file = source if isinstance(source, inspect.Model) else inspect.open(source)
         try:
-            self.interpreter = Interpreter(model_content=self.bytes, num_threads=threads,
-                                           experimental_op_resolver_type=self.RESOLVERS[kernels])
+            self.interpreter = Interpreter(model_content=self.file.content, num_threads=threads,
+                                           experimental_op_resolver_type=resolver)
             self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as e:
-            raise ModelError(f"LiteRT cannot run `{self.path}`: {str(e).strip()[:200]}") from None
-        self.threads = threads
+            raise ModelError(f"LiteRT cannot run `{self.file.path}`: "
+                             f"{str(e).strip()[:200]}") from None
+        self.threads, self.kernels = threads, kernels
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
 
@@ -111,20 +108,6 @@ def to_input_type(x: np.ndarray, dtype, scale: float, zero_point: int) -> np.nda
     return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
 
 
-def read_tflite(path) -> bytes:
-    """The bytes of a `.tflite` file, checked for the flatbuffer identifier `TFL3`."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ModelError(f"Model `{path}` does not exist.") from None
-    except OSError as e:
-        raise ModelError(f"Cannot read `{path}`: {e.strerror}.") from None
-    if len(data) < 8 or data[4:8] != b"TFL3":
-        raise ModelError(f"`{path}` is not a .tflite file (no TFL3 flatbuffer identifier).")
-    return data
-
-
 @dataclass
 class Evaluation:
     """What `evaluate` measured. `to_json()` leaves out the per-image arrays."""
@@ -163,7 +146,7 @@ def evaluate(path, data: Dataset, *, preprocess=None, reference: np.ndarray | No
     """Runs a `.tflite` classifier over `data` on LiteRT and measures it.
 
     Args:
-        path: the `.tflite` file.
+        path: the `.tflite` file, or its handle from `inspect.open`.
         data: labelled images that fit the model's input.
         preprocess: `Preprocess` name; by default the one stored in the file's metadata.
         reference: top-1 labels predicted by a reference model (e.g. the Keras original)
@@ -187,26 +170,27 @@ def evaluate(path, data: Dataset, *, preprocess=None, reference: np.ndarray | No
     """
     options = dict(preprocess=preprocess, reference=reference, threads=threads,
                    kernels=kernels, latency_runs=latency_runs)
+    file = path if isinstance(path, inspect.Model) else inspect.open(path)  # checked here
     if isolate:
-        inspect.read(read_tflite(path))  # a structural check first, in this process
-        return _isolate.call(evaluate_in_process, path, data, what="LiteRT", **options)
-    return evaluate_in_process(path, data, **options)
+        return _isolate.call(evaluate_in_process, file, data, what="LiteRT", **options)
+    return evaluate_in_process(file, data, **options)
 
 
-def evaluate_in_process(path, data, *, preprocess, reference, threads, kernels,
-                        latency_runs):
-    """`evaluate` without the child process (for code already isolated)."""
-    model = LiteRTModel(path, threads=threads, kernels=kernels)
-    how = resolve_preprocess(model, preprocess)
+def evaluate_in_process(file: inspect.Model, data, *, preprocess, reference, threads,
+                        kernels, latency_runs):
+    """`evaluate` of an opened file without the child process."""
+    how = file.preprocess(preprocess)
     labels = data.require_labels()
+    check_labels(labels, data.classes, file)
+    model = LiteRTModel(file, threads=threads, kernels=kernels)
     started = time.perf_counter()
     outputs, invoke_seconds = model.run(data, how)
     run_seconds = time.perf_counter() - started
     predictions = outputs.argmax(axis=1)
     latencies = model.latency_ms(data.x[0], how, runs=latency_runs)
-    raw = model.bytes
+    raw = file.content
     return Evaluation(
-        model=str(path), accuracy=float(np.mean(predictions == labels)), samples=len(data),
+        model=file.path, accuracy=float(np.mean(predictions == labels)), samples=len(data),
         bytes=len(raw), gzip_bytes=len(gzip.compress(raw, 9)),
         latency_ms={"median": float(np.median(latencies)),
                     "p90": float(np.percentile(latencies, 90)), "runs": latency_runs},
@@ -220,15 +204,25 @@ def evaluate_in_process(path, data, *, preprocess, reference, threads, kernels,
         classes=tuple(data.classes))
 
 
-def resolve_preprocess(model: LiteRTModel, preprocess) -> Preprocess:
-    """The preprocessing given, else the one in the file's metadata, else an error."""
-    if preprocess is not None:
-        return Preprocess.get(preprocess)
-    stored = model.metadata.get("preprocess")
-    if stored is None:
-        raise OptionError(f"`{model.path}` does not record its preprocessing; give it "
-                          f"(one of: {', '.join(Preprocess.values())}).")
-    return Preprocess.get(stored)
+def check_labels(labels: np.ndarray, classes, file: inspect.Model) -> None:
+    """Refuses data whose labels the model cannot mean: labels beyond its output's classes,
+    or class names that differ from the ones stored in the file. Scoring such data would
+    print an accuracy that means nothing.
+
+    Raises:
+        DataError: with what does not match.
+    """
+    outputs = file.tensors[file.outputs[0]].shape[-1] if file.outputs else 0
+    if len(labels) and (labels.min() < 0 or labels.max() >= outputs):
+        raise DataError(f"The labels run from {labels.min()} to {labels.max()}, but "
+                        f"`{file.path}` predicts {outputs} classes (0 to {outputs - 1}): the "
+                        "data does not belong to this model.")
+    stored = file.metadata.get("classes")
+    numbered = tuple(classes) == tuple(str(i) for i in range(len(classes)))
+    if stored and not numbered and list(classes) != list(stored)[:len(classes)]:
+        raise DataError(f"The data's classes ({', '.join(classes[:5])}...) are not the "
+                        f"model's ({', '.join(stored[:5])}...): label i must mean the class "
+                        "the model calls i.")
 
 
 def agreement(predictions: np.ndarray, reference: np.ndarray | None) -> float | None:

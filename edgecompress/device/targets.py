@@ -11,7 +11,8 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from .errors import OptionError
+from ..errors import OptionError
+from ..options import lookup
 
 RUNTIMES = ("litert", "tflm")
 
@@ -99,10 +100,7 @@ def get(target) -> Target:
     """
     if isinstance(target, Target):
         return target
-    if target not in _REGISTRY:
-        raise OptionError(f"Unknown target {target!r}. Choose one of: "
-                          f"{', '.join(_REGISTRY)}; or define your own (--targets-file).")
-    return _REGISTRY[target]
+    return lookup(_REGISTRY, target, "target", " Or define your own (--targets-file).")
 
 
 def names() -> list[str]:

@@ -7,7 +7,8 @@ import io
 import warnings
 from pathlib import Path
 
-from . import __version__, _io, inspect, metadata
+from . import __version__, _io
+from .device import inspect, metadata
 from ._tf import keras, tf
 from .data import Dataset
 from .errors import DataError, ModelError, OptionError
@@ -40,7 +41,7 @@ def convert(model: keras.Model, *, mode="int8", data: Dataset | None = None,
         DataError: calibration data missing or not fitting the model.
         ModelError: the converter rejected the model.
     """
-    mode, how = Mode.get(mode), Preprocess.get(preprocess)
+    mode, how = Mode.get(mode, "mode"), Preprocess.get(preprocess, "preprocess")
     model = strip(model)
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     if quantize.is_wrapped(model):
@@ -132,7 +133,7 @@ def export(model: keras.Model, path, *, mode="int8", data: Dataset | None = None
         ...        preprocess="unit")  # doctest: +SKIP
     """
     path = _io.writable_path(path)
-    mode, how = Mode.get(mode), Preprocess.get(preprocess)
+    mode, how = Mode.get(mode, "mode"), Preprocess.get(preprocess, "preprocess")
     flatbuffer = convert(model, mode=mode, data=data, preprocess=how,
                          calibration_samples=calibration_samples)
     if classes is None and data is not None:

@@ -1,6 +1,7 @@
 """Reading a `.tflite` flatbuffer: operators, tensors, quantisation and weights.
 
-Pure Python over the flatbuffer schema; no interpreter and no TensorFlow.
+Pure Python over the flatbuffer schema; no interpreter and no TensorFlow. `open` gives the
+handle that every check of a file shares: the file is read and parsed once.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from pathlib import Path
 import numpy as np
 from ai_edge_litert.tools import flatbuffer_utils
 
+from ..errors import ModelError, OptionError
+from ..options import Preprocess
 from . import metadata
-from .errors import ModelError
 
 # Operators whose second input is a weight kernel.
 KERNEL_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
@@ -48,7 +50,8 @@ class Operator:
 
 @dataclass(frozen=True)
 class Model:
-    """The main subgraph of a `.tflite` file."""
+    """The main subgraph of a `.tflite` file, with the file's bytes and where they came
+    from (`path`, "" for bytes given directly)."""
 
     tensors: tuple[Tensor, ...]
     operators: tuple[Operator, ...]
@@ -57,6 +60,23 @@ class Model:
     subgraphs: int
     metadata: dict
     size: int
+    content: bytes = dataclasses.field(default=b"", repr=False)
+    path: str = ""
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.tensors[self.inputs[0]].shape
+
+    def preprocess(self, given=None) -> Preprocess:
+        """The preprocessing `given`, else the one stored in the metadata, else an error."""
+        if given is not None:
+            return Preprocess.get(given, "preprocess")
+        stored = self.metadata.get("preprocess")
+        if stored is None:
+            raise OptionError(f"`{self.path or 'the model'}` does not record its "
+                              f"preprocessing; give it (one of: "
+                              f"{', '.join(Preprocess.values())}).")
+        return Preprocess.get(stored, "preprocess")
 
     def op_counts(self) -> dict[str, int]:
         return dict(Counter(op.name for op in self.operators))
@@ -137,6 +157,34 @@ _NUMPY = {"FLOAT32": np.float32, "FLOAT16": np.float16, "FLOAT64": np.float64,
           "INT64": np.int64, "BOOL": np.bool_}
 
 
+def open(path) -> Model:
+    """Reads and parses a `.tflite` file once; the handle every check of it shares.
+
+    Raises:
+        ModelError: the file is missing, unreadable, or not a valid `.tflite`.
+    """
+    model = read(read_tflite(path))
+    for i in model.inputs + model.outputs:
+        if 0 in model.tensors[i].shape:
+            raise ModelError(f"`{path}` has an empty input or output tensor (shape "
+                             f"{list(model.tensors[i].shape)}): the file is corrupt.")
+    return dataclasses.replace(model, path=str(path))
+
+
+def read_tflite(path) -> bytes:
+    """The bytes of a `.tflite` file, checked for the flatbuffer identifier `TFL3`."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ModelError(f"Model `{path}` does not exist.") from None
+    except OSError as e:
+        raise ModelError(f"Cannot read `{path}`: {e.strerror}.") from None
+    if len(data) < 8 or data[4:8] != b"TFL3":
+        raise ModelError(f"`{path}` is not a .tflite file (no TFL3 flatbuffer identifier).")
+    return data
+
+
 def read(source) -> Model:
     """Parses a `.tflite` file (path or bytes) into a `Model`.
 
@@ -172,7 +220,7 @@ def _build(model, raw: bytes) -> Model:
     tensors = tuple(dataclasses.replace(t, is_constant=t.index not in written) for t in tensors)
     return Model(tensors, tuple(operators), inputs,
                  _indices(graph.outputs, len(tensors), "output"), len(model.subgraphs),
-                 metadata.read(raw), len(raw))
+                 metadata.of(model), len(raw), raw)
 
 
 def _indices(values, count: int, what: str, optional: bool = False) -> tuple[int, ...]:

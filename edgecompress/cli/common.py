@@ -1,0 +1,68 @@
+"""What every command line here shares: one-line errors, the options several commands
+take, loading images at a model's input size, and the exit statuses.
+
+Exit status: 0 success, 1 a budget failed (the files are still written), 2 bad input (one
+line on stderr), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..data import BUILTIN
+from ..errors import EdgeCompressError
+from ..options import DEFAULT_CALIBRATION_SAMPLES, Preprocess
+
+DATA_HELP = (f"an .npz with x (uint8 images N x H x W x C), y (labels) and optional classes; "
+             f"a folder with one sub-folder of images per class; or `{BUILTIN}` (built in)")
+PREPROCESS_HELP = ("how uint8 pixels become model input: raw (0-255), unit (/255), "
+                   "symmetric (/127.5 - 1)")
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, as for every other bad input."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def add_preprocess(parser, *, default: str | None, why: str) -> None:
+    """--preprocess; `why` says what the default is (e.g. "default: the one stored in the
+    file")."""
+    parser.add_argument("--preprocess", default=default, choices=Preprocess.values(),
+                        help=f"{PREPROCESS_HELP}; {why}")
+
+
+def add_allow_code(parser, *, what: str = "the model file") -> None:
+    parser.add_argument("--allow-code", action="store_true",
+                        help=f"trust {what} and run Python code it carries (Lambda layers)")
+
+
+def add_calibration_samples(parser) -> None:
+    parser.add_argument("--calibration-samples", type=int, default=DEFAULT_CALIBRATION_SAMPLES,
+                        metavar="N", help="images drawn at random from the data to calibrate "
+                                          "INT8 (default %(default)s)")
+
+
+def load_data_for(source, input_shape):
+    """The images of `source` at the size and channels of a model's input (N, H, W, C),
+    checked to fit it."""
+    from ..data import load
+
+    data = load(source, image_size=tuple(input_shape[1:3]), channels=input_shape[3])
+    data.check_fits(input_shape)
+    return data
+
+
+def guarded(prog: str, run, *, on_error=lambda: "", on_interrupt: str = "") -> int:
+    """`run()`'s exit status (None counts as 0); bad input becomes one line on stderr and
+    status 2, Ctrl-C status 130. `on_error()` may clean up and return a hint to append."""
+    try:
+        return run() or 0
+    except EdgeCompressError as e:
+        print(f"{prog}: error: {e}{on_error()}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted{on_interrupt}", file=sys.stderr)
+        return 130

@@ -1,0 +1,211 @@
+"""The command line that every script in `recipes/` shares.
+
+A recipe script gives a description, a `stages(args, samples)` function and, optionally,
+its own arguments; `script_main` does the rest: parse, load, check, compress, report, exit
+status. Parsing imports no TensorFlow, so `--help` and argument errors answer at once;
+recipe scripts import the techniques inside `stages` for the same reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from ..budget import DEFAULT_MAX_DROP, check_max_drop
+from ..options import STRATEGIES, ZOO_NAMES, LearningRate
+from . import common
+
+DEFAULT_LABEL_WEIGHT = 0.1
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    """The arguments every recipe takes; a recipe adds its own (e.g. --sparsity)."""
+    p = common.Parser(description=description,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model",
+                   help="a Keras model file (.h5, .keras, SavedModel folder), or zoo:NAME "
+                        f"({', '.join(ZOO_NAMES)}) for an untrained zoo model")
+    p.add_argument("--image-size", type=int, default=32,
+                   help="input size of a zoo:NAME model, to which folder images are resized "
+                        "(default 32)")
+    p.add_argument("--train-data", "--images", required=True,
+                   help=f"fine-tuning and calibration images: {common.DATA_HELP}")
+    p.add_argument("--eval-data",
+                   help="labelled evaluation images (default: hold out --eval-fraction of "
+                        "--train-data)")
+    p.add_argument("--eval-fraction", type=float, default=0.2,
+                   help="share of --train-data held out when --eval-data is not given")
+    common.add_preprocess(p, default="raw", why="default raw (as the MLPerf Tiny ResNet-8)")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in --out from its last completed stage "
+                        "or epoch (same recipe and options)")
+    p.add_argument("--transfer-data", metavar="DATA",
+                   help="extra images learned only through the input model's predictions "
+                        "(labels, if any, are ignored), e.g. many unlabelled photos next to a "
+                        "small labelled --train-data")
+    p.add_argument("--steps", type=int, default=1000, metavar="N",
+                   help="optimizer steps per fine-tuning stage (default %(default)s); steps, "
+                        "not epochs, so that a small data set still gets enough training")
+    p.add_argument("--epochs", type=int, metavar="N",
+                   help="passes over the fine-tuning images per stage, instead of --steps")
+    p.add_argument("--qat-steps", type=int, default=500, metavar="N",
+                   help="steps of a quantisation-aware training stage that follows another "
+                        "fine-tuning stage, at --qat-learning-rate (default %(default)s)")
+    p.add_argument("--qat-learning-rate", type=float, default=1e-4,
+                   help="learning rate of that QAT stage (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=64, help="(default %(default)s)")
+    p.add_argument("--no-augment", dest="augment", action="store_false",
+                   help="no random flips and translations of the fine-tuning images")
+    p.add_argument("--max-drop", type=float, default=DEFAULT_MAX_DROP, metavar="POINTS",
+                   help="accuracy budget: points of top-1 accuracy the result may lose against "
+                        "the input model on --eval-data (default %(default)s); exit status 1 "
+                        "when it loses more")
+    p.add_argument("--learning-rate", type=float, default=1e-4,
+                   help="Adam's learning rate at the start of each stage (default "
+                        "%(default)s)")
+    p.add_argument("--schedule", default="cosine", choices=LearningRate.values(),
+                   help="learning rate over each stage: cosine decay to zero (default) or "
+                        "constant")
+    p.add_argument("--train-samples", type=int, metavar="N",
+                   help="fine-tune on N images drawn at random (default: all)")
+    p.add_argument("--eval-samples", type=int, metavar="N",
+                   help="evaluate on N images drawn at random (default: all)")
+    common.add_calibration_samples(p)
+    p.add_argument("--temperature", type=float, default=4.0,
+                   help="distillation: softening of both models' predictions (default 4)")
+    p.add_argument("--label-weight", type=float, default=DEFAULT_LABEL_WEIGHT,
+                   help="weight of the labels against the input model's predictions, 0-1 "
+                        f"(default {DEFAULT_LABEL_WEIGHT}: the input model is the best "
+                        "description of what the compressed one should do; 1 trains on "
+                        "labels alone)")
+    p.add_argument("--strategy", default="none", choices=STRATEGIES,
+                   help="distribution strategy for fine-tuning (default none)")
+    p.add_argument("--seed", type=int, default=0)
+    common.add_allow_code(p)
+    p.add_argument("--quiet", action="store_true", help="no per-epoch progress")
+    return p
+
+
+def fit_config(args, **changes):
+    """The `train.FitConfig` the arguments ask for (--steps, or --epochs when given), with
+    `changes` (e.g. another learning rate for QAT)."""
+    from ..train import FitConfig
+
+    by_epochs = args.epochs is not None
+    return dataclasses.replace(FitConfig(
+        epochs=args.epochs if by_epochs else 1, steps=None if by_epochs else args.steps,
+        batch_size=args.batch_size, learning_rate=args.learning_rate,
+        schedule=args.schedule, augment=args.augment), **changes)
+
+
+def qat_fit_config(args):
+    """QAT after a fine-tuning stage: --qat-steps at --qat-learning-rate."""
+    return fit_config(args, steps=args.qat_steps, learning_rate=args.qat_learning_rate)
+
+
+def distill_config(args):
+    """The recipe-wide `distill.Config` from the input model; None for labels only."""
+    from ..techniques import distill
+
+    if args.label_weight == 1:
+        return None
+    return distill.Config(temperature=args.temperature, alpha=args.label_weight)
+
+
+def load_inputs(args):
+    """(model, train data, eval data, transfer data or None) from the shared arguments."""
+    from .. import data as data_module, models
+    from ..errors import OptionError
+
+    if not args.model:
+        raise OptionError("Give the model to compress with --model (a file or zoo:NAME).")
+    if args.model.startswith("zoo:"):
+        model, shape = None, (None, args.image_size, args.image_size, 3)
+    else:
+        model = models.load(args.model, allow_code=args.allow_code)
+        shape = models.input_shape(model)
+    train_data = data_module.load(args.train_data, image_size=shape[1:3], channels=shape[3])
+    if args.eval_data:
+        eval_data = data_module.load(args.eval_data, image_size=shape[1:3], channels=shape[3])
+    else:
+        train_data, eval_data = train_data.split(args.eval_fraction, seed=args.seed)
+    if model is None:
+        model = _zoo_model(args.model[4:], train_data, args)
+    shape = models.input_shape(model)
+    for dataset in (train_data, eval_data):
+        dataset.check_fits(shape)
+        dataset.require_labels()
+    if args.train_samples:
+        train_data = train_data.take(args.train_samples, seed=args.seed)
+    if args.eval_samples:
+        eval_data = eval_data.take(args.eval_samples, seed=args.seed)
+    transfer = common.load_data_for(args.transfer_data, shape) if args.transfer_data else None
+    return model, train_data, eval_data, transfer
+
+
+def _zoo_model(name: str, train_data, args):
+    """An untrained zoo model for `train_data`'s images and classes, seeded; `--alpha` (the
+    folder recipe's) only for the architectures that take it."""
+    import inspect
+
+    from .. import models
+    from .._tf import keras
+
+    takes_alpha = "alpha" in inspect.signature(models.ZOO.get(name, models.build)).parameters
+    options = {"alpha": args.alpha} if getattr(args, "alpha", None) and takes_alpha else {}
+    keras.utils.set_random_seed(args.seed)
+    return models.build(name, input_shape=train_data.image_shape,
+                        classes=len(train_data.classes), **options)
+
+
+def script_main(description: str, build_stages, argv=None, extra_arguments=None) -> int:
+    """Runs a recipe script: parse, load, `build_stages(args, samples)`, compress.
+
+    `samples` is the number of images a distilling stage trains on (labelled and transfer
+    images), which a pruning schedule needs.
+
+    Returns the exit status: 0, 1 when the result breaks the accuracy budget (--max-drop;
+    the files are still written), 2 for bad input (one line on stderr), 130 interrupted.
+    """
+    p = parser(description)
+    if extra_arguments:
+        extra_arguments(p)
+    args = p.parse_args(argv)
+    prog = Path(sys.argv[0]).name
+    fresh = not args.out.exists() or args.out.is_dir() and not any(args.out.iterdir())
+    written = []  # the output folder, once created
+
+    def run():
+        from .. import pipeline, recipe, train
+
+        check_max_drop(args.max_drop)
+        model, train_data, eval_data, transfer = load_inputs(args)
+        samples = len(train_data) + (len(transfer) if transfer is not None else 0)
+        stages = build_stages(args, samples)
+        recipe.check_order(stages)
+        written.append(pipeline.prepare_output(args.out, overwrite=args.overwrite,
+                                               resume=args.resume))
+        result = pipeline.compress(
+            model, stages, train_data, eval_data, written[0], preprocess=args.preprocess,
+            calibration_samples=args.calibration_samples,
+            strategy=train.strategy(args.strategy), seed=args.seed,
+            verbose=0 if args.quiet else 2, transfer=transfer, max_drop=args.max_drop,
+            inputs={"model": args.model, "train_data": args.train_data,
+                    "eval_data": args.eval_data, "transfer_data": args.transfer_data})
+        if not result["budget"]["passed"]:
+            print(f"{prog}: the result breaks the accuracy budget: "
+                  f"{result['budget']['text']}", file=sys.stderr)
+            return 1
+        return 0
+
+    def discard():
+        from ..pipeline import discard_partial
+
+        return discard_partial(written[0], fresh) if written else ""
+
+    return common.guarded(prog, run, on_error=discard,
+                          on_interrupt="; continue with the same command and --resume")

@@ -1,0 +1,198 @@
+"""The one orchestrator: baselines -> stages -> INT8 export -> evaluation -> report.
+
+The recipe scripts (through `cli.recipes`), the demo and the benchmarks all judge files
+with `judge`, so a figure means the same wherever it is printed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import budget, models, recipe, report, tflite
+from .device import verify
+from .errors import OptionError
+from .options import DEFAULT_CALIBRATION_SAMPLES
+
+CHECKPOINTS = "checkpoints"
+PACKAGES = ("tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert",
+            "numpy", "edgecompress")
+
+
+def prepare_output(out: Path, *, overwrite: bool, resume: bool = False) -> Path:
+    """Creates `out`; refuses a folder that already holds results unless `overwrite`, or
+    unless `resume` and it holds an interrupted run's checkpoints."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OptionError(f"Output `{out}` is a file; give a folder.")
+    if resume and not (out / CHECKPOINTS).is_dir():
+        raise OptionError(f"Nothing to resume in `{out}`: no interrupted run's checkpoints.")
+    if out.is_dir() and any(out.iterdir()) and not (overwrite or resume):
+        raise OptionError(f"Output folder `{out}` already holds results. Choose another "
+                          "folder, pass --resume to continue an interrupted run, or "
+                          "--overwrite to replace them.")
+    if overwrite and not resume:
+        shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OptionError(f"Cannot create output folder `{out}`: {e.strerror}.") from None
+    return out
+
+
+def discard_partial(out: Path, fresh: bool) -> str:
+    """Removes what a failed run wrote in a folder it created; keeps completed stages.
+
+    Returns a hint for the error message ("" when nothing is kept)."""
+    if not fresh:
+        return ""
+    for path in out.iterdir():
+        if path.name != CHECKPOINTS:
+            path.unlink()
+    if (out / CHECKPOINTS / "progress.json").exists():
+        return f" Completed stages are kept in {out}: fix this and rerun with --resume."
+    shutil.rmtree(out)
+    return ""
+
+
+def compress(model, stages: list[recipe.Stage], train_data, eval_data, out: Path, *,
+             preprocess: str, calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
+             strategy=None, seed: int = 0, verbose: int = 2, inputs: dict | None = None,
+             latency_runs: int = 500, transfer=None,
+             max_drop: float = budget.DEFAULT_MAX_DROP) -> dict:
+    """Runs `stages` on `model` and compares the result with the float and PTQ INT8 baselines.
+
+    Writes in `out`: `float.tflite`, `ptq_int8.tflite`, `model_int8.tflite` (the recipe's
+    result), `model.h5` (the final Keras model, stripped of pruning/clustering wrappers),
+    `report.json`, `report.md` and `report.html` (with plots).
+
+    Every file is judged on `eval_data` against the float Keras model on the same images:
+    accuracy, the paired drop with its 95 % interval, and top-1 agreement; the recipe's
+    file against the budget of `max_drop` points (`report["budget"]`).
+
+    Args:
+        transfer: extra images the distilling stages learn through the teacher only.
+
+    Returns:
+        The report as a dict.
+    """
+    recipe.check_order(stages)
+    budget.check_max_drop(max_drop)
+    calibration = train_data.take(min(len(train_data), calibration_samples), seed=seed)
+    keras_labels = models.predict_labels(model, eval_data, preprocess)
+    print("[1/4] float and post-training INT8 baselines ...", flush=True)
+    files = {"float": tflite.export(model, out / "float.tflite", mode="fp32",
+                                    preprocess=preprocess, classes=train_data.classes),
+             "PTQ INT8": tflite.export(model, out / "ptq_int8.tflite", mode="int8",
+                                       data=calibration, preprocess=preprocess,
+                                       calibration_samples=len(calibration))}
+    print(f"[2/4] running {len(stages)} stage(s) ...", flush=True)
+    started = time.perf_counter()
+    final, records = recipe.run(model, stages, train_data, preprocess=preprocess,
+                                validation=eval_data, strategy=strategy, seed=seed,
+                                verbose=verbose, checkpoints=out / CHECKPOINTS,
+                                transfer=transfer)
+    training_seconds = time.perf_counter() - started
+    models.save(final, out / "model.h5")
+    print("[3/4] exporting the result to INT8 ...", flush=True)
+    files["recipe INT8"] = tflite.export(final, out / "model_int8.tflite", mode="int8",
+                                         data=calibration, preprocess=preprocess,
+                                         calibration_samples=len(calibration))
+    print(f"[4/4] evaluating {len(files)} files on {len(eval_data):,} images ...",
+          flush=True)
+    results, rows = judge(files, eval_data, keras_labels, latency_runs=latency_runs)
+    keras_correct = keras_labels == eval_data.y
+    drops = {name: budget.Drop(**r.drop) for name, r in results.items()}
+    judged = budget.verdict(drops["recipe INT8"], max_drop)
+    result = {"rows": rows, "stages": records, "training_seconds": round(training_seconds, 1),
+              "keras_accuracy": float(np.mean(keras_correct)),
+              "budget": {**judged, "file": "model_int8.tflite"},
+              "drops": {name: d.to_json() for name, d in drops.items()},
+              "train_data": train_data.source, "eval_data": eval_data.source,
+              "transfer_data": transfer.source if transfer is not None else None,
+              "provenance": provenance(seed, inputs or {}),
+              "results": {name: r.to_json() for name, r in results.items()}}
+    report.write_json(out / "report.json", result)
+    report.write_text(out / "report.md", markdown(result))
+    report.html_report(results, out / "report.html", title="Compression report",
+                       baseline="float", notes=f"Evaluated on {eval_data.source}; fine-tuned "
+                       f"on {train_data.source}. Latency is this machine's.")
+    shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)  # the run is complete
+    print(f"\non {eval_data.source} ({len(eval_data):,} images); drop and agreement against "
+          f"the float Keras model\n" + report.text_table(rows) + f"\n\nmodel_int8.tflite: "
+          f"{judged['text']}\nwrote {out}/", flush=True)
+    return result
+
+
+def judge(files: dict, eval_data, keras_labels, *, latency_runs: int = 500,
+          preprocess=None) -> tuple[dict, list[dict]]:
+    """Runs each `.tflite` of `files` (name -> path) on LiteRT over `eval_data` and compares
+    it with the Keras model whose top-1 labels are `keras_labels`.
+
+    Returns:
+        ({name: verify.Evaluation}, table rows): bytes, accuracy, top-1 agreement, the
+        paired drop in points with its 95 % interval, latency and speed-up against the
+        first file.
+    """
+    results = {name: verify.evaluate(path, eval_data, preprocess=preprocess,
+                                     reference=keras_labels, latency_runs=latency_runs)
+               for name, path in files.items()}
+    baseline = next(iter(results.values()))
+    rows = []
+    for name, result in results.items():
+        drop = budget.Drop(**result.drop)
+        rows.append({**report.comparison_row(name, result, baseline),
+                     "drop_points": drop.points,
+                     "drop_95": f"{drop.low:+.2f} to {drop.high:+.2f}"})
+    return results, rows
+
+
+def markdown(result: dict) -> str:
+    """The report as Markdown: the comparison table, the stages, the data and versions."""
+    transfer = f" and, through the teacher only, `{result['transfer_data']}`" \
+        if result["transfer_data"] else ""
+    lines = ["# Compression report", "",
+             f"**model_int8.tflite: {result['budget']['text']}.**", "",
+             f"Accuracy and agreement on `{result['eval_data']}`; fine-tuning on "
+             f"`{result['train_data']}`{transfer}. Drop: points of top-1 accuracy lost against "
+             f"the float Keras model (accuracy {result['keras_accuracy']:.4f}) on the same "
+             "images, with its 95 % interval; agreement: top-1 agreement with it. Latency: "
+             "median single-image invoke on this machine's LiteRT (XNNPACK, 1 thread), not a "
+             "device's.", "", report.markdown_table(result["rows"]), "", "## Stages", ""]
+    lines += [f"{i}. {s['stage']}: {s['training']}, {s['seconds']} s"
+              for i, s in enumerate(result["stages"], start=1)]
+    versions = ", ".join(f"{k} {v}" for k, v in result["provenance"]["versions"].items())
+    lines += ["", f"Seed {result['provenance']['seed']}; {versions}.", ""]
+    return "\n".join(lines)
+
+
+def provenance(seed: int, inputs: dict) -> dict:
+    """Versions, seed, command line, and a SHA-256 of each input file."""
+    versions = {}
+    for package in PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    versions["python"] = platform.python_version()
+    hashes = {name: sha256(path) for name, path in inputs.items()
+              if path is not None and Path(path).is_file()}
+    return {"seed": seed, "versions": versions, "inputs": {k: str(v) for k, v in inputs.items()},
+            "sha256": hashes, "command": sys.argv}
+
+
+def sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
