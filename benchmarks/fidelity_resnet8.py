@@ -29,8 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgecompress import budget, data, models, pipeline, recipe, report, tflite
-from edgecompress.techniques import channels, distill, quantize
+from edgecompress import budget, data, distill, models, pipeline, recipe, report, tflite
+from edgecompress.techniques import channels, quantize
 from edgecompress.train import FitConfig
 
 ROOT = Path(__file__).resolve().parents[1]

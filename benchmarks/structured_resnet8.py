@@ -33,9 +33,9 @@ import tempfile
 from pathlib import Path
 
 import _common
-from edgecompress import recipe, report
+from edgecompress import distill, recipe, report
 from edgecompress.device import inspect
-from edgecompress.techniques import channels, distill, lowrank, quantize, student
+from edgecompress.techniques import channels, lowrank, quantize, student
 from edgecompress.train import FitConfig
 
 def variants(scale: float) -> dict[str, list[recipe.Stage]]:

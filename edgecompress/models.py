@@ -261,6 +261,21 @@ ZOO = {"resnet8": resnet8, "mobilenet_v1": mobilenet_v1, "mobilenet_v2": mobilen
        "tiny_cnn": tiny_cnn}
 
 
+def copy(model: keras.Model) -> keras.Model:
+    """A new model with the same architecture and weights; the original stays untouched."""
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def kernel(layer) -> np.ndarray | None:
+    """The layer's convolution or Dense kernel, or None."""
+    for weight in layer.weights:
+        if weight.name.split("/")[-1].split(":")[0] in ("kernel", "depthwise_kernel"):
+            return weight.numpy()
+    return None
+
+
 def build(name: str, **kwargs) -> keras.Model:
     """Builds a zoo architecture by name, e.g. `build("resnet8", classes=10)`.
 

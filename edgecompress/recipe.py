@@ -9,26 +9,22 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import _io, models
+from . import _io, distill, models, techniques
 from ._tf import keras
 from .data import Dataset
 from .errors import OptionError
-from .options import lookup
-from .techniques import _layers, channels, cluster, distill, lowrank, prune, quantize, student
+from .techniques import prune
 from .train import FitConfig, fit
-
-TECHNIQUES = {"prune": prune, "cluster": cluster, "qat": quantize, "channels": channels,
-              "lowrank": lowrank, "student": student}
 
 
 @dataclass(frozen=True)
 class Stage:
     """One step of a recipe: a technique's `Config` and how to fine-tune after applying it.
 
-    `technique` is one of `TECHNIQUES` or `finetune` (train only, `config` None). With
-    `distill` (a `distill.Config`), fine-tuning learns from a frozen teacher as well as from
-    the labels: the model as it was before the recipe's first distilling stage (the input
-    model, unless earlier stages train it from scratch).
+    `technique` is one of `techniques.TECHNIQUES` or `finetune` (train only, `config`
+    None). With `distill` (a `distill.Config`), fine-tuning learns from a frozen teacher as
+    well as from the labels: the model as it was before the recipe's first distilling stage
+    (the input model, unless earlier stages train it from scratch).
     """
 
     technique: str
@@ -37,34 +33,17 @@ class Stage:
     distill: distill.Config | None = None
 
     def __post_init__(self):
-        if self.technique != "finetune":
-            lookup(TECHNIQUES, self.technique, "technique")
-        if self.technique in TECHNIQUES and not isinstance(
-                self.config, TECHNIQUES[self.technique].Config):
+        if self.technique == "finetune":
+            return
+        module = techniques.get(self.technique)
+        if not isinstance(self.config, module.Config):
             raise OptionError(f"Stage {self.technique!r} needs a "
-                              f"techniques.{TECHNIQUES[self.technique].__name__.split('.')[-1]}"
-                              f".Config. Received: {self.config!r}.")
+                              f"techniques.{module.__name__.split('.')[-1]}.Config. "
+                              f"Received: {self.config!r}.")
 
     def describe(self) -> str:
-        c = self.config
-        if self.technique == "prune":
-            target = "2:4 sparsity" if c.pattern == "2:4" else f"{c.sparsity:.0%} sparsity"
-            text = f"pruning to {target} ({c.schedule})"
-        elif self.technique == "cluster":
-            text = f"clustering to {c.clusters} clusters ({c.init})"
-        elif self.technique == "qat":
-            text = "quantisation-aware training" + (
-                f" ({c.scheme})" if c.scheme != "default" else "")
-        elif self.technique == "channels":
-            text = f"removing {c.ratio:.0%} of channels ({c.criterion}, {c.scope}" + "".join(
-                f", {name} {100 * ratio:g}%" for name, ratio in c.ratios.items()) + ")"
-        elif self.technique == "lowrank":
-            text = "low-rank factorisation (" + (f"energy {c.energy}" if c.energy else
-                                                  f"ratio {c.ratio}") + f", {c.method})"
-        elif self.technique == "student":
-            text = f"a fresh {c.architecture} student {c.options}"
-        else:
-            text = "fine-tuning"
+        text = "fine-tuning" if self.technique == "finetune" else \
+            techniques.get(self.technique).describe(self.config)
         return text + (f", distilled at T={self.distill.temperature}" if self.distill else "")
 
 
@@ -135,7 +114,7 @@ def run(model: keras.Model, stages: list[Stage], train: Dataset, *, preprocess: 
     teacher = None
     if first_distilling is not None and first_distilling < len(records):
         teacher = models.load(checkpoints / f"stage_{first_distilling}.h5") \
-            if first_distilling else _layers.copy(model)
+            if first_distilling else models.copy(model)
     if records:
         model = models.load(checkpoints / f"stage_{len(records)}.h5")
         print(f"resuming after stage {len(records)} of {len(stages)} ({checkpoints})",
@@ -143,7 +122,7 @@ def run(model: keras.Model, stages: list[Stage], train: Dataset, *, preprocess: 
     samples = len(train) + (len(transfer) if transfer is not None else 0)
     for i, stage in enumerate(stages[len(records):], start=len(records) + 1):
         if i - 1 == first_distilling:
-            teacher = _layers.copy(model)
+            teacher = models.copy(model)
         fit_samples = samples if stage.distill else len(train)
         print(f"[stage {i}/{len(stages)}] {stage.describe()}, "
               f"{stage.fit.describe(fit_samples)} ...", flush=True)
@@ -155,8 +134,8 @@ def run(model: keras.Model, stages: list[Stage], train: Dataset, *, preprocess: 
             model = _apply(stage, model)
             history = _fine_tune(stage, model, train, preprocess, validation, strategy, seed,
                                  verbose, teacher, backup, transfer)
-        if stage.technique in ("prune", "cluster"):
-            model = TECHNIQUES[stage.technique].strip(model)
+        if stage.technique != "finetune":
+            model = techniques.get(stage.technique).strip(model)
         records.append(_record(stage, history, time.perf_counter() - started, fit_samples))
         if checkpoints:
             _save_progress(checkpoints, i, model, stages, records)
@@ -189,7 +168,7 @@ def _save_progress(checkpoints: Path, index: int, model, stages, records) -> Non
 def _apply(stage: Stage, model: keras.Model) -> keras.Model:
     if stage.technique == "finetune":
         return model
-    return TECHNIQUES[stage.technique].apply(model, stage.config)
+    return techniques.get(stage.technique).apply(model, stage.config)
 
 
 def _fine_tune(stage, model, train, preprocess, validation, strategy, seed, verbose, teacher,

@@ -233,10 +233,10 @@ def confusion_plot(evaluation, path=None):
 def weights_plot(model, path=None):
     """Per-layer sparsity (share of zero weights) and a histogram of non-zero weights of a
     Keras model, e.g. after pruning or clustering."""
-    from .techniques import _layers
+    from . import models
 
-    kernels = [(layer.name, _layers.kernel(layer)) for layer in model.layers
-               if _layers.kernel(layer) is not None]
+    kernels = [(layer.name, models.kernel(layer)) for layer in model.layers
+               if models.kernel(layer) is not None]
     figure, (left, right) = _figure(2)
     left.barh([n for n, _ in kernels], [100 * np.mean(k == 0) for _, k in kernels])
     left.set_xlabel("zero weights (%)")

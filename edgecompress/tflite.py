@@ -14,7 +14,8 @@ from .data import Dataset
 from .errors import DataError, ModelError, OptionError
 from .models import input_shape
 from .options import DEFAULT_CALIBRATION_SAMPLES, Mode, Preprocess
-from .techniques import cluster, prune, quantize
+from . import techniques
+from .techniques import quantize
 
 CALIBRATED = (Mode.INT8, Mode.INT16X8)
 
@@ -42,7 +43,7 @@ def convert(model: keras.Model, *, mode="int8", data: Dataset | None = None,
         ModelError: the converter rejected the model.
     """
     mode, how = Mode.get(mode, "mode"), Preprocess.get(preprocess, "preprocess")
-    model = strip(model)
+    model = techniques.strip(model)
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     if quantize.is_wrapped(model):
         _configure_qat(converter, mode)
@@ -102,15 +103,6 @@ def _configure_qat(converter, mode) -> None:
     converter.inference_input_type = converter.inference_output_type = tf.int8
 
 
-def strip(model: keras.Model) -> keras.Model:
-    """Removes pruning and clustering training wrappers; returns `model` if there are none."""
-    if prune.is_wrapped(model):
-        model = prune.strip(model)
-    if cluster.is_wrapped(model):
-        model = cluster.strip(model)
-    return model
-
-
 def export(model: keras.Model, path, *, mode="int8", data: Dataset | None = None,
            preprocess="raw", calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
            classes=None) -> Path:
@@ -154,7 +146,7 @@ def quantization_errors(model: keras.Model, data: Dataset, *, preprocess="raw",
     (a uniform rounding error) is the best a layer can do; much larger values point at a
     layer whose range calibration or quantisation hurts.
     """
-    model = strip(model)
+    model = techniques.strip(model)
     data.check_fits(input_shape(model))
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]

@@ -13,7 +13,7 @@ from .data import Dataset, preprocess as preprocess_images, preprocess_scale
 from .errors import OptionError
 from .models import input_shape
 from .options import STRATEGIES, LearningRate, Preprocess, lookup
-from .techniques import distill
+from . import distill
 
 
 @dataclass(frozen=True)

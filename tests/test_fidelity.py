@@ -13,7 +13,7 @@ import pytest
 from edgecompress import budget, cli, data, models, recipe, train
 from edgecompress._tf import keras
 from edgecompress.errors import OptionError
-from edgecompress.techniques import distill
+from edgecompress import distill
 from conftest import write_npz
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,7 +90,7 @@ def test_distillation_with_an_odd_remainder_trains(trained, train_set):
     """A partial last batch was seen to crash oneDNN in distillation (exit 139, TF 2.21, 4,085
     images at batch 64; not on every CPU): every batch is now full, and this size trains."""
     code = ("from edgecompress import data, models, train\n"
-            "from edgecompress.techniques import distill\n"
+            "from edgecompress import distill\n"
             f"teacher = models.load({str(trained[1])!r})\n"
             f"student = models.load({str(trained[1])!r})\n"
             "images = data.shapes(4085, size=(16, 16), seed=3)\n"

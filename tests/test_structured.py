@@ -4,12 +4,13 @@ architecture, with their oracles (ratio 0 / full rank reproduce the original).""
 import numpy as np
 import pytest
 
-from edgecompress import data, models, recipe, tflite, train
+from edgecompress import data, distill, models, recipe, tflite, train
 from edgecompress.device import inspect, verify
 from edgecompress._tf import keras
 from edgecompress.errors import OptionError
 from edgecompress.options import Method
-from edgecompress.techniques import channels, distill, lowrank, student
+from edgecompress import techniques
+from edgecompress.techniques import channels, lowrank, quantize, student
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +200,7 @@ def test_student_is_a_smaller_zoo_model(trained):
 def test_channels_distill_qat_recipe_runs(trained, train_set, test_set):
     fit = train.FitConfig(epochs=1, learning_rate=1e-3)
     stages = [recipe.Stage("channels", channels.Config(ratio=0.5), fit, distill.Config()),
-              recipe.Stage("qat", recipe.TECHNIQUES["qat"].Config(), fit, distill.Config())]
+              recipe.Stage("qat", quantize.Config(), fit, distill.Config())]
     final, records = recipe.run(trained[0], stages, train_set.take(128), preprocess="unit",
                                 verbose=0)
     assert records[0]["stage"].startswith("removing 50% of channels")
@@ -217,7 +218,7 @@ def test_channels_distill_qat_recipe_runs(trained, train_set, test_set):
 def test_int8_export_agrees_with_keras(technique, config, epochs, trained, train_set, test_set,
                                        tmp_path):
     """LiteRT-against-Keras parity of each architecture-changing technique's export."""
-    model = recipe.TECHNIQUES[technique].apply(trained[0], config)
+    model = techniques.get(technique).apply(trained[0], config)
     train.fit(model, train_set, preprocess="unit", epochs=epochs, learning_rate=1e-2 if
               technique == "student" else 3e-3, verbose=0)
     path = tflite.export(model, tmp_path / "m.tflite", mode="int8", data=train_set,

@@ -183,3 +183,12 @@ def test_micro_arena_is_the_smallest_that_allocates(int8_file):
     runtime.Interpreter.from_bytes(int8_file.read_bytes(), arena_size=run.arena_bytes)
     with pytest.raises(RuntimeError):
         runtime.Interpreter.from_bytes(int8_file.read_bytes(), arena_size=run.arena_bytes - 1)
+
+
+def test_without_tflite_micro_mcu_accuracy_runs_on_reference_kernels(int8_file, test_set,
+                                                                      monkeypatch):
+    monkeypatch.setattr(micro, "available", lambda: False)  # as in a fresh install
+    result = verdict._verify(inspect.open(int8_file), targets.get("mcu-cortex-m4"),
+                             test_set.take(20), None, None, None, 20, 5)
+    accuracy = next(c for c in result.checks if c.name == "accuracy")
+    assert "reference kernels" in accuracy.note  # XNNPACK changes ~2 % of predictions

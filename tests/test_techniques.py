@@ -176,3 +176,15 @@ def test_stage_misuse_is_refused(trained):
         quantize.apply(wrapped)
     with pytest.raises(OptionError, match="already quantisation-aware"):
         quantize.apply(quantize.apply(trained[0]))
+
+
+def test_every_technique_describes_itself_and_strips_its_wrappers(trained):
+    from edgecompress import techniques
+
+    for name, module in techniques.TECHNIQUES.items():
+        assert module.describe(module.Config()), name
+        assert module.strip(trained[0]) is trained[0], name  # nothing to strip
+    wrapped = prune.apply(trained[0])
+    assert prune.is_wrapped(wrapped) and not prune.is_wrapped(techniques.strip(wrapped))
+    with pytest.raises(OptionError, match="`technique` must be one of .* technique='x'"):
+        techniques.get("x")

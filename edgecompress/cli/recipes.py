@@ -109,7 +109,7 @@ def qat_fit_config(args):
 
 def distill_config(args):
     """The recipe-wide `distill.Config` from the input model; None for labels only."""
-    from ..techniques import distill
+    from .. import distill
 
     if args.label_weight == 1:
         return None

@@ -6,9 +6,9 @@ import warnings
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
 
 from .._tf import keras
+from ..models import copy, kernel
 
 
 @dataclass(frozen=True)
@@ -18,13 +18,6 @@ class Skipped:
     layer: str
     kind: str
     reason: str
-
-
-def copy(model: keras.Model) -> keras.Model:
-    """A new model with the same architecture and weights; the original stays untouched."""
-    clone = keras.models.clone_model(model)
-    clone.set_weights(model.get_weights())
-    return clone
 
 
 def wrap(model: keras.Model, choose: Callable[[keras.layers.Layer], str | None],
@@ -49,14 +42,6 @@ def wrap(model: keras.Model, choose: Callable[[keras.layers.Layer], str | None],
 
     wrapped = keras.models.clone_model(copy(model), clone_function=clone_function)
     return wrapped, skipped
-
-
-def kernel(layer) -> np.ndarray | None:
-    """The layer's convolution or Dense kernel, or None."""
-    for weight in layer.weights:
-        if weight.name.split("/")[-1].split(":")[0] in ("kernel", "depthwise_kernel"):
-            return weight.numpy()
-    return None
 
 
 def is_builtin(layer) -> bool:

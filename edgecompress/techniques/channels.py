@@ -233,6 +233,16 @@ def apply(model: keras.Model, config: Config = Config()) -> keras.Model:
     return _graph.rebuild(model, lambda layer: _sliced(layer, keep, input_keep))
 
 
+def strip(model: keras.Model) -> keras.Model:
+    """The model itself: `apply` builds a plain, smaller model with no wrappers."""
+    return model
+
+
+def describe(config: Config) -> str:
+    return f"removing {config.ratio:.0%} of channels ({config.criterion}, {config.scope}" + \
+        "".join(f", {name} {100 * ratio:g}%" for name, ratio in config.ratios.items()) + ")"
+
+
 def _sliced(layer, keep, input_keep):
     kind = type(layer).__name__
     if kind not in PRODUCERS + ("BatchNormalization", "DepthwiseConv2D"):

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._tf import ClusteringRegistry, keras, tfmot
+from .. import models
 from ..errors import OptionError
 from ..options import Choice
 from . import _layers
@@ -60,7 +61,7 @@ def _reason_to_skip(layer, config: Config) -> str | None:
     if not ClusteringRegistry.supports(layer):
         return ("not a layer tfmot can cluster (a custom layer can implement "
                 "tfmot.clustering.keras.ClusterableLayer)")
-    if _layers.kernel(layer) is None:
+    if models.kernel(layer) is None:
         return "no kernel that clustering applies to"
     return None
 
@@ -88,8 +89,13 @@ def apply(model: keras.Model, config: Config = Config()) -> keras.Model:
 
 
 def strip(model: keras.Model) -> keras.Model:
-    """The model without clustering wrappers, its kernels holding only the centroids."""
-    return tfmot.clustering.keras.strip_clustering(model)
+    """The model without clustering wrappers, its kernels holding only the centroids
+    (itself if it has none)."""
+    return tfmot.clustering.keras.strip_clustering(model) if is_wrapped(model) else model
+
+
+def describe(config: Config) -> str:
+    return f"clustering to {config.clusters} clusters ({config.init})"
 
 
 def is_wrapped(model: keras.Model) -> bool:
@@ -98,10 +104,10 @@ def is_wrapped(model: keras.Model) -> bool:
 
 def distinct_values(model: keras.Model) -> dict[str, int]:
     """Distinct values in each kernel (per layer name), on a stripped or plain model."""
-    model = strip(model) if is_wrapped(model) else model
+    model = strip(model)
     counts = {}
     for layer in model.layers:
-        kernel = _layers.kernel(layer)
+        kernel = models.kernel(layer)
         if kernel is not None:
             counts[layer.name] = int(np.unique(kernel).size)
     return counts

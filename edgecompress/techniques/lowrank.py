@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._tf import keras
+from .. import models
 from ..errors import OptionError
 from ..options import Method
 from . import _graph, _layers
@@ -99,7 +100,7 @@ def plan(model: keras.Model, config: Config = Config()) -> list[Decision]:
     method = Method.get(config.method, "method")
     decisions = []
     for layer in model.layers:
-        if _layers.kernel(layer) is None or isinstance(layer, keras.layers.DepthwiseConv2D):
+        if models.kernel(layer) is None or isinstance(layer, keras.layers.DepthwiseConv2D):
             continue
         before = int(layer.get_weights()[0].size)
         reason = "excluded by the configuration" if layer.name in config.exclude else \
@@ -135,6 +136,16 @@ def apply(model: keras.Model, config: Config = Config()) -> keras.Model:
     method = Method.get(config.method, "method")
     return _graph.rebuild(model, lambda layer: _factorised(layer, ranks[layer.name], method)
                           if layer.name in ranks else None)
+
+
+def strip(model: keras.Model) -> keras.Model:
+    """The model itself: `apply` builds a plain model with no wrappers."""
+    return model
+
+
+def describe(config: Config) -> str:
+    size = f"energy {config.energy}" if config.energy else f"ratio {config.ratio}"
+    return f"low-rank factorisation ({size}, {config.method})"
 
 
 def _factorised(layer, rank: int, method: Method):

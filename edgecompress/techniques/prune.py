@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._tf import PruneRegistry, keras, tfmot
+from .. import models
 from ..errors import OptionError
 from ..options import Choice
 from . import _layers
@@ -127,8 +128,14 @@ def callbacks(config: Config = Config()) -> list:
 
 
 def strip(model: keras.Model) -> keras.Model:
-    """The model without pruning wrappers, with the zeroed weights kept."""
-    return tfmot.sparsity.keras.strip_pruning(model)
+    """The model without pruning wrappers, with the zeroed weights kept (itself if it has
+    none)."""
+    return tfmot.sparsity.keras.strip_pruning(model) if is_wrapped(model) else model
+
+
+def describe(config: Config) -> str:
+    target = "2:4 sparsity" if config.pattern == "2:4" else f"{config.sparsity:.0%} sparsity"
+    return f"pruning to {target} ({config.schedule})"
 
 
 def is_wrapped(model: keras.Model) -> bool:
@@ -160,7 +167,7 @@ def report(model: keras.Model, config: Config | None = None) -> list[LayerSparsi
     rows = []
     for layer in model.layers:
         kind = layer.__class__.__name__
-        kernel = _layers.kernel(layer)
+        kernel = models.kernel(layer)
         if kernel is None:
             continue
         note = _reason_to_skip(layer, config) if config is not None else ""

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 
 from .._tf import keras, tfmot
+from .. import models
 from ..errors import OptionError
 from ..options import Choice
 from . import _layers
@@ -62,7 +63,7 @@ def apply(model: keras.Model, config: Config = Config()) -> keras.Model:
     """
     _check_stripped(model)
     _layers.check_layer_names(model, config.exclude)
-    base, float_layers = _layers.copy(model), set(config.exclude)
+    base, float_layers = models.copy(model), set(config.exclude)
     custom = {type(layer).__name__: type(layer) for layer in model.layers
               if not _layers.is_builtin(layer)}
     # tfmot decides support with pattern transforms (Conv + BatchNorm + ReLU) that no
@@ -89,6 +90,16 @@ def apply(model: keras.Model, config: Config = Config()) -> keras.Model:
             for name in sorted(float_layers - set(config.exclude))])
         return qat
     raise OptionError(f"tfmot could not quantise `{model.name}`.")
+
+
+def strip(model: keras.Model) -> keras.Model:
+    """The model itself: the converter reads the quantisation wrappers' learned ranges."""
+    return model
+
+
+def describe(config: Config) -> str:
+    return "quantisation-aware training" + (
+        f" ({config.scheme})" if config.scheme != "default" else "")
 
 
 def _refused_layer(error: RuntimeError, model: keras.Model) -> str:

@@ -29,3 +29,12 @@ def apply(model: keras.Model, config: Config = Config()) -> keras.Model:
     """A new zoo model with `model`'s input shape and number of classes."""
     return models.build(config.architecture, input_shape=models.input_shape(model)[1:],
                         classes=int(model.output_shape[-1]), **config.options)
+
+
+def strip(model: keras.Model) -> keras.Model:
+    """The model itself: a student is a plain zoo model."""
+    return model
+
+
+def describe(config: Config) -> str:
+    return f"a fresh {config.architecture} student {config.options}"

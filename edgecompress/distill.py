@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .._tf import keras, tf
-from ..errors import OptionError
+from ._tf import keras, tf
+from .errors import OptionError
 
 NO_LABEL = -1  # an image learned only through the teacher's outputs
 
