@@ -1,6 +1,9 @@
-"""Atomic file output: a reader sees the old file or the whole new one, never half."""
+"""Atomic file output (a reader sees the old file or the whole new one, never half), and
+quiet native code."""
 
+import contextlib
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -50,3 +53,23 @@ def _umask() -> int:
 def write_text(path, text: str) -> Path:
     """Writes `text` (UTF-8) atomically; see `write_bytes`."""
     return write_bytes(path, text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def quiet_native_logs():
+    """Discards what native code (TensorFlow's C++ start-up and converter logs) writes on
+    file descriptor 2, unless EDGECOMPRESS_VERBOSE=1. Python exceptions are unaffected:
+    they are printed after the block."""
+    if os.environ.get("EDGECOMPRESS_VERBOSE") == "1":
+        yield
+        return
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)

@@ -2,17 +2,24 @@
 
 TensorFlow 2.16+ makes ``tf.keras`` Keras 3, which tfmot rejects, so the legacy Keras 2
 (``tf_keras``) is selected before TensorFlow is first imported. Everything else in the
-project takes ``tf``, ``keras`` and ``tfmot`` from here.
+project takes ``tf``, ``keras`` and ``tfmot`` from here. TensorFlow's C++ start-up logs
+(including a "failed call to cuInit" that looks like a failure on every CPU-only machine)
+are discarded unless EDGECOMPRESS_VERBOSE=1.
 """
 
 import os
 
+from ._io import quiet_native_logs
+
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import tensorflow as tf  # noqa: E402
-import tf_keras as keras  # noqa: E402
-import tensorflow_model_optimization as tfmot  # noqa: E402
+with quiet_native_logs():
+    import tensorflow as tf
+    import tf_keras as keras
+    import tensorflow_model_optimization as tfmot
+
+    tf.config.list_physical_devices()  # the CUDA probe logs here, not at the first op
 
 # tfmot's registries of the layers each technique supports (not in its public API).
 from tensorflow_model_optimization.python.core.clustering.keras.clustering_registry import (  # noqa: E402,E501

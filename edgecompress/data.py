@@ -1,11 +1,14 @@
 """Datasets: `.npz` files, folders of class sub-folders, and the built-in shapes.
 
 Images are kept as uint8 NHWC and turned into model input by a named preprocessing
-(`raw`, `unit`, `symmetric`) only when batches are drawn. Nothing here imports TensorFlow.
+(`raw`, `unit`, `symmetric`) only when batches are drawn. A dataset carries the
+preprocessing of the model it feeds (`with_preprocess`), so that it is said once and
+resolved once. Nothing here imports TensorFlow.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import zipfile
 from dataclasses import dataclass
@@ -29,6 +32,11 @@ def preprocess_scale(how) -> tuple[float, float]:
             Preprocess.SYMMETRIC: (127.5, -1.0)}[Preprocess.get(how, "preprocess")]
 
 
+def _scaled(x: np.ndarray, divisor: float, offset: float) -> np.ndarray:
+    x = x.astype(np.float32)
+    return x if divisor == 1 and offset == 0 else x / divisor + offset
+
+
 def preprocess(x: np.ndarray, how) -> np.ndarray:
     """Turns uint8 images into float32 model input.
 
@@ -43,9 +51,7 @@ def preprocess(x: np.ndarray, how) -> np.ndarray:
         >>> preprocess(np.full((1, 2, 2, 3), 255, np.uint8), "unit").max()
         1.0
     """
-    divisor, offset = preprocess_scale(how)
-    x = x.astype(np.float32)
-    return x if divisor == 1 and offset == 0 else x / divisor + offset
+    return _scaled(x, *preprocess_scale(how))
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,12 @@ class Dataset:
     y: np.ndarray | None
     classes: tuple[str, ...]
     source: str
+    preprocess: Preprocess | None = None  # how the images become the model's input
+
+    def __post_init__(self):
+        if self.preprocess is not None:
+            object.__setattr__(self, "preprocess", Preprocess.get(self.preprocess,
+                                                                  "preprocess"))
 
     def __len__(self) -> int:
         return len(self.x)
@@ -76,7 +88,7 @@ class Dataset:
         else:
             index = np.sort(np.random.default_rng(seed).choice(len(self), n, replace=False))
         y = None if self.y is None else self.y[index]
-        return Dataset(self.x[index], y, self.classes, self.source)
+        return dataclasses.replace(self, x=self.x[index], y=y)
 
     def split(self, fraction: float, *, seed: int = 0) -> tuple["Dataset", "Dataset"]:
         """(rest, held out): `fraction` of the images of each class held out at random."""
@@ -89,18 +101,36 @@ class Dataset:
             members = np.flatnonzero(labels == label)
             count = max(1, round(len(members) * fraction))
             held[rng.choice(members, count, replace=False)] = True
-        part = lambda mask, name: Dataset(self.x[mask], labels[mask], self.classes,  # noqa
-                                          f"{self.source} ({name})")
+        part = lambda mask, name: dataclasses.replace(  # noqa: E731
+            self, x=self.x[mask], y=labels[mask], source=f"{self.source} ({name})")
         return part(~held, "train split"), part(held, "held-out split")
 
-    def batches(self, batch_size: int, how) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-        """Yields (preprocessed images, labels) in order, `batch_size` at a time."""
+    def with_preprocess(self, how) -> "Dataset":
+        """The same images, fed to a model with the preprocessing `how` (a `Preprocess` or
+        its name)."""
+        return dataclasses.replace(self, preprocess=how)
+
+    def resolve(self, how=None) -> Preprocess:
+        """`how` if given, else the dataset's own preprocessing, else an `OptionError`."""
+        if how is not None:
+            return Preprocess.get(how, "preprocess")
+        if self.preprocess is None:
+            raise OptionError(f"Say how the images of {self.source} become model input: "
+                              f"preprocess= one of {', '.join(Preprocess.values())}, or "
+                              "dataset.with_preprocess(...).")
+        return self.preprocess
+
+    def batches(self, batch_size: int, how=None
+                ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        """Yields (preprocessed images, labels) in order, `batch_size` at a time; `how`
+        overrides the dataset's preprocessing."""
+        divisor, offset = preprocess_scale(self.resolve(how))
         for start in range(0, len(self), batch_size):
             stop = start + batch_size
             y = None if self.y is None else self.y[start:stop]
-            yield preprocess(self.x[start:stop], how), y
+            yield _scaled(self.x[start:stop], divisor, offset), y
 
-    def representative(self, n: int, how, *, seed: int = 0
+    def representative(self, n: int, how=None, *, seed: int = 0
                        ) -> Callable[[], Iterator[list[np.ndarray]]]:
         """A TFLite `representative_dataset`: `n` images drawn at random, one at a time.
 
@@ -112,6 +142,7 @@ class Dataset:
         if len(self) == 0:
             raise DataError(f"Dataset {self.source} is empty: nothing to calibrate on.")
         sample = self.take(n, seed=seed)
+        how = self.resolve(how)
 
         def generator():
             for x, _ in sample.batches(1, how):
@@ -142,7 +173,7 @@ def _shape_text(shape) -> str:
 
 
 def load(source, *, image_size: tuple[int, int] | None = None, channels: int = 3,
-         samples: int | None = None) -> Dataset:
+         samples: int | None = None, preprocess=None) -> Dataset:
     """Loads a dataset from an `.npz` file, an image folder, or `"shapes"` (built in).
 
     Args:
@@ -152,6 +183,7 @@ def load(source, *, image_size: tuple[int, int] | None = None, channels: int = 3
             input size. Required for folders and shapes.
         channels: 3 (RGB) or 1 (grayscale), for folders and shapes.
         samples: how many shapes to draw (default 1000). Ignored for files.
+        preprocess: how the images become the model's input (see `Dataset.with_preprocess`).
 
     Returns:
         A `Dataset`.
@@ -163,6 +195,10 @@ def load(source, *, image_size: tuple[int, int] | None = None, channels: int = 3
         >>> len(load("shapes", image_size=(16, 16), samples=20))
         20
     """
+    return _load(source, image_size, channels, samples).with_preprocess(preprocess)
+
+
+def _load(source, image_size, channels, samples) -> Dataset:
     if str(source) == BUILTIN:
         if image_size is None:
             raise OptionError("The built-in shapes need an image size.")

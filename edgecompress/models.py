@@ -285,8 +285,16 @@ def build(name: str, **kwargs) -> keras.Model:
     return lookup(ZOO, name, "architecture")(**kwargs)
 
 
-def predict_labels(model: keras.Model, data, preprocess, *, batch_size: int = 256):
-    """Top-1 labels that `model` predicts for every image of a `Dataset`."""
+def rescales_its_input(model: keras.Model) -> bool:
+    """Whether the model's first layer is a Rescaling or Normalization: it then takes pixels
+    as they are (preprocessing `raw`)."""
+    first = [layer for layer in model.layers if type(layer).__name__ != "InputLayer"][:1]
+    return bool(first) and type(first[0]).__name__ in ("Rescaling", "Normalization")
+
+
+def predict_labels(model: keras.Model, data, preprocess=None, *, batch_size: int = 256):
+    """Top-1 labels that `model` predicts for every image of a `Dataset` (fed with
+    `preprocess`, by default the dataset's own)."""
     data.check_fits(input_shape(model))
     labels = [model.predict_on_batch(x).argmax(axis=1) for x, _ in data.batches(batch_size,
                                                                               preprocess)]

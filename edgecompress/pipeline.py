@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import budget, models, recipe, report, tflite
-from .device import verify
+from .device import inspect, verify
 from .errors import OptionError
 from .options import DEFAULT_CALIBRATION_SAMPLES
 
@@ -63,7 +63,7 @@ def discard_partial(out: Path, fresh: bool) -> str:
 
 
 def compress(model, stages: list[recipe.Stage], train_data, eval_data, out: Path, *,
-             preprocess: str, calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
+             preprocess=None, calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
              strategy=None, seed: int = 0, verbose: int = 2, inputs: dict | None = None,
              latency_runs: int = 500, transfer=None,
              max_drop: float = budget.DEFAULT_MAX_DROP) -> dict:
@@ -78,6 +78,9 @@ def compress(model, stages: list[recipe.Stage], train_data, eval_data, out: Path
     file against the budget of `max_drop` points (`report["budget"]`).
 
     Args:
+        preprocess: how images become model input; by default `train_data`'s own.
+        calibration_samples: images of `train_data` drawn at random (seed 0) to calibrate
+            both INT8 files.
         transfer: extra images the distilling stages learn through the teacher only.
 
     Returns:
@@ -85,14 +88,15 @@ def compress(model, stages: list[recipe.Stage], train_data, eval_data, out: Path
     """
     recipe.check_order(stages)
     budget.check_max_drop(max_drop)
-    calibration = train_data.take(min(len(train_data), calibration_samples), seed=seed)
+    preprocess = train_data.resolve(preprocess)
+    calibration = dict(data=train_data, preprocess=preprocess,
+                       calibration_samples=min(len(train_data), calibration_samples))
     keras_labels = models.predict_labels(model, eval_data, preprocess)
     print("[1/4] float and post-training INT8 baselines ...", flush=True)
     files = {"float": tflite.export(model, out / "float.tflite", mode="fp32",
                                     preprocess=preprocess, classes=train_data.classes),
              "PTQ INT8": tflite.export(model, out / "ptq_int8.tflite", mode="int8",
-                                       data=calibration, preprocess=preprocess,
-                                       calibration_samples=len(calibration))}
+                                       **calibration)}
     print(f"[2/4] running {len(stages)} stage(s) ...", flush=True)
     started = time.perf_counter()
     final, records = recipe.run(model, stages, train_data, preprocess=preprocess,
@@ -103,15 +107,18 @@ def compress(model, stages: list[recipe.Stage], train_data, eval_data, out: Path
     models.save(final, out / "model.h5")
     print("[3/4] exporting the result to INT8 ...", flush=True)
     files["recipe INT8"] = tflite.export(final, out / "model_int8.tflite", mode="int8",
-                                         data=calibration, preprocess=preprocess,
-                                         calibration_samples=len(calibration))
+                                         **calibration)
     print(f"[4/4] evaluating {len(files)} files on {len(eval_data):,} images ...",
           flush=True)
     results, rows = judge(files, eval_data, keras_labels, latency_runs=latency_runs)
     keras_correct = keras_labels == eval_data.y
     drops = {name: budget.Drop(**r.drop) for name, r in results.items()}
     judged = budget.verdict(drops["recipe INT8"], max_drop)
-    result = {"rows": rows, "stages": records, "training_seconds": round(training_seconds, 1),
+    warnings = suspicious(results["recipe INT8"], files["recipe INT8"])
+    if warnings and judged["passed"]:
+        judged = {**judged, "passed": False,
+                  "text": f"FAIL: {warnings[0]} ({judged['text'][len('PASS: '):]})"}
+    result = {"rows": rows, "warnings": warnings, "stages": records, "training_seconds": round(training_seconds, 1),
               "keras_accuracy": float(np.mean(keras_correct)),
               "budget": {**judged, "file": "model_int8.tflite"},
               "drops": {name: d.to_json() for name, d in drops.items()},
@@ -126,9 +133,24 @@ def compress(model, stages: list[recipe.Stage], train_data, eval_data, out: Path
                        f"on {train_data.source}. Latency is this machine's.")
     shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)  # the run is complete
     print(f"\non {eval_data.source} ({len(eval_data):,} images); drop and agreement against "
-          f"the float Keras model\n" + report.text_table(rows) + f"\n\nmodel_int8.tflite: "
-          f"{judged['text']}\nwrote {out}/", flush=True)
+          f"the float Keras model\n" + report.text_table(rows) + "\n\n" +
+          "".join(f"warning: {w}\n" for w in warnings) +
+          f"model_int8.tflite: {judged['text']}\nwrote {out}/", flush=True)
     return result
+
+
+def suspicious(evaluation, int8_file: Path) -> list[str]:
+    """What makes the recipe's file unfit whatever its accuracy: float tensors in a file
+    named int8, or predictions that collapsed to one class."""
+    warnings = []
+    floats = inspect.open(int8_file).float_tensors()
+    if floats:
+        warnings.append(f"{int8_file.name} is not fully integer: {len(floats)} float "
+                        f"tensor(s), e.g. {floats[0].name!r}; int8-only targets reject it")
+    if evaluation.samples > 1 and len(np.unique(evaluation.predictions)) == 1:
+        warnings.append(f"{int8_file.name} predicts one class for every image: it has "
+                        "learned nothing usable")
+    return warnings
 
 
 def judge(files: dict, eval_data, keras_labels, *, latency_runs: int = 500,
@@ -159,13 +181,15 @@ def markdown(result: dict) -> str:
     transfer = f" and, through the teacher only, `{result['transfer_data']}`" \
         if result["transfer_data"] else ""
     lines = ["# Compression report", "",
-             f"**model_int8.tflite: {result['budget']['text']}.**", "",
-             f"Accuracy and agreement on `{result['eval_data']}`; fine-tuning on "
-             f"`{result['train_data']}`{transfer}. Drop: points of top-1 accuracy lost against "
-             f"the float Keras model (accuracy {result['keras_accuracy']:.4f}) on the same "
-             "images, with its 95 % interval; agreement: top-1 agreement with it. Latency: "
-             "median single-image invoke on this machine's LiteRT (XNNPACK, 1 thread), not a "
-             "device's.", "", report.markdown_table(result["rows"]), "", "## Stages", ""]
+             f"**model_int8.tflite: {result['budget']['text']}.**", ""]
+    lines += [f"Warning: {w}." for w in result["warnings"]] + [""] * bool(result["warnings"])
+    lines += [f"Accuracy and agreement on `{result['eval_data']}`; fine-tuning on "
+              f"`{result['train_data']}`{transfer}. Drop: points of top-1 accuracy lost "
+              f"against the float Keras model (accuracy {result['keras_accuracy']:.4f}) on "
+              "the same images, with its 95 % interval; agreement: top-1 agreement with it. "
+              "Latency: median single-image invoke on this machine's LiteRT (XNNPACK, 1 "
+              "thread), not a device's.", "", report.markdown_table(result["rows"]), "",
+              "## Stages", ""]
     lines += [f"{i}. {s['stage']}: {s['training']}, {s['seconds']} s"
               for i, s in enumerate(result["stages"], start=1)]
     versions = ", ".join(f"{k} {v}" for k, v in result["provenance"]["versions"].items())

@@ -85,7 +85,7 @@ def check_order(stages: list[Stage]) -> None:
         seen.append(stage.technique)
 
 
-def run(model: keras.Model, stages: list[Stage], train: Dataset, *, preprocess: str,
+def run(model: keras.Model, stages: list[Stage], train: Dataset, *, preprocess=None,
         validation: Dataset | None = None, strategy=None, seed: int = 0, verbose: int = 1,
         checkpoints: Path | None = None, transfer: Dataset | None = None
         ) -> tuple[keras.Model, list[dict]]:
@@ -95,6 +95,7 @@ def run(model: keras.Model, stages: list[Stage], train: Dataset, *, preprocess: 
     (and export) sees a plain model; a QAT model stays quantisation-aware for export.
 
     Args:
+        preprocess: how the images become model input; by default `train`'s own.
         checkpoints: a folder for the model after each completed stage and for epoch
             backups within a stage. Running again with the same folder resumes: completed
             stages are loaded, an interrupted stage continues from its last epoch.
@@ -106,6 +107,7 @@ def run(model: keras.Model, stages: list[Stage], train: Dataset, *, preprocess: 
         seconds and final training / validation metrics.
     """
     check_order(stages)
+    preprocess = train.resolve(preprocess)
     first_distilling = next((i for i, s in enumerate(stages) if s.distill), None)
     if transfer is not None and first_distilling is None:
         raise OptionError("Transfer images are learned only through a teacher: give them to "

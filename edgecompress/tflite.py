@@ -12,7 +12,7 @@ from .device import inspect, metadata
 from ._tf import keras, tf
 from .data import Dataset
 from .errors import DataError, ModelError, OptionError
-from .models import input_shape
+from .models import input_shape, rescales_its_input
 from .options import DEFAULT_CALIBRATION_SAMPLES, Mode, Preprocess
 from . import techniques
 from .techniques import quantize
@@ -21,7 +21,7 @@ CALIBRATED = (Mode.INT8, Mode.INT16X8)
 
 
 def convert(model: keras.Model, *, mode="int8", data: Dataset | None = None,
-            preprocess="raw", calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES) -> bytes:
+            preprocess=None, calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES) -> bytes:
     """Converts a Keras model to `.tflite` bytes.
 
     Training wrappers (pruning, clustering) are stripped first. A quantisation-aware
@@ -31,7 +31,8 @@ def convert(model: keras.Model, *, mode="int8", data: Dataset | None = None,
         model: the Keras model.
         mode: a `Mode` or its name.
         data: calibration images; required for `int8` and `int16x8` unless QAT.
-        preprocess: how `data` becomes model input (`Preprocess` name).
+        preprocess: how `data` becomes model input (`Preprocess` name); by default the
+            dataset's own.
         calibration_samples: how many images of `data`, drawn at random (seed 0), calibrate.
 
     Returns:
@@ -42,16 +43,16 @@ def convert(model: keras.Model, *, mode="int8", data: Dataset | None = None,
         DataError: calibration data missing or not fitting the model.
         ModelError: the converter rejected the model.
     """
-    mode, how = Mode.get(mode, "mode"), Preprocess.get(preprocess, "preprocess")
+    mode = Mode.get(mode, "mode")
     model = techniques.strip(model)
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     if quantize.is_wrapped(model):
         _configure_qat(converter, mode)
     else:
-        _configure(converter, mode, model, data, how, calibration_samples)
+        _configure(converter, mode, model, data, preprocess, calibration_samples)
     try:
-        with warnings.catch_warnings():  # "Statistics for quantized inputs were expected"
-            warnings.simplefilter("ignore", UserWarning)
+        with warnings.catch_warnings(), _io.quiet_native_logs():  # MLIR dumps, statistics
+            warnings.simplefilter("ignore", UserWarning)  # "Statistics for quantized inputs"
             flatbuffer = converter.convert()
     except Exception as e:  # the converter raises ConverterError, ValueError, ...
         message = str(e).strip().splitlines()
@@ -82,7 +83,7 @@ def _configure(converter, mode, model, data, how, samples) -> None:
     if data is None:
         raise DataError(f"Export mode {mode.value} needs calibration data.")
     data.check_fits(input_shape(model))
-    converter.representative_dataset = data.representative(samples, how)
+    converter.representative_dataset = data.representative(samples, data.resolve(how))
     if mode is Mode.INT8:
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         io_type = tf.int8
@@ -104,12 +105,14 @@ def _configure_qat(converter, mode) -> None:
 
 
 def export(model: keras.Model, path, *, mode="int8", data: Dataset | None = None,
-           preprocess="raw", calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
+           preprocess=None, calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
            classes=None) -> Path:
     """Converts `model` and writes the `.tflite` atomically, with its metadata inside.
 
     The metadata records the preprocessing and class names, so that `evaluate` needs no
-    flags for the file.
+    flags for the file. A wrong preprocessing gives a file that predicts garbage, so it is
+    never guessed: it is `preprocess`, else the dataset's own, else `raw` for a model whose
+    first layer rescales its input, else an error.
 
     Args:
         model: the Keras model.
@@ -125,7 +128,7 @@ def export(model: keras.Model, path, *, mode="int8", data: Dataset | None = None
         ...        preprocess="unit")  # doctest: +SKIP
     """
     path = _io.writable_path(path)
-    mode, how = Mode.get(mode, "mode"), Preprocess.get(preprocess, "preprocess")
+    mode, how = Mode.get(mode, "mode"), preprocessing_of(model, data, preprocess)
     flatbuffer = convert(model, mode=mode, data=data, preprocess=how,
                          calibration_samples=calibration_samples)
     if classes is None and data is not None:
@@ -136,7 +139,32 @@ def export(model: keras.Model, path, *, mode="int8", data: Dataset | None = None
     return _io.write_bytes(path, metadata.add(flatbuffer, info))
 
 
-def quantization_errors(model: keras.Model, data: Dataset, *, preprocess="raw",
+def preprocessing_of(model: keras.Model, data: Dataset | None, given=None) -> Preprocess:
+    """How images become `model`'s input: `given`, else `data`'s, else `raw` when the model
+    rescales its own input; warns when `given` would rescale twice.
+
+    Raises:
+        OptionError: nothing says it.
+    """
+    rescales = rescales_its_input(model)
+    if given is not None:
+        how = Preprocess.get(given, "preprocess")
+        if rescales and how is not Preprocess.RAW:
+            warnings.warn(f"`{model.name}` rescales its own input (its first layer), and "
+                          f"preprocess={how.value!r} scales the pixels again: the result is "
+                          "likely wrong. Use preprocess='raw'.", stacklevel=3)
+        return how
+    if data is not None and data.preprocess is not None:
+        return data.preprocess
+    if rescales:
+        return Preprocess.RAW
+    raise OptionError(f"Say how `{model.name}` takes its pixels: preprocess= one of "
+                      f"{', '.join(Preprocess.values())}. Nothing in the model says it (no "
+                      "Rescaling or Normalization first layer), and a wrong guess writes a "
+                      "file that predicts garbage.")
+
+
+def quantization_errors(model: keras.Model, data: Dataset, *, preprocess=None,
                         samples: int = 100) -> list[dict]:
     """Per-operator error of full-INT8 against float, worst first (TFLite's
     QuantizationDebugger): where INT8 accuracy is lost.

@@ -12,7 +12,7 @@ from ._tf import keras, tf
 from .data import Dataset, preprocess as preprocess_images, preprocess_scale
 from .errors import OptionError
 from .models import input_shape
-from .options import STRATEGIES, LearningRate, Preprocess, lookup
+from .options import STRATEGIES, LearningRate, lookup
 from . import distill
 
 
@@ -76,7 +76,7 @@ class FitConfig:
                 f"{self.batch_size})" + (", augmented" if self.augment else ""))
 
 
-def fit(model: keras.Model, data: Dataset, *, preprocess="raw", config: FitConfig = FitConfig(),
+def fit(model: keras.Model, data: Dataset, *, preprocess=None, config: FitConfig = FitConfig(),
         validation: Dataset | None = None, callbacks=(), strategy=None, seed: int = 0,
         verbose: int = 1, teacher: keras.Model | None = None, distill_config=None,
         transfer: Dataset | None = None, **overrides) -> keras.callbacks.History:
@@ -90,7 +90,7 @@ def fit(model: keras.Model, data: Dataset, *, preprocess="raw", config: FitConfi
         model: a Keras classifier with softmax output (built under `strategy.scope()` when
             a strategy is given).
         data: labelled training images.
-        preprocess: a `Preprocess` name.
+        preprocess: a `Preprocess` name; by default the dataset's own.
         config: a `FitConfig`; keyword `overrides` (epochs=..., learning_rate=...) replace
             its fields.
         validation: labelled images evaluated after each epoch (early stopping uses them).
@@ -111,7 +111,7 @@ def fit(model: keras.Model, data: Dataset, *, preprocess="raw", config: FitConfi
         ... # doctest: +SKIP
     """
     config = dataclasses.replace(config, **overrides)
-    how = Preprocess.get(preprocess, "preprocess")
+    how = data.resolve(preprocess)
     data.check_fits(input_shape(model))
     data.require_labels()
     if transfer is not None:

@@ -88,14 +88,15 @@ def test_metadata_replaces_and_keeps_file_runnable(int8_file, test_set):
 
 def test_integer_modes_need_calibration_data(trained, tmp_path):
     with pytest.raises(DataError, match="needs calibration data"):
-        tflite.export(trained[0], tmp_path / "m.tflite", mode="int8")
+        tflite.export(trained[0], tmp_path / "m.tflite", mode="int8", preprocess="unit")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_calibration_data_must_fit(trained, tmp_path):
     wrong = data.shapes(10, size=(8, 8))
     with pytest.raises(DataError, match="8x8 with 3 channels but the model takes 16x16"):
-        tflite.export(trained[0], tmp_path / "m.tflite", mode="int8", data=wrong)
+        tflite.export(trained[0], tmp_path / "m.tflite", mode="int8", data=wrong,
+                      preprocess="unit")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -103,7 +104,8 @@ def test_unknown_mode_and_missing_folder(trained, tmp_path):
     with pytest.raises(OptionError, match="fp32, fp16, dynamic, int8, int16x8"):
         tflite.convert(trained[0], mode="int4")
     with pytest.raises(OptionError, match="does not exist"):
-        tflite.export(trained[0], tmp_path / "no" / "m.tflite", mode="fp32")
+        tflite.export(trained[0], tmp_path / "no" / "m.tflite", mode="fp32",
+                      preprocess="unit")
 
 
 def test_no_public_name_is_shadowed_by_a_submodule():
@@ -115,3 +117,19 @@ def test_no_public_name_is_shadowed_by_a_submodule():
     assert callable(edgecompress.export) and callable(edgecompress.convert)
     assert not [name for name in edgecompress.__all__
                 if importlib.util.find_spec(f"edgecompress.{name}") is not None]
+
+
+def test_the_preprocessing_is_never_guessed(trained, train_set, tmp_path):
+    with pytest.raises(OptionError, match="Say how `tiny_cnn` takes its pixels"):
+        tflite.export(trained[0], tmp_path / "m.tflite", mode="int8", data=train_set)
+    assert list(tmp_path.iterdir()) == []
+    path = tflite.export(trained[0], tmp_path / "m.tflite", mode="int8",
+                         data=train_set.with_preprocess("unit"))  # the dataset says it
+    assert metadata.read(path.read_bytes())["preprocess"] == "unit"
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    scaling = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(x)))
+    path = tflite.export(scaling, tmp_path / "s.tflite", mode="fp32")  # the model says it
+    assert metadata.read(path.read_bytes())["preprocess"] == "raw"
+    with pytest.warns(UserWarning, match="rescales its own input"):
+        tflite.export(scaling, tmp_path / "s.tflite", mode="fp32", preprocess="unit")

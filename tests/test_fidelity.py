@@ -7,13 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import warnings
+
 import numpy as np
 import pytest
 
-from edgecompress import budget, cli, data, models, recipe, train
+from edgecompress import budget, cli, data, distill, models, pipeline, recipe, train
 from edgecompress._tf import keras
 from edgecompress.errors import OptionError
-from edgecompress import distill
+from edgecompress.techniques import quantize
 from conftest import write_npz
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -235,3 +237,22 @@ def test_training_accuracy_counts_labelled_images_only(trained, train_set):
     # the model gets most labelled images right; counting the 600 unlabelled ones as
     # class 0 would show about 0.15 (measured before the fix)
     assert history.history["accuracy"][-1] >= 0.5
+
+
+def test_a_recipe_file_that_is_not_fully_integer_breaks_the_budget(train_set, test_set,
+                                                                  tmp_path):
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.LayerNormalization()(keras.layers.Conv2D(4, 3)(inputs))  # QAT leaves it
+    outputs = keras.layers.Dense(10, activation="softmax")(  # float
+        keras.layers.GlobalAveragePooling2D()(x))
+    stages = [recipe.Stage("qat", quantize.Config(), train.FitConfig(steps=2))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = pipeline.compress(keras.Model(inputs, outputs), stages,
+                                   train_set.take(64).with_preprocess("unit"),
+                                   test_set.take(20).with_preprocess("unit"), tmp_path,
+                                   latency_runs=2, max_drop=100, verbose=0)
+    assert not result["budget"]["passed"]
+    assert "model_int8.tflite is not fully integer" in result["budget"]["text"]
+    assert "Warning: model_int8.tflite is not fully integer" in (tmp_path / "report.md"
+                                                                 ).read_text()

@@ -114,3 +114,20 @@ def test_recipe_help_and_argument_errors_do_not_import_tensorflow():
                 f"except SystemExit as e:\n    assert e.code == {status}, e.code" + NO_TENSORFLOW)
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-500:]
+
+
+def test_the_classification_output_is_chosen_by_shape(trained, test_set, tmp_path):
+    from edgecompress import tflite
+    from edgecompress._tf import keras
+
+    base = trained[0]
+    side = keras.layers.Dense(1, name="side")(base.layers[-2].output)  # [1, 1], first
+    two = keras.Model(base.input, [side, base.output])
+    path = tflite.export(two, tmp_path / "two.tflite", mode="fp32", preprocess="unit")
+    reference = models.predict_labels(base, test_set, "unit")
+    assert verify.evaluate(path, test_set, reference=reference,
+                           latency_runs=1).agreement > 0.99
+    twice = keras.Model(base.input, [base.output, base.output * 2])
+    path = tflite.export(twice, tmp_path / "twice.tflite", mode="fp32", preprocess="unit")
+    with pytest.raises(ModelError, match="2 of them score classes"):
+        verify.evaluate(path, test_set)

@@ -58,7 +58,8 @@ def _add_export(commands) -> None:
                         "default int8")
     p.add_argument("--data", help=f"calibration images: {DATA_HELP}; needed by int8 and "
                                   "int16x8")
-    add_preprocess(p, default="raw", why="default raw")
+    add_preprocess(p, default=None, why="required unless the model's first layer rescales "
+                   "its input (then raw); a wrong one writes a file that predicts garbage")
     add_calibration_samples(p)
     add_allow_code(p)
     p.set_defaults(run=run_export)
@@ -106,6 +107,7 @@ def run_evaluate(args) -> int:
     if args.json:
         _io.writable_path(args.json)
     model = inspect.open(args.model)
+    _warn_if_contradicted(model, args.preprocess)
     data = load_data_for(args.data, model.input_shape)
     reference = None
     if args.reference:
@@ -118,6 +120,14 @@ def run_evaluate(args) -> int:
         report.write_json(args.json, result.to_json())
         print(f"wrote {args.json}")
     return 0
+
+
+def _warn_if_contradicted(model, given) -> None:
+    stored = model.metadata.get("preprocess")
+    if given and stored and given != stored:
+        print(f"warning: --preprocess {given} contradicts the preprocessing recorded in the "
+              f"file ({stored}); the recorded one is what the model was exported with",
+              file=sys.stderr)
 
 
 def _reference_labels(path, data, model, args):
@@ -275,6 +285,7 @@ def run_verify(args) -> int:
         targets.load_file(args.targets_file)
     target = targets.get(args.target)
     model = inspect.open(args.model)
+    _warn_if_contradicted(model, args.preprocess)
     data = load_data_for(args.data, model.input_shape) if args.data else None
     if target.runtime == "tflm" and not micro.available():
         print("note: tflite-micro is not installed (pip install 'edgecompress[mcu]'): "

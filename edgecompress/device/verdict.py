@@ -212,4 +212,4 @@ def _compare_with_litert(runner, sample, how, micro_outputs) -> Check:
     return Check("TFLite Micro vs LiteRT", PASS if ok else FAIL,
                  f"{differ} of {len(sample)} predictions differ, max output difference "
                  f"{largest:g}", "<= 1 % differ",
-                 "LiteRT reference kernels, which agree with TFLite Micro's (STACK.md)")
+                 "against LiteRT's reference kernels, which agree with TFLite Micro's")

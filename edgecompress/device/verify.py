@@ -30,7 +30,7 @@ class LiteRTModel:
         threads: CPU threads for the interpreter.
         kernels: `"xnnpack"` (LiteRT's default, what a phone runs), `"builtin"` (LiteRT's
             optimised kernels without delegates) or `"reference"` (the reference kernels,
-            which agree with TFLite Micro; see STACK.md).
+            which agree with TFLite Micro).
     """
 
     RESOLVERS = {"xnnpack": OpResolverType.AUTO,
@@ -51,7 +51,8 @@ class LiteRTModel:
                              f"{str(e).strip()[:200]}") from None
         self.threads, self.kernels = threads, kernels
         self.input = self.interpreter.get_input_details()[0]
-        self.output = self.interpreter.get_output_details()[0]
+        self.output = classification_output(self.interpreter.get_output_details(),
+                                            self.file.path)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -98,6 +99,20 @@ class LiteRTModel:
             self.interpreter.invoke()
             times[i] = time.perf_counter() - t
         return times * 1000
+
+
+def classification_output(outputs: list[dict], path: str) -> dict:
+    """The one output that scores classes (shape [1, K], K > 1); a model with several
+    such outputs is refused rather than scored on a guess."""
+    if len(outputs) == 1:
+        return outputs[0]
+    scores = [o for o in outputs if len(o["shape"]) == 2 and o["shape"][-1] > 1]
+    if len(scores) != 1:
+        shapes = ", ".join(f"{o['name']} {list(o['shape'])}" for o in outputs)
+        raise ModelError(f"`{path}` has {len(outputs)} outputs ({shapes}) and "
+                         f"{len(scores)} of them score classes; export a model whose one "
+                         "classification output is clear.")
+    return scores[0]
 
 
 def to_input_type(x: np.ndarray, dtype, scale: float, zero_point: int) -> np.ndarray:
@@ -212,7 +227,8 @@ def check_labels(labels: np.ndarray, classes, file: inspect.Model) -> None:
     Raises:
         DataError: with what does not match.
     """
-    outputs = file.tensors[file.outputs[0]].shape[-1] if file.outputs else 0
+    outputs = max((file.tensors[i].shape[-1] for i in file.outputs if file.tensors[i].shape),
+                  default=0)  # the classification output is the widest
     if len(labels) and (labels.min() < 0 or labels.max() >= outputs):
         raise DataError(f"The labels run from {labels.min()} to {labels.max()}, but "
                         f"`{file.path}` predicts {outputs} classes (0 to {outputs - 1}): the "
