@@ -118,7 +118,8 @@ def compress(model, stages: list[recipe.Stage], train_data, eval_data, out: Path
     if warnings and judged["passed"]:
         judged = {**judged, "passed": False,
                   "text": f"FAIL: {warnings[0]} ({judged['text'][len('PASS: '):]})"}
-    result = {"rows": rows, "warnings": warnings, "stages": records, "training_seconds": round(training_seconds, 1),
+    result = {"rows": rows, "warnings": warnings, "stages": records,
+              "training_seconds": round(training_seconds, 1),
               "keras_accuracy": float(np.mean(keras_correct)),
               "budget": {**judged, "file": "model_int8.tflite"},
               "drops": {name: d.to_json() for name, d in drops.items()},
