@@ -1,4 +1,6 @@
 import json
+import shutil
+import subprocess
 import os
 
 import numpy as np
@@ -123,3 +125,32 @@ def test_evaluate_warns_when_the_reference_is_another_model(capsys, int8_file, n
     unrelated = models.save(models.tiny_cnn((16, 16, 3), filters=(4, 4)), tmp_path / "u.h5")
     status, out, _ = run(capsys, "evaluate", int8_file, "--data", npz, "--reference", unrelated)
     assert status == 0 and "agreement below 50 %" in out
+
+
+def test_to_c_writes_the_files_bytes_as_an_aligned_array(capsys, int8_file, tmp_path):
+    import re
+
+    status, out, _ = run(capsys, "to-c", int8_file, "-o", tmp_path / "model_data.cc",
+                         "--name", "g_tiny")
+    assert status == 0 and "model_data.h" in out
+    source = (tmp_path / "model_data.cc").read_text()
+    header = (tmp_path / "model_data.h").read_text()
+    assert "alignas(16) const unsigned char g_tiny[]" in source
+    array = bytes(int(v, 16) for v in re.findall(r"0x([0-9a-f]{2})", source))
+    assert array == int8_file.read_bytes()
+    assert f"g_tiny_len = {len(array)};" in header
+    arena = int(re.search(r"g_tiny_arena_bytes = (\d+);", header).group(1))
+    assert arena > 0
+    assert run(capsys, "to-c", int8_file, "-o", tmp_path / "m.cc", "--name", "9x")[0] == 2
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="no C++ compiler on this machine")
+def test_the_c_array_compiles(capsys, int8_file, tmp_path):
+    assert run(capsys, "to-c", int8_file, "-o", tmp_path / "model_data.cc")[0] == 0
+    main = tmp_path / "main.cc"
+    main.write_text('#include "model_data.h"\nstatic_assert(g_model_arena_bytes > 0);\n'
+                    "int main() { return reinterpret_cast<unsigned long>(g_model) % 16 == 0 "
+                    "&& g_model[4] == 'T' && g_model[7] == '3' && g_model_len > 8 ? 0 : 1; }\n")
+    subprocess.run(["g++", "-std=c++17", "-o", str(tmp_path / "check"), str(main),
+                    str(tmp_path / "model_data.cc")], check=True, cwd=tmp_path)
+    assert subprocess.run([str(tmp_path / "check")]).returncode == 0

@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inspect(commands)
     _add_targets(commands)
     _add_verify(commands)
+    _add_to_c(commands)
     _add_demo(commands)
     return parser
 
@@ -307,6 +308,30 @@ def run_verify(args) -> int:
     if args.markdown:
         report.write_text(args.markdown, result.to_markdown())
     return 0 if result.passed else 1
+
+
+def _add_to_c(commands) -> None:
+    p = commands.add_parser(
+        "to-c", help="write a .tflite as a C++ array for TensorFlow Lite Micro firmware",
+        description="Write the .tflite as a 16-byte aligned const C++ array (a .cc file) "
+                    "and a header beside it declaring the array, its length and the tensor "
+                    "arena it needs: TFLite Micro's measured minimum when tflite-micro is "
+                    "installed, else the peak activation estimate.")
+    p.add_argument("model", help="the .tflite file")
+    p.add_argument("-o", "--output", required=True, help="the .cc file to write (the .h "
+                                                         "goes beside it)")
+    p.add_argument("--name", default="g_model",
+                   help="C name of the array (default g_model; also NAME_len and "
+                        "NAME_arena_bytes)")
+    p.set_defaults(run=run_to_c)
+
+
+def run_to_c(args) -> int:
+    from ..device import c_array, inspect
+
+    source, header = c_array.write(inspect.open(args.model), args.output, name=args.name)
+    print(f"wrote {source} and {header}")
+    return 0
 
 
 def _add_demo(commands) -> None:
