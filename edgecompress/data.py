@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -265,33 +266,43 @@ def _as_labels(y, count: int, path) -> np.ndarray | None:
 
 
 def load_folder(path, *, image_size: tuple[int, int], channels: int = 3) -> Dataset:
-    """Loads `path/<class>/<image>` files, sorted by class then file name, resized."""
+    """Loads `path/<class>/<image>` files, sorted by class then file name, resized.
+
+    A file that is not a readable image (a stray note, a thumbnail database) is skipped
+    with one warning naming every such file."""
     path = Path(path)
     class_dirs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(class_dirs) < 2:
         raise DataError(f"Image folder `{path}` has {len(class_dirs)} class sub-folder(s); "
                         "it needs one sub-folder of images per class, at least two.")
-    images, labels = [], []
+    images, labels, skipped = [], [], []
     for label, class_dir in enumerate(class_dirs):
         files = sorted(p for p in class_dir.iterdir() if p.is_file() and not p.name.startswith("."))
-        if not files:
-            raise DataError(f"Class folder `{class_dir}` has no images.")
         for file in files:
-            images.append(_read_image(file, image_size, channels))
+            image = _read_image(file, image_size, channels)
+            if image is None:
+                skipped.append(file)
+                continue
+            images.append(image)
             labels.append(label)
+        if label not in labels:
+            raise DataError(f"Class folder `{class_dir}` has no images.")
+    if skipped:
+        warnings.warn(f"Skipped {len(skipped)} file(s) that are not readable images: "
+                      f"{', '.join(str(f) for f in skipped)}", stacklevel=2)
     x = np.stack(images)
     return Dataset(x, np.array(labels, np.int64), tuple(d.name for d in class_dirs), str(path))
 
 
-def _read_image(file: Path, image_size, channels: int) -> np.ndarray:
+def _read_image(file: Path, image_size, channels: int) -> np.ndarray | None:
+    """The image resized, or None when the file is not a readable image."""
     try:
         with Image.open(file) as image:
             image = image.convert("RGB" if channels == 3 else "L")
             image = image.resize((image_size[1], image_size[0]), Image.BILINEAR)
             array = np.asarray(image, np.uint8)
-    except (UnidentifiedImageError, OSError) as e:
-        raise DataError(f"`{file}` is not a readable image ({e.__class__.__name__}). "
-                        "Remove it from the image folder.") from None
+    except (UnidentifiedImageError, OSError):
+        return None
     return array.reshape(image_size[0], image_size[1], channels)
 
 

@@ -54,8 +54,6 @@ def _api_cases(f, model, int8_file):
          lambda: data.load(f / "gray.npz").check_fits(models.input_shape(model)), "1 channel"),
         ("folder with one class", lambda: data.load(f / "one_class", image_size=(8, 8)),
          "at least two"),
-        ("folder with a non-image file", lambda: data.load(f / "junk_file", image_size=(8, 8)),
-         "notes.txt` is not a readable image"),
         ("zero shapes", lambda: data.shapes(0), "at least 1"),
         ("unknown preprocessing", lambda: data.preprocess(shapes.x, "bgr"), "raw, unit"),
         ("calibration set of size 0", lambda: tflite.export(
@@ -95,6 +93,18 @@ def _api_cases(f, model, int8_file):
 
 
 API_CASES = [name for name, _, _ in _api_cases(Path(), None, None)]  # the calls run later
+
+
+def test_a_stray_file_in_an_image_folder_is_skipped_by_name(inputs):
+    with pytest.warns(UserWarning, match="Skipped 1 file.*notes.txt"):
+        loaded = data.load(inputs / "junk_file", image_size=(8, 8))
+    assert len(loaded) == 2 and loaded.classes == ("cats", "dogs")
+    (inputs / "empty_class" / "cats").mkdir(parents=True)
+    (inputs / "empty_class" / "dogs").mkdir()
+    (inputs / "empty_class" / "dogs" / "notes.txt").write_text("hello")
+    Image.new("RGB", (8, 8)).save(inputs / "empty_class" / "cats" / "a.png")
+    with pytest.raises(EdgeCompressError, match="dogs` has no images"):
+        data.load(inputs / "empty_class", image_size=(8, 8))
 
 
 @pytest.mark.parametrize("case", API_CASES)

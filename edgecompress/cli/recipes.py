@@ -37,7 +37,7 @@ def parser(description: str) -> argparse.ArgumentParser:
                         "--train-data)")
     p.add_argument("--eval-fraction", type=float, default=0.2,
                    help="share of --train-data held out when --eval-data is not given")
-    common.add_preprocess(p, default="raw", why="default raw (as the MLPerf Tiny ResNet-8)")
+    common.add_preprocess(p, default="raw", why="default %(default)s")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     p.add_argument("--resume", action="store_true",
