@@ -212,6 +212,7 @@ def test_recipe_exit_status_follows_the_budget(trained, npz_pair, tmp_path):
     assert drop["low"] <= drop["points"] <= drop["high"]
 
 
+@pytest.mark.slow
 def test_recipe_refuses_a_budget_out_of_range(trained, npz_pair, tmp_path):
     done = _qat_recipe(trained, npz_pair, tmp_path / "out", "--max-drop", 150)
     assert done.returncode == 2 and "between 0 and 100" in done.stderr
