@@ -20,6 +20,8 @@ with quiet_native_logs():
     import tensorflow_model_optimization as tfmot
 
     tf.config.list_physical_devices()  # the CUDA probe logs here, not at the first op
+if os.environ.get("EDGECOMPRESS_VERBOSE") != "1":
+    tf.get_logger().setLevel("ERROR")  # e.g. "Compiled the loaded model, but the metrics..."
 
 # tfmot's registries of the layers each technique supports (not in its public API).
 from tensorflow_model_optimization.python.core.clustering.keras.clustering_registry import (  # noqa: E402,E501
