@@ -192,3 +192,13 @@ def test_without_tflite_micro_mcu_accuracy_runs_on_reference_kernels(int8_file, 
                              test_set.take(20), None, None, None, 20, 5)
     accuracy = next(c for c in result.checks if c.name == "accuracy")
     assert "reference kernels" in accuracy.note  # XNNPACK changes ~2 % of predictions
+
+
+def test_mcu_latency_is_a_range_calibrated_on_published_figures():
+    resnet8_macs = 12_501_632  # the MLPerf Tiny ResNet-8 (edgecompress inspect)
+    optimised, reference = targets.get("mcu-cortex-m4").estimate_ms(resnet8_macs)
+    assert 160 <= optimised <= 170 and 690 <= reference <= 720  # published: 165 / 704 ms
+    low, _ = targets.get("mcu-cortex-m7").estimate_ms(resnet8_macs)
+    assert abs(low - 40.8 * 280 / 480) < 0.5  # published 40.8 ms at 280 MHz, at 480 MHz
+    with pytest.raises(OptionError, match="cycles_per_mac"):
+        targets.Target("x", "d", runtime="tflm", cycles_per_mac=(3.0, 1.0))
