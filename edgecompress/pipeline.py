@@ -66,7 +66,7 @@ def compress(model, stages: list[recipe.Stage], train_data, eval_data, out: Path
              preprocess=None, calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
              strategy=None, seed: int = 0, verbose: int = 2, inputs: dict | None = None,
              latency_runs: int = 500, transfer=None,
-             max_drop: float = budget.DEFAULT_MAX_DROP) -> dict:
+             max_drop: float = budget.DEFAULT_MAX_DROP, keras3: bool = False) -> dict:
     """Runs `stages` on `model` and compares the result with the float and PTQ INT8 baselines.
 
     Writes in `out`: `float.tflite`, `ptq_int8.tflite`, `model_int8.tflite` (the recipe's
@@ -82,6 +82,8 @@ def compress(model, stages: list[recipe.Stage], train_data, eval_data, out: Path
         calibration_samples: images of `train_data` drawn at random (seed 0) to calibrate
             both INT8 files.
         transfer: extra images the distilling stages learn through the teacher only.
+        keras3: also write the final model as a Keras 3 `model.keras` (when the input was
+            Keras 3), unless it is quantisation-aware: then the `.tflite` is the product.
 
     Returns:
         The report as a dict.
@@ -105,6 +107,8 @@ def compress(model, stages: list[recipe.Stage], train_data, eval_data, out: Path
                                 transfer=transfer)
     training_seconds = time.perf_counter() - started
     models.save(final, out / "model.h5")
+    if keras3:
+        _save_keras3(final, out / "model.keras")
     print("[3/4] exporting the result to INT8 ...", flush=True)
     files["recipe INT8"] = tflite.export(final, out / "model_int8.tflite", mode="int8",
                                          **calibration)
@@ -152,6 +156,17 @@ def suspicious(evaluation, int8_file: Path) -> list[str]:
         warnings.append(f"{int8_file.name} predicts one class for every image: it has "
                         "learned nothing usable")
     return warnings
+
+
+def _save_keras3(model, path: Path) -> None:
+    from .models import bridge
+    from .techniques import quantize
+
+    if quantize.is_wrapped(model):
+        print(f"note: {path.name} (Keras 3) not written: a quantisation-aware model lives on "
+              "as model_int8.tflite; Keras 3 cannot hold tfmot's wrappers", flush=True)
+        return
+    bridge.save_keras3(model, path)
 
 
 def judge(files: dict, eval_data, keras_labels, *, latency_runs: int = 500,

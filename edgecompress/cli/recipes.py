@@ -147,6 +147,12 @@ def load_inputs(args):
     return model, train_data, eval_data, transfer
 
 
+def _is_keras3(model: str) -> bool:
+    from ..models import bridge
+
+    return not model.startswith("zoo:") and bridge.is_keras3_file(Path(model))
+
+
 def _zoo_model(name: str, train_data, args):
     """An untrained zoo model for `train_data`'s images and classes, seeded; `--alpha` (the
     folder recipe's) only for the architectures that take it."""
@@ -194,6 +200,7 @@ def script_main(description: str, build_stages, argv=None, extra_arguments=None)
             calibration_samples=args.calibration_samples,
             strategy=train.strategy(args.strategy), seed=args.seed,
             verbose=0 if args.quiet else 2, transfer=transfer, max_drop=args.max_drop,
+            keras3=_is_keras3(args.model),
             inputs={"model": args.model, "train_data": args.train_data,
                     "eval_data": args.eval_data, "transfer_data": args.transfer_data})
         if not result["budget"]["passed"]:

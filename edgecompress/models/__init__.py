@@ -1,4 +1,5 @@
-"""Loading and saving Keras models, and the zoo of architectures built in code."""
+"""Loading and saving Keras models (Keras 2 through tf_keras, Keras 3 through `bridge`),
+and the zoo of architectures built in code."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ._tf import keras, tfmot
-from .errors import ModelError, OptionError
-from .options import lookup
+from .._tf import keras, tfmot
+from ..errors import ModelError, OptionError
+from ..options import lookup
 
 # Layers whose saved config carries Python code that loading would run.
 CODE_LAYERS = ("Lambda",)
@@ -21,8 +22,10 @@ CODE_LAYERS = ("Lambda",)
 def load(path, *, allow_code: bool = False) -> keras.Model:
     """Loads a Keras model from `.h5`, `.keras` or a SavedModel folder.
 
-    Models saved while wrapped for pruning, quantisation-aware training or clustering load
-    too. Loading never runs code stored in the file (a `Lambda` layer) unless `allow_code`.
+    A file written by Keras 3 is rebuilt as the equivalent tf_keras model (`bridge`), whose
+    outputs are checked against the original's. Models saved while wrapped for pruning,
+    quantisation-aware training or clustering load too. Loading never runs code stored in
+    the file (a `Lambda` layer) unless `allow_code`.
 
     Args:
         path: the model file or SavedModel folder.
@@ -42,6 +45,10 @@ def load(path, *, allow_code: bool = False) -> keras.Model:
         raise ModelError(f"Model `{path}` does not exist.")
     if not allow_code:
         _refuse_code(path)
+    from . import bridge
+
+    if bridge.is_keras3_file(path):
+        return bridge.load(path, allow_code=allow_code)
     try:
         with tfmot.quantization.keras.quantize_scope(), tfmot.sparsity.keras.prune_scope(), \
                 tfmot.clustering.keras.cluster_scope():
