@@ -71,7 +71,8 @@ def compress(model, stages: list[recipe.Stage], train_data, eval_data, out: Path
 
     Writes in `out`: `float.tflite`, `ptq_int8.tflite`, `model_int8.tflite` (the recipe's
     result), `model.h5` (the final Keras model, stripped of pruning/clustering wrappers),
-    `report.json`, `report.md` and `report.html` (with plots).
+    `recipe.json` (the stages, for `edgecompress run`), `report.json`, `report.md` and
+    `report.html` (with plots).
 
     Every file is judged on `eval_data` against the float Keras model on the same images:
     accuracy, the paired drop with its 95 % interval, and top-1 agreement; the recipe's
@@ -91,6 +92,7 @@ def compress(model, stages: list[recipe.Stage], train_data, eval_data, out: Path
     recipe.check_order(stages)
     budget.check_max_drop(max_drop)
     preprocess = train_data.resolve(preprocess)
+    recipe.save(stages, out / "recipe.json")
     calibration = dict(data=train_data, preprocess=preprocess,
                        calibration_samples=min(len(train_data), calibration_samples))
     keras_labels = models.predict_labels(model, eval_data, preprocess)

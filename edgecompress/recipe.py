@@ -1,4 +1,9 @@
-"""Recipes: ordered stages of techniques with fine-tuning, run and recorded in a report."""
+"""Recipes: ordered stages of techniques with fine-tuning, run and recorded in a report.
+
+A recipe is also data: `to_json` / `from_json` (and `save` / `load` for files) turn its
+stages, with their frozen Configs and fine-tuning, into JSON and back, so that a run can be
+reproduced and a search can hand its winner to `edgecompress run recipe.json`.
+"""
 
 from __future__ import annotations
 
@@ -193,3 +198,83 @@ def _record(stage: Stage, history, seconds: float, samples: int) -> dict:
             "fit": dataclasses.asdict(stage.fit), "steps": stage.fit.total_steps(samples),
             "training": stage.fit.describe(samples), "seconds": round(seconds, 1),
             "metrics": metrics}
+
+
+# --- recipes as data ---------------------------------------------------------------------
+
+FORMAT = "edgecompress-recipe/1"
+
+
+def to_json(stages: list[Stage]) -> dict:
+    """The stages as a JSON-ready dict that `from_json` turns back into equal stages."""
+    return {"format": FORMAT, "stages": [
+        {"technique": s.technique,
+         "config": dataclasses.asdict(s.config) if s.config is not None else None,
+         "fit": dataclasses.asdict(s.fit),
+         "distill": dataclasses.asdict(s.distill) if s.distill is not None else None}
+        for s in stages]}
+
+
+def from_json(recipe: dict) -> list[Stage]:
+    """Stages from a dict made by `to_json`, checked as if built in Python.
+
+    Raises:
+        OptionError: another format, an unknown technique or key, or a bad value; the
+            message names the stage and the key.
+    """
+    if not isinstance(recipe, dict) or recipe.get("format") != FORMAT:
+        raise OptionError(f"Not an edgecompress recipe: expected \"format\": \"{FORMAT}\".")
+    stages = []
+    for i, entry in enumerate(recipe.get("stages", []), start=1):
+        where = f"Recipe stage {i}"
+        _check_keys(entry, {"technique", "config", "fit", "distill"}, where)
+        technique = entry.get("technique")
+        config = entry.get("config")
+        if technique != "finetune":
+            config = _dataclass(techniques.get(technique).Config, config or {}, where)
+        stage = Stage(technique, config, _dataclass(FitConfig, entry.get("fit") or {}, where),
+                      _dataclass(distill.Config, entry["distill"], where)
+                      if entry.get("distill") is not None else None)
+        stages.append(stage)
+    check_order(stages)
+    return stages
+
+
+def _check_keys(entry, allowed: set, where: str) -> None:
+    if not isinstance(entry, dict):
+        raise OptionError(f"{where} must be a JSON object. Received: {entry!r}.")
+    unknown = sorted(set(entry) - allowed)
+    if unknown:
+        raise OptionError(f"{where}: unknown key(s) {', '.join(unknown)}; "
+                          f"expected {', '.join(sorted(allowed))}.")
+
+
+def _dataclass(cls, values: dict, where: str):
+    """`cls(**values)` with JSON lists turned back into the tuples the Config expects."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    _check_keys(values, set(fields), f"{where} ({cls.__module__.split('.')[-1]})")
+    converted = {}
+    for name, value in values.items():
+        default = fields[name].default
+        converted[name] = tuple(value) if isinstance(default, tuple) and isinstance(
+            value, list) else value
+    try:
+        return cls(**converted)
+    except TypeError as e:
+        raise OptionError(f"{where}: {e}.") from None
+
+
+def save(stages: list[Stage], path) -> Path:
+    """Writes the recipe as JSON (atomically)."""
+    return _io.write_text(path, json.dumps(to_json(stages), indent=2) + "\n")
+
+
+def load(path) -> list[Stage]:
+    """Reads a recipe written by `save` (or by hand in the same format)."""
+    try:
+        recipe = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise OptionError(f"Recipe `{path}` does not exist.") from None
+    except (OSError, ValueError) as e:
+        raise OptionError(f"Cannot read recipe `{path}`: {e}.") from None
+    return from_json(recipe)

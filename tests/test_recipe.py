@@ -181,3 +181,46 @@ def test_mirrored_strategy_matches_the_plain_path():
     # QAT's moving-average ranges are kept per replica (tensorflow/model-optimization#1068):
     # measured 0.006 on this model; a broken strategy path differs by tenths.
     assert differences["qat"] < 0.03
+
+
+def test_a_recipe_round_trips_through_json_and_bad_files_are_refused(tmp_path):
+    from edgecompress import distill
+    from edgecompress.techniques import channels, quantize
+
+    fit = train.FitConfig(steps=10, augment=True)
+    stages = [recipe.pruning(fit, 100, sparsity=0.5, distill=distill.Config(alpha=0.2)),
+              recipe.Stage("qat", quantize.Config(scheme="prune-preserve"), fit)]
+    assert recipe.load(recipe.save(stages, tmp_path / "r.json")) == stages
+    shrink = [recipe.Stage("channels", channels.Config(ratio=0.5, ratios={"c": 0.25},
+                                                       exclude=("d",)), fit)]
+    assert recipe.from_json(json.loads(json.dumps(recipe.to_json(shrink)))) == shrink
+    good = recipe.to_json(stages)
+    for broken, message in [
+            ({**good, "format": "other"}, "Not an edgecompress recipe"),
+            ({**good, "stages": [{**good["stages"][0], "colour": 1}]}, "unknown key"),
+            ({**good, "stages": [{**good["stages"][0], "technique": "sharpen"}]},
+             "`technique` must be one of"),
+            ({**good, "stages": [{**good["stages"][0], "config": {"sparsity": 2}}]},
+             "sparsity"),
+            ({**good, "stages": good["stages"][::-1]}, "no stage prunes before it")]:
+        with pytest.raises(OptionError, match=message):
+            recipe.from_json(broken)
+
+
+def test_edgecompress_run_reproduces_a_recipe_file(tmp_path, capsys):
+    from edgecompress import cli
+    from edgecompress.techniques import quantize
+
+    path = recipe.save([recipe.Stage("qat", quantize.Config(), train.FitConfig(steps=2))],
+                       tmp_path / "r.json")
+    common = ["--model", "zoo:tiny_cnn", "--image-size", "16", "--train-data", "shapes",
+              "--preprocess", "unit", "--train-samples", "64", "--eval-samples", "32",
+              "--calibration-samples", "16", "--quiet", "--max-drop", "100"]
+    assert cli.main(["run", str(path), *common, "--out", str(tmp_path / "out")]) == 0
+    assert recipe.load(tmp_path / "out" / "recipe.json") == recipe.load(path)
+    assert (tmp_path / "out" / "model_int8.tflite").exists()
+    capsys.readouterr()
+    assert cli.main(["run", str(path), *common, "--steps", "5", "--out",
+                     str(tmp_path / "again")]) == 2
+    assert "--steps has no effect here" in capsys.readouterr().err
+    assert not (tmp_path / "again").exists()

@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_targets(commands)
     _add_verify(commands)
     _add_to_c(commands)
+    _add_run(commands)
     _add_demo(commands)
     return parser
 
@@ -332,6 +333,38 @@ def run_to_c(args) -> int:
     source, header = c_array.write(inspect.open(args.model), args.output, name=args.name)
     print(f"wrote {source} and {header}")
     return 0
+
+
+def _add_run(commands) -> None:
+    from . import recipes
+
+    shared = recipes.parser("")
+    p = commands.add_parser(
+        "run", help="run a recipe saved as JSON (recipe.json of an earlier run, a search's "
+                    "winner, or written by hand)",
+        parents=[shared], add_help=False, conflict_handler="resolve",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run the stages of a recipe file on a model: the float and PTQ INT8 "
+                    "baselines, the stages, the INT8 export, the evaluation and the report, "
+                    "as the scripts in recipes/ do. Every run writes its recipe.json. Exit "
+                    "status 0, 1 when the result breaks --max-drop, 2 for bad input.")
+    p.add_argument("-h", "--help", action="help", help="show this help message and exit")
+    p.add_argument("recipe", help="the recipe file (JSON)")
+    p.set_defaults(run=run_run)
+
+
+def run_run(args) -> int:
+    from .. import recipe
+    from .recipes import STAGE_OPTIONS, parser, run_recipe
+
+    defaults = parser("")
+    given = [o for o in STAGE_OPTIONS if getattr(args, o) != defaults.get_default(o)]
+    if given:
+        raise OptionError(f"--{given[0].replace('_', '-')} has no effect here: the recipe "
+                          "file sets each stage's fine-tuning; edit it instead.")
+    recipe.load(args.recipe)  # a bad file is refused before any work starts
+    return run_recipe(args, lambda args, samples: recipe.load(args.recipe),
+                      f"edgecompress {args.command}")
 
 
 def _add_demo(commands) -> None:

@@ -18,6 +18,9 @@ from ..options import STRATEGIES, ZOO_NAMES, LearningRate
 from . import common
 
 DEFAULT_LABEL_WEIGHT = 0.1
+# Options that build the stages; a recipe file carries its own.
+STAGE_OPTIONS = ("steps", "epochs", "qat_steps", "qat_learning_rate", "batch_size", "augment",
+                 "learning_rate", "schedule", "temperature", "label_weight")
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -180,8 +183,11 @@ def script_main(description: str, build_stages, argv=None, extra_arguments=None)
     p = parser(description)
     if extra_arguments:
         extra_arguments(p)
-    args = p.parse_args(argv)
-    prog = Path(sys.argv[0]).name
+    return run_recipe(p.parse_args(argv), build_stages, Path(sys.argv[0]).name)
+
+
+def run_recipe(args, build_stages, prog: str) -> int:
+    """`script_main` after parsing: for a recipe script or `edgecompress run`."""
     fresh = not args.out.exists() or args.out.is_dir() and not any(args.out.iterdir())
     written = []  # the output folder, once created
 
