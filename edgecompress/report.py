@@ -116,7 +116,7 @@ def write_json(path, result) -> Path:
 
 # --- plots -----------------------------------------------------------------------------
 
-def _figure(columns: int = 1, width: float = 5.5, height: float = 4.0):
+def new_figure(columns: int = 1, width: float = 5.5, height: float = 4.0):
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(width * columns, height), layout="constrained")
@@ -146,7 +146,7 @@ def pareto_plot(rows: list[dict], path=None, *, title: str = "", size: str = "by
     from matplotlib.patches import Patch
     from matplotlib.ticker import NullFormatter
 
-    figure, axes = _figure(2, height=4.0 + 0.2 * -(-len(rows) // 2))  # room for the names
+    figure, axes = new_figure(2, height=4.0 + 0.2 * -(-len(rows) // 2))  # room for the names
     names = [r["variant"] for r in rows]
     accuracy = [100 * r["accuracy"] for r in rows]
     size_label = "model bytes" + (" after gzip" if size == "gzip_bytes" else "")
@@ -178,7 +178,7 @@ def pareto_plot(rows: list[dict], path=None, *, title: str = "", size: str = "by
 
 def latency_plot(results: dict, path=None):
     """Box plots of the single-image latencies of each evaluation."""
-    figure, (ax,) = _figure(1, width=7)
+    figure, (ax,) = new_figure(1, width=7)
     names = list(results)
     ax.boxplot([results[n].latency_samples for n in names], showfliers=False)
     ax.set_xticks(range(1, len(names) + 1), names, rotation=20, ha="right", fontsize=8)
@@ -189,7 +189,7 @@ def latency_plot(results: dict, path=None):
 
 def per_class_plot(results: dict, path=None):
     """Grouped bars: accuracy of each class for each evaluation."""
-    figure, (ax,) = _figure(1, width=8)
+    figure, (ax,) = new_figure(1, width=8)
     names = list(results)
     classes = list(next(iter(results.values())).per_class_accuracy)
     width = 0.8 / len(names)
@@ -215,7 +215,7 @@ def confusion_matrix(evaluation) -> np.ndarray:
 def confusion_plot(evaluation, path=None):
     """The confusion matrix of one evaluation, with counts in the cells."""
     matrix = confusion_matrix(evaluation)
-    figure, (ax,) = _figure(1, width=6, height=5.5)
+    figure, (ax,) = new_figure(1, width=6, height=5.5)
     image = ax.imshow(matrix, cmap="Blues")
     labels = list(evaluation.classes) or [str(i) for i in range(len(matrix))]
     ax.set_xticks(range(len(matrix)), labels, rotation=45, ha="right", fontsize=7)
@@ -237,7 +237,7 @@ def weights_plot(model, path=None):
 
     kernels = [(layer.name, models.kernel(layer)) for layer in model.layers
                if models.kernel(layer) is not None]
-    figure, (left, right) = _figure(2)
+    figure, (left, right) = new_figure(2)
     left.barh([n for n, _ in kernels], [100 * np.mean(k == 0) for _, k in kernels])
     left.set_xlabel("zero weights (%)")
     left.tick_params(axis="y", labelsize=7)

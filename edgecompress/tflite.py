@@ -179,10 +179,10 @@ def quantization_errors(model: keras.Model, data: Dataset, *, preprocess=None,
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = data.representative(samples, preprocess)
-    debugger = tf.lite.experimental.QuantizationDebugger(
-        converter=converter, debug_dataset=data.representative(samples, preprocess))
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _io.quiet_native_logs():  # TF's interpreter deprecation
         warnings.simplefilter("ignore")
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=converter, debug_dataset=data.representative(samples, preprocess))
         debugger.run()
     dump = io.StringIO()
     debugger.layer_statistics_dump(dump)

@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_verify(commands)
     _add_to_c(commands)
     _add_run(commands)
+    _add_sensitivity(commands)
     _add_demo(commands)
     return parser
 
@@ -365,6 +366,44 @@ def run_run(args) -> int:
     recipe.load(args.recipe)  # a bad file is refused before any work starts
     return run_recipe(args, lambda args, samples: recipe.load(args.recipe),
                       f"edgecompress {args.command}")
+
+
+def _add_sensitivity(commands) -> None:
+    p = commands.add_parser(
+        "sensitivity", help="how much each channel group and operator of a model can lose",
+        description="Remove a share of each prunable channel group without fine-tuning and "
+                    "measure accuracy and top-1 agreement with the unpruned model on "
+                    "--samples images; and measure each operator's full-INT8 error. Writes "
+                    "sensitivity.json, sensitivity.md and sensitivity.png in --out; a second "
+                    "run with the same model, data and settings reuses them.")
+    p.add_argument("model", help="the Keras model file")
+    p.add_argument("--data", required=True, help=f"labelled images: {DATA_HELP}")
+    add_preprocess(p, default=None, why="required unless the model's first layer rescales "
+                   "its input (then raw)")
+    p.add_argument("--out", required=True, help="folder for the results")
+    p.add_argument("--ratios", type=float, nargs="+", default=[0.25, 0.5, 0.75],
+                   metavar="R", help="shares of channels removed (default 0.25 0.5 0.75)")
+    p.add_argument("--samples", type=int, default=500, metavar="N",
+                   help="images drawn at random from --data (default 500)")
+    p.add_argument("--no-quantisation", dest="quantisation", action="store_false",
+                   help="skip the per-operator INT8 error")
+    add_allow_code(p)
+    p.set_defaults(run=run_sensitivity)
+
+
+def run_sensitivity(args) -> int:
+    from .. import models, report, sensitivity, tflite
+    from ..pipeline import sha256
+
+    model = models.load(args.model, allow_code=args.allow_code)
+    data = load_data_for(args.data, models.input_shape(model))
+    data = data.with_preprocess(tflite.preprocessing_of(model, None, args.preprocess))
+    result = sensitivity.scan(model, data, Path(args.out), ratios=args.ratios,
+                              samples=args.samples, quantisation=args.quantisation,
+                              key=sha256(args.model) if Path(args.model).is_file() else "")
+    print(report.text_table(result["channels"]))
+    print(f"wrote {args.out}/sensitivity.json, sensitivity.md and sensitivity.png")
+    return 0
 
 
 def _add_demo(commands) -> None:

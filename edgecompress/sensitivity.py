@@ -1,0 +1,122 @@
+"""How much each part of a model can lose: the search's first, cheap step.
+
+For every group of channels that structured pruning may shrink, remove a share of them
+without fine-tuning and measure what the model's predictions lose on a validation subset;
+and for every operator, how much full-INT8 quantisation disturbs its output. A group whose
+agreement barely moves at 50 % is where a search prunes first; an operator with a large
+quantisation error is one to keep wider or in higher precision.
+
+The scan is cached: run again with the same model, data and settings, it reads its answer
+from the output folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from . import models, report, tflite
+from .data import Dataset
+from .errors import OptionError
+from .techniques import channels
+
+DEFAULT_RATIOS = (0.25, 0.5, 0.75)
+CACHE = "sensitivity.json"
+
+
+def channel_sensitivity(model, data: Dataset, *, ratios=DEFAULT_RATIOS,
+                        criterion: str = "l1", preprocess=None) -> list[dict]:
+    """One row per (prunable channel group, ratio): the group's first producer layer, its
+    channels, those kept, and the accuracy and top-1 agreement with the unpruned model on
+    `data`, without fine-tuning."""
+    if not ratios or any(not 0 < r < 1 for r in ratios):
+        raise OptionError(f"`ratios` must lie in (0, 1). Received: ratios={list(ratios)}.")
+    how = data.resolve(preprocess)
+    labels = data.require_labels()
+    reference = models.predict_labels(model, data, how)
+    rows = []
+    for group in channels.analyse(model, channels.Config(criterion=criterion)):
+        if group.fixed_by:
+            continue
+        layer = group.producers[0]
+        for ratio in ratios:
+            config = channels.Config(ratio=0.0, criterion=criterion, ratios={layer: ratio})
+            pruned = channels.apply(model, config)
+            predicted = models.predict_labels(pruned, data, how)
+            kept = next(g for g in channels.plan(model, config) if layer in g.producers)
+            rows.append({"group": layer, "layers": len(group.producers),
+                         "channels": group.channels, "ratio": ratio, "kept": len(kept.keep),
+                         "accuracy": float(np.mean(predicted == labels)),
+                         "agreement": float(np.mean(predicted == reference))})
+    return rows
+
+
+def scan(model, data: Dataset, out: Path, *, ratios=DEFAULT_RATIOS, samples: int = 500,
+         preprocess=None, quantisation: bool = True, key: str = "") -> dict:
+    """Channel and quantisation sensitivity on `samples` images of `data` drawn at random
+    (seed 0), written to `out` (sensitivity.json, sensitivity.md, sensitivity.png).
+
+    `key` identifies the model (e.g. its file's SHA-256); with the same key, data and
+    settings, an earlier result in `out` is returned instead of measured again.
+    """
+    subset = data.take(samples, seed=0)
+    how = subset.resolve(preprocess)
+    settings = {"key": key, "data": data.source, "samples": len(subset),
+                "ratios": list(ratios), "preprocess": how.value,
+                "quantisation": quantisation, "images": _digest(subset.x)}
+    cached = _cached(out / CACHE, settings)
+    if cached is not None:
+        print(f"sensitivity: reusing {out / CACHE} (same model, data and settings)")
+        return cached
+    print(f"sensitivity: pruning each channel group at {', '.join(map(str, ratios))} on "
+          f"{len(subset)} images ...", flush=True)
+    result = {"settings": settings,
+              "channels": channel_sensitivity(model, subset, ratios=ratios, preprocess=how)}
+    if quantisation:
+        print("sensitivity: INT8 error per operator ...", flush=True)
+        result["quantisation"] = tflite.quantization_errors(model, subset, preprocess=how,
+                                                            samples=min(len(subset), 100))
+    write(result, out)
+    return result
+
+
+def _digest(x: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()[:16]
+
+
+def _cached(path: Path, settings: dict) -> dict | None:
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return result if result.get("settings") == settings else None
+
+
+def write(result: dict, out: Path) -> None:
+    """sensitivity.json, a Markdown table and a plot of agreement against ratio."""
+    out.mkdir(parents=True, exist_ok=True)
+    lines = ["# Sensitivity", "", "Channels removed without fine-tuning (agreement: top-1 "
+             "with the unpruned model):", "", report.markdown_table(result["channels"])]
+    if "quantisation" in result:
+        worst = [{k: row[k] for k in ("op", "tensor", "rmse_per_scale")}
+                 for row in result["quantisation"][:10]]
+        lines += ["", "INT8 error per operator, worst first (0.29 is rounding alone):", "",
+                  report.markdown_table(worst)]
+    report.write_text(out / "sensitivity.md", "\n".join(lines) + "\n")
+    _plot(result["channels"], out / "sensitivity.png")
+    report.write_json(out / CACHE, result)
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    figure, (axes,) = report.new_figure()
+    for group in dict.fromkeys(r["group"] for r in rows):
+        mine = [r for r in rows if r["group"] == group]
+        axes.plot([r["ratio"] for r in mine], [r["agreement"] for r in mine], marker="o",
+                  label=group)
+    axes.set_xlabel("share of the group's channels removed (no fine-tuning)")
+    axes.set_ylabel("top-1 agreement with the unpruned model")
+    axes.legend(fontsize="small")
+    figure.savefig(path, dpi=120)
