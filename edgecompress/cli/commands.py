@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_to_c(commands)
     _add_run(commands)
     _add_sensitivity(commands)
+    _add_search(commands)
     _add_demo(commands)
     return parser
 
@@ -403,6 +404,71 @@ def run_sensitivity(args) -> int:
                               key=sha256(args.model) if Path(args.model).is_file() else "")
     print(report.text_table(result["channels"]))
     print(f"wrote {args.out}/sensitivity.json, sensitivity.md and sensitivity.png")
+    return 0
+
+
+def _add_search(commands) -> None:
+    p = commands.add_parser(
+        "search", help="find the smallest, fastest .tflite for a target within an accuracy "
+                       "budget",
+        description="Search channel ratios per prunable group (Optuna, NSGA-II): each trial "
+                    "prunes, fine-tunes briefly with distillation, trains quantisation-aware, "
+                    "exports INT8 and is judged on LiteRT against the float model (paired "
+                    "drop), its exact bytes and its latency on the target. Writes trials/, "
+                    "trials.json, report.md, pareto.png and best/ (the winner's .tflite and "
+                    "recipe.json, for edgecompress run at full length). Trials are kept in "
+                    "--storage, so the same command resumes, and several processes can share "
+                    "one study. Exit status 0, 1 when no candidate fits, 2 for bad input.")
+    p.add_argument("model", help="the Keras model file")
+    p.add_argument("--data", required=True, help=f"fine-tuning and calibration images: "
+                                                 f"{DATA_HELP}")
+    p.add_argument("--eval-data", required=True, help="labelled images that judge each trial")
+    add_preprocess(p, default=None, why="required unless the model's first layer rescales "
+                   "its input (then raw)")
+    p.add_argument("--target", required=True, help="a profile name (see edgecompress targets)")
+    p.add_argument("--max-drop", type=float, default=1.0, metavar="POINTS",
+                   help="accuracy budget against the float model (default %(default)s)")
+    p.add_argument("--trials", type=int, default=20, help="trials to add (default 20)")
+    p.add_argument("--time-budget", metavar="TIME", help="stop after this long: 90s, 30m, 2h")
+    p.add_argument("--steps", type=int, default=300,
+                   help="fine-tuning steps per trial (default 300)")
+    p.add_argument("--qat-steps", type=int, default=100,
+                   help="QAT steps per trial (default 100)")
+    p.add_argument("--divisor", type=int, default=1,
+                   help="keep a multiple of this many channels (8 suits XNNPACK)")
+    p.add_argument("--transfer-data", metavar="DATA",
+                   help="extra images learned only through the model's predictions")
+    p.add_argument("--storage", metavar="URL",
+                   help="Optuna storage (default sqlite in --out); e.g. "
+                        "postgresql://user@host/db to share a study across machines")
+    p.add_argument("--out", required=True, help="folder for the results")
+    p.add_argument("--seed", type=int, default=0)
+    add_allow_code(p)
+    p.set_defaults(run=run_search)
+
+
+def run_search(args) -> int:
+    from .. import models, search, tflite
+
+    model = models.load(args.model, allow_code=args.allow_code)
+    how = tflite.preprocessing_of(model, None, args.preprocess)
+    shape = models.input_shape(model)
+    train = load_data_for(args.data, shape).with_preprocess(how)
+    evaluation = load_data_for(args.eval_data, shape).with_preprocess(how)
+    transfer = load_data_for(args.transfer_data, shape).with_preprocess(how) \
+        if args.transfer_data else None
+    result = search.run(model, train, evaluation, Path(args.out), target=args.target,
+                        max_drop=args.max_drop, trials=args.trials,
+                        time_budget=args.time_budget, storage=args.storage,
+                        divisor=args.divisor, steps=args.steps, qat_steps=args.qat_steps,
+                        seed=args.seed, transfer=transfer)
+    if result["best"] is None:
+        print(f"edgecompress search: no candidate fit the budgets; see {args.out}/report.md",
+              file=sys.stderr)
+        return 1
+    best = result["best"]
+    print(f"best: trial {best['trial']}, {best['bytes']:,} bytes, {best['latency_ms']:.3g} "
+          f"ms, drop {best['drop_points']:+.2f} points; wrote {args.out}/best/")
     return 0
 
 

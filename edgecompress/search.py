@@ -1,0 +1,213 @@
+"""The budgeted search: the smallest and fastest `.tflite` for a target that keeps within an
+accuracy budget, found by Optuna instead of by hand.
+
+Each trial draws a channel ratio per prunable group, fine-tunes briefly with distillation
+from the input model, trains quantisation-aware, exports full INT8 and is judged like every
+other file here: on LiteRT against the float Keras model (the paired drop), its exact
+bytes, and its latency (LiteRT on this machine for phone and Linux targets; the calibrated
+estimate for microcontrollers). Objectives: bytes and latency, both minimised (Optuna's
+multi-objective TPE, which learns from few trials); constraints (`Trial.set_constraint`):
+the accuracy budget and the target's flash and RAM. Optuna's pruners do not apply to
+multi-objective studies, so every trial runs its short fine-tuning to the end. Trials live
+in Optuna's storage (SQLite by default), so an interrupted search resumes and several
+processes can share one study.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import budget, distill, models, recipe, report, tflite
+from .device import inspect, targets as targets_module, verify
+from .errors import OptionError
+from .techniques import channels, quantize
+from .train import FitConfig
+
+RATIO_STEP = 0.125
+
+
+def parse_duration(text) -> float | None:
+    """Seconds in "90s", "30m", "2h" or a plain number of seconds; None for None."""
+    if text is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(text))
+    if not match:
+        raise OptionError(f"`time_budget` must look like 90s, 30m or 2h. Received: {text!r}.")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+
+
+def run(model, train, eval_data, out: Path, *, target, max_drop: float = 1.0,
+        trials: int = 20, time_budget=None, storage: str | None = None,
+        study_name: str = "edgecompress", max_ratio: float = 0.75, divisor: int = 1,
+        steps: int = 300, qat_steps: int = 100, seed: int = 0, transfer=None) -> dict:
+    """Runs (or resumes) a study and writes its results in `out`.
+
+    Args:
+        model: the float Keras model.
+        train, eval_data: datasets that carry their preprocessing.
+        out: folder for trials/, trials.json, report.md, pareto.png and best/.
+        target: a `Target` or its name: flash, RAM and latency come from it.
+        max_drop: accuracy budget, points of top-1 against the float model on eval_data.
+        trials: trials to add in this call; time_budget: stop earlier ("2h", seconds).
+        storage: an Optuna storage URL (default: SQLite in `out`, so a search resumes).
+        steps, qat_steps: fine-tuning per trial: short, for ranking; re-run the winner's
+            recipe.json longer with `edgecompress run`.
+
+    Returns:
+        {"trials": rows, "front": rows, "best": row or None, "feasible": count}.
+    """
+    import optuna
+
+    target = targets_module.get(target)
+    budget.check_max_drop(max_drop)
+    seconds = parse_duration(time_budget)
+    out = Path(out)
+    (out / "trials").mkdir(parents=True, exist_ok=True)
+    groups = [g.producers[0] for g in channels.analyse(model) if not g.fixed_by]
+    if not groups:
+        raise OptionError(f"`{model.name}` has no channel group that structured pruning can "
+                          "shrink; the search has nothing to choose.")
+    keras_labels = models.predict_labels(model, eval_data)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        study_name=study_name, storage=storage or f"sqlite:///{out / 'study.db'}",
+        load_if_exists=True, directions=["minimize", "minimize"],
+        sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True))
+    objective = _Objective(model, train, eval_data, keras_labels, out, target, max_drop,
+                           groups, max_ratio, divisor, steps, qat_steps, seed, transfer)
+    print(f"search: {len(groups)} channel groups, up to {trials} trial(s)"
+          + (f" or {seconds:g} s" if seconds else "") + f", target {target.name}, budget "
+          f"{max_drop:g} points", flush=True)
+    study.optimize(objective, n_trials=trials, timeout=seconds, catch=(OptionError,))
+    return summarise(study, out)
+
+
+@dataclass
+class _Objective:
+    """One trial: sample, compress, export, judge. Returns (bytes, latency ms)."""
+
+    model: object
+    train: object
+    eval_data: object
+    keras_labels: object
+    out: Path
+    target: object
+    max_drop: float
+    groups: list
+    max_ratio: float
+    divisor: int
+    steps: int
+    qat_steps: int
+    seed: int
+    transfer: object
+    best: tuple | None = None  # (trial, bytes) of this process's smallest fitting trial
+
+    def __call__(self, trial) -> tuple[float, float]:
+        started = time.perf_counter()
+        ratios = {g: trial.suggest_float(f"ratio {g}", 0.0, self.max_ratio, step=RATIO_STEP)
+                  for g in self.groups}
+        stages = self.stages(ratios)
+        with contextlib.redirect_stdout(io.StringIO()):  # one line per trial, below
+            final, _ = recipe.run(models.copy(self.model), stages, self.train,
+                                  seed=self.seed, verbose=0, transfer=self.transfer)
+        path = tflite.export(final, self.out / "trials" / f"trial_{trial.number}.tflite",
+                             mode="int8", data=self.train)
+        recipe.save(stages, path.with_suffix(".json"))
+        result = verify.evaluate(path, self.eval_data, reference=self.keras_labels,
+                                 latency_runs=50)
+        drop = budget.Drop(**result.drop)
+        file = inspect.open(path)
+        latency = self.latency_ms(file, result)
+        ram = file.peak_activation_bytes()
+        trial.set_user_attr("row", {
+            "trial": trial.number, "bytes": result.bytes, "latency_ms": latency,
+            "accuracy": result.accuracy, "agreement": result.agreement,
+            "drop_points": drop.points, "drop_95": f"{drop.low:+.2f} to {drop.high:+.2f}",
+            "ram_bytes": ram, "seconds": round(time.perf_counter() - started, 1),
+            "file": str(path)})
+        constraints = {  # feasible when every value is <= 0
+            "accuracy drop": drop.points - self.max_drop,
+            "flash": result.bytes - self.target.flash_bytes if self.target.flash_bytes else -1,
+            "RAM": ram - self.target.ram_bytes if self.target.ram_bytes else -1}
+        for key, value in constraints.items():
+            trial.set_constraint(key, float(value))
+        trial.set_user_attr("constraints", list(constraints.values()))
+        fits = self.fits(trial)
+        if fits and (self.best is None or result.bytes < self.best[1]):
+            self.best = (trial.number, result.bytes)
+        print(f"trial {trial.number}: {result.bytes:,} bytes, {latency:.3g} ms, drop "
+              f"{drop.points:+.2f} points, {'fits' if fits else 'breaks'} the budgets "
+              f"({time.perf_counter() - started:.0f} s); best so far: " +
+              (f"trial {self.best[0]}, {self.best[1]:,} bytes" if self.best else "none"),
+              flush=True)
+        return float(result.bytes), float(latency)
+
+    def stages(self, ratios: dict) -> list[recipe.Stage]:
+        teach = distill.Config(alpha=0.1)
+        shrink = channels.Config(ratio=0.0, ratios={g: r for g, r in ratios.items() if r},
+                                 divisor=self.divisor)
+        return [recipe.Stage("channels", shrink, FitConfig(
+                    steps=self.steps, batch_size=64, learning_rate=1e-3, schedule="cosine",
+                    augment=True), teach),
+                recipe.Stage("qat", quantize.Config(), FitConfig(
+                    steps=self.qat_steps, batch_size=64, learning_rate=1e-4,
+                    schedule="cosine", augment=True), teach)]
+
+    def latency_ms(self, file, result) -> float:
+        """The target's latency: the calibrated estimate on microcontrollers (optimised
+        kernels), else LiteRT's median here."""
+        if self.target.runtime == "tflm" and self.target.cycles_per_mac:
+            macs = sum(file.macs(op) for op in file.operators)
+            return self.target.estimate_ms(macs)[0]
+        return result.latency_ms["median"]
+
+    @staticmethod
+    def fits(trial) -> bool:
+        return all(c <= 0 for c in trial.user_attrs["constraints"])
+
+
+def summarise(study, out: Path) -> dict:
+    """The trials, the Pareto front of those that fit, and the best (fewest bytes, then
+    lowest latency) copied to out/best with its recipe.json; also trials.json, report.md
+    and pareto.png."""
+    done = [t for t in study.trials if "row" in t.user_attrs]
+    rows = [{**t.user_attrs["row"], "fits": _Objective.fits(t)} for t in done]
+    feasible = [r for r in rows if r["fits"]]
+    front = [feasible[i] for i in _front(feasible)]
+    best = min(feasible, key=lambda r: (r["bytes"], r["latency_ms"])) if feasible else None
+    result = {"trials": rows, "front": front, "best": best, "feasible": len(feasible)}
+    report.write_json(out / "trials.json", result)
+    lines = ["# Search", "", f"{len(rows)} trial(s), {len(feasible)} within every budget.",
+             ""]
+    if best is not None:
+        shutil.rmtree(out / "best", ignore_errors=True)
+        (out / "best").mkdir()
+        source = Path(best["file"])
+        shutil.copy(source, out / "best" / "model_int8.tflite")
+        shutil.copy(source.with_suffix(".json"), out / "best" / "recipe.json")
+        lines += [f"Best: trial {best['trial']}, {best['bytes']:,} bytes, "
+                  f"{best['latency_ms']:.3g} ms, drop {best['drop_points']:+.2f} points "
+                  f"({best['drop_95']}); `best/recipe.json` re-runs it at full length with "
+                  "`edgecompress run`.", "", "## Pareto front", "",
+                  report.markdown_table(front), ""]
+    else:
+        lines += ["No candidate fit every budget.", ""]
+    lines += ["## All trials", "", report.markdown_table(rows) if rows else "(none)", ""]
+    report.write_text(out / "report.md", "\n".join(lines))
+    if rows:
+        report.pareto_plot([{**r, "variant": f"trial {r['trial']}"} for r in rows],
+                           out / "pareto.png", title="Search: every trial")
+    return result
+
+
+def _front(rows: list[dict]) -> list[int]:
+    """Indices of the rows no other row beats on both bytes and latency."""
+    return [i for i, r in enumerate(rows) if not any(
+        o["bytes"] <= r["bytes"] and o["latency_ms"] <= r["latency_ms"] and
+        (o["bytes"], o["latency_ms"]) != (r["bytes"], r["latency_ms"]) for o in rows)]

@@ -1,0 +1,58 @@
+"""The budgeted search on a tiny model and the shapes data: the winner meets the budgets,
+the front is non-dominated, the study resumes, and an impossible budget says so."""
+
+import json
+
+import pytest
+
+from edgecompress import cli, search
+from edgecompress.device import targets
+from edgecompress.errors import OptionError
+
+SHORT = dict(steps=2, qat_steps=1, max_ratio=0.75)
+
+
+@pytest.fixture
+def board(monkeypatch):
+    """A microcontroller whose flash only some candidates fit (the tiny CNN is 5.5-7 KB)."""
+    monkeypatch.setattr(targets, "_REGISTRY", dict(targets._REGISTRY))
+    return targets.register(targets.Target(
+        "tiny-board", "test board", runtime="tflm", int8_only=True, flash_bytes=6_100,
+        clock_mhz=100, cycles_per_mac=(1.6, 6.8)))
+
+
+def test_the_winner_meets_the_budget_and_the_study_resumes(trained, train_set, test_set,
+                                                           tmp_path, board):
+    model, out = trained[0], tmp_path / "search"
+    train, judge = train_set.with_preprocess("unit"), test_set.with_preprocess("unit")
+    result = search.run(model, train, judge, out, target=board, max_drop=100, trials=4,
+                        **SHORT)
+    assert len(result["trials"]) == 4 and 0 < result["feasible"] < 4, result["trials"]
+    best = result["best"]
+    assert best["bytes"] <= 6_100 and best["fits"]
+    assert min(r["bytes"] for r in result["trials"] if r["fits"]) == best["bytes"]
+    front = result["front"]
+    assert not [a for a in front for b in front if b is not a and b["bytes"] <= a["bytes"]
+                and b["latency_ms"] <= a["latency_ms"]]  # non-dominated
+    assert (out / "best" / "model_int8.tflite").read_bytes() == open(best["file"], "rb").read()
+    assert json.loads((out / "best" / "recipe.json").read_text())["stages"][0][
+        "technique"] == "channels"
+    again = search.run(model, train, judge, out, target=board, max_drop=100, trials=1,
+                       **SHORT)
+    assert len(again["trials"]) == 5  # the four kept in the study, and one more
+
+
+def test_an_impossible_budget_is_exit_1_with_the_trials_written(trained, tmp_path, capsys,
+                                                                monkeypatch):
+    monkeypatch.setattr(targets, "_REGISTRY", dict(targets._REGISTRY))
+    targets.register(targets.Target("no-flash", "10 bytes of flash", runtime="tflm",
+                                    int8_only=True, flash_bytes=10))
+    argv = ["search", str(trained[1]), "--data", "shapes", "--eval-data", "shapes",
+            "--preprocess", "unit", "--trials", "1", "--steps", "2", "--qat-steps", "1"]
+    assert cli.main(argv + ["--target", "no-flash", "--out", str(tmp_path / "s")]) == 1
+    assert "no candidate fit" in capsys.readouterr().err
+    assert "No candidate fit every budget" in (tmp_path / "s" / "report.md").read_text()
+    assert cli.main(argv + ["--target", "arduino", "--out", str(tmp_path / "t")]) == 2
+    with pytest.raises(OptionError, match="90s, 30m or 2h"):
+        search.parse_duration("soon")
+    assert search.parse_duration("2h") == 7200
