@@ -120,10 +120,11 @@ def compress(model, stages: list[recipe.Stage], train_data, eval_data, out: Path
     keras_correct = keras_labels == eval_data.y
     drops = {name: budget.Drop(**r.drop) for name, r in results.items()}
     judged = budget.verdict(drops["recipe INT8"], max_drop)
-    warnings = suspicious(results["recipe INT8"], files["recipe INT8"])
-    if warnings and judged["passed"]:
+    failures, warnings = suspicious(results["recipe INT8"], files["recipe INT8"], keras_labels)
+    warnings = failures + warnings
+    if failures and judged["passed"]:
         judged = {**judged, "passed": False,
-                  "text": f"FAIL: {warnings[0]} ({judged['text'][len('PASS: '):]})"}
+                  "text": f"FAIL: {failures[0]} ({judged['text'][len('PASS: '):]})"}
     result = {"rows": rows, "warnings": warnings, "stages": records,
               "training_seconds": round(training_seconds, 1),
               "keras_accuracy": float(np.mean(keras_correct)),
@@ -146,18 +147,23 @@ def compress(model, stages: list[recipe.Stage], train_data, eval_data, out: Path
     return result
 
 
-def suspicious(evaluation, int8_file: Path) -> list[str]:
-    """What makes the recipe's file unfit whatever its accuracy: float tensors in a file
-    named int8, or predictions that collapsed to one class."""
-    warnings = []
+def suspicious(evaluation, int8_file: Path, keras_labels) -> tuple[list[str], list[str]]:
+    """(what makes the recipe's file unfit whatever its accuracy, what only deserves a
+    warning): float tensors in a file named int8, and predictions that collapsed to one
+    class, which fail the file when compression did it and are a warning when the input
+    model already did."""
+    failures, warnings = [], []
     floats = inspect.open(int8_file).float_tensors()
     if floats:
-        warnings.append(f"{int8_file.name} is not fully integer: {len(floats)} float "
+        failures.append(f"{int8_file.name} is not fully integer: {len(floats)} float "
                         f"tensor(s), e.g. {floats[0].name!r}; int8-only targets reject it")
-    if evaluation.samples > 1 and len(np.unique(evaluation.predictions)) == 1:
-        warnings.append(f"{int8_file.name} predicts one class for every image: it has "
-                        "learned nothing usable")
-    return warnings
+    if evaluation.samples > 1 and len(np.unique(keras_labels)) == 1:
+        warnings.append("the input model predicts one class for every evaluation image: it "
+                        "has learned nothing usable, and compression cannot fix that")
+    elif evaluation.samples > 1 and len(np.unique(evaluation.predictions)) == 1:
+        failures.append(f"{int8_file.name} predicts one class for every image, unlike the "
+                        "input model: compression destroyed it")
+    return failures, warnings
 
 
 def _save_keras3(model, path: Path) -> None:

@@ -257,3 +257,15 @@ def test_a_recipe_file_that_is_not_fully_integer_breaks_the_budget(train_set, te
     assert "model_int8.tflite is not fully integer" in result["budget"]["text"]
     assert "Warning: model_int8.tflite is not fully integer" in (tmp_path / "report.md"
                                                                  ).read_text()
+
+
+def test_a_collapse_fails_the_file_only_when_compression_caused_it(int8_file):
+    from types import SimpleNamespace
+
+    collapsed = SimpleNamespace(samples=10, predictions=np.zeros(10, int))
+    failures, warnings = pipeline.suspicious(collapsed, int8_file, np.arange(10) % 3)
+    assert "compression destroyed it" in failures[0] and not warnings
+    failures, warnings = pipeline.suspicious(collapsed, int8_file, np.zeros(10, int))
+    assert not failures and "the input model predicts one class" in warnings[0]
+    healthy = SimpleNamespace(samples=10, predictions=np.arange(10) % 3)
+    assert pipeline.suspicious(healthy, int8_file, np.arange(10) % 3) == ([], [])
