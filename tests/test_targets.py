@@ -202,3 +202,17 @@ def test_mcu_latency_is_a_range_calibrated_on_published_figures():
     assert abs(low - 40.8 * 280 / 480) < 0.5  # published 40.8 ms at 280 MHz, at 480 MHz
     with pytest.raises(OptionError, match="cycles_per_mac"):
         targets.Target("x", "d", runtime="tflm", cycles_per_mac=(3.0, 1.0))
+
+
+@needs_micro
+def test_operators_are_judged_by_the_runtime_the_target_runs(train_set, tmp_path):
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(4, 3)(inputs)
+    x = keras.layers.Subtract()([x, keras.layers.Conv2D(4, 3)(inputs)])  # SUB: not in the
+    outputs = keras.layers.Dense(10)(keras.layers.Flatten()(x))  # profile's static list
+    path = tflite.export(keras.Model(inputs, outputs), tmp_path / "sub.tflite",
+                         data=train_set, preprocess="unit", calibration_samples=20)
+    assert "SUB" in inspect.read(path).op_counts() and "SUB" not in targets.MCU_OPS
+    operators = next(c for c in verdict.verify_target(path, "mcu-cortex-m4").checks
+                     if c.name == "operators")
+    assert operators.status == "pass" and "TFLite Micro" in operators.budget
