@@ -1,0 +1,93 @@
+"""The budgeted search on the MLPerf Tiny ResNet-8 for mcu-cortex-m4, against the reference
+INT8 file in the same run.
+
+Fine-tunes and calibrates on `train_original.npz`, judges trials on `val_original.npz`
+(original pixels; the float model was trained on those images, so read differences), and
+then measures the winner and the reference INT8 side by side: bytes, accuracy and paired
+drop on val_original and on the JPEG test set, the MCU latency estimate, and LiteRT's
+median latency on this machine.
+
+Search-issue targets (val_original): <= 41,952 bytes, >= 1.7x faster than the reference
+INT8, within 1.0 point of float, in a 2-hour budget.
+
+    python benchmarks/search_resnet8.py --time-budget 2h --out runs/search_resnet8 \\
+        [--json results/search_resnet8.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from edgecompress import data, models, pipeline, report, search
+from edgecompress.device import inspect, targets
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def arguments() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared")
+    parser.add_argument("--out", type=Path, required=True, help="the search's folder")
+    parser.add_argument("--time-budget", default="2h")
+    parser.add_argument("--trials", type=int, default=1000)
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--qat-steps", type=int, default=200)
+    parser.add_argument("--max-drop", type=float, default=1.0)
+    parser.add_argument("--json", type=Path, help="also write the table as JSON")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = arguments().parse_args(argv)
+    cifar = args.shared / "data" / "cifar10"
+    model_dir = args.shared / "models" / "mlperf_tiny_resnet8"
+    if not cifar.is_dir() or not model_dir.is_dir():
+        print(f"needs {cifar} and {model_dir}: see ../shared/DATA.md", file=sys.stderr)
+        return 2
+    model = models.load(model_dir / "pretrainedResnet.h5")
+    train = data.load(cifar / "train_original.npz", preprocess="raw")
+    judged = {"val_original": data.load(cifar / "val_original.npz", preprocess="raw"),
+              "JPEG test": data.load(cifar / "test.npz", preprocess="raw")}
+    result = search.run(model, train, judged["val_original"], args.out,
+                        target="mcu-cortex-m4", max_drop=args.max_drop, trials=args.trials,
+                        time_budget=args.time_budget, steps=args.steps,
+                        qat_steps=args.qat_steps)
+    files = {"reference INT8": model_dir / "pretrainedResnet_quant.tflite"}
+    if result["best"] is not None:
+        files[f"search winner (trial {result['best']['trial']})"] = Path(result["best"]["file"])
+    rows = measure(model, files, judged)
+    print(f"\n{len(result['trials'])} trials, {result['feasible']} within the budget.\n")
+    print(report.text_table(rows))
+    if args.json:
+        report.write_json(args.json, {"rows": rows, "trials": len(result["trials"]),
+                                      "feasible": result["feasible"],
+                                      "settings": vars(args) | {"shared": str(args.shared),
+                                                                "out": str(args.out),
+                                                                "json": str(args.json)}})
+    return 0 if result["best"] is not None else 1
+
+
+def measure(model, files: dict, judged: dict) -> list[dict]:
+    """Bytes, accuracy and paired drop on both data sets, MCU estimate and LiteRT latency,
+    each file against the first (the reference INT8), in this run."""
+    m4 = targets.get("mcu-cortex-m4")
+    per_set = {name: pipeline.judge(files, dataset, models.predict_labels(model, dataset),
+                                    latency_runs=1000)[1] for name, dataset in judged.items()}
+    rows = []
+    for i, (name, path) in enumerate(files.items()):
+        file = inspect.open(path)
+        estimate = m4.estimate_ms(sum(file.macs(op) for op in file.operators))[0]
+        row = {"file": name, "bytes": file.size, "m4_ms": round(estimate, 1)}
+        for set_name, set_rows in per_set.items():
+            row[f"{set_name} accuracy"] = set_rows[i]["accuracy"]
+            row[f"{set_name} drop"] = (f"{set_rows[i]['drop_points']:+.2f} "
+                                       f"[{set_rows[i]['drop_95']}]")
+        row["litert_speedup"] = per_set["val_original"][i]["speedup"]
+        rows.append(row)
+    return rows
+
+
+if __name__ == "__main__":
+    sys.exit(main())
