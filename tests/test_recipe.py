@@ -70,8 +70,8 @@ def test_prune_pqat_recipe_smoke(trained, shapes_npz, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "[stage 1/2] pruning to 50% sparsity" in done.stdout
     assert sorted(p.name for p in out.iterdir()) == [
-        "float.tflite", "model.h5", "model_int8.tflite", "ptq_int8.tflite", "report.html",
-        "report.json", "report.md"]
+        "float.tflite", "model.h5", "model_int8.tflite", "ptq_int8.tflite", "recipe.json",
+        "report.html", "report.json", "report.md"]
     report = json.loads((out / "report.json").read_text())
     assert [r["variant"] for r in report["rows"]] == ["float", "PTQ INT8", "recipe INT8"]
     assert [s["technique"] for s in report["stages"]] == ["prune", "qat"]
