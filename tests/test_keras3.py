@@ -146,3 +146,14 @@ def test_a_keras3_model_through_a_recipe_comes_back_as_keras3(tmp_path):
     assert status == 0 and (out / "model_int8.tflite").exists()
     back = keras3.saving.load_model(out / "model.keras")  # the compressed model, in Keras 3
     assert back.count_params() < original.count_params()
+
+
+@pytest.mark.parametrize("name", sorted(models.ZOO))
+def test_every_zoo_model_built_in_keras3_bridges_exactly(name, tmp_path):
+    from unittest import mock
+
+    with mock.patch.object(models, "keras", keras3):  # the zoo's code, run on Keras 3
+        original = models.build(name, input_shape=(32, 32, 3), classes=10)
+    assert type(original).__module__.startswith("keras.")
+    original.save(tmp_path / "zoo.keras")
+    assert bridge.check_parity(original, models.load(tmp_path / "zoo.keras")) <= 1e-5
