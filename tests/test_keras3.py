@@ -138,14 +138,18 @@ def test_a_keras3_model_through_a_recipe_comes_back_as_keras3(tmp_path):
         return [recipe.Stage("channels", channels.Config(ratio=0.5), recipes.fit_config(args),
                              recipes.distill_config(args))]
 
+    argv = ["--model", str(tmp_path / "mine.keras"), "--train-data", "shapes", "--steps", "2",
+            "--train-samples", "64", "--eval-samples", "32", "--calibration-samples", "16",
+            "--quiet", "--max-drop", "100"]
     out = tmp_path / "out"
-    status = recipes.script_main("a test recipe", stages, argv=[
-        "--model", str(tmp_path / "mine.keras"), "--train-data", "shapes", "--steps", "2",
-        "--train-samples", "64", "--eval-samples", "32", "--calibration-samples", "16",
-        "--quiet", "--max-drop", "100", "--out", str(out)])
-    assert status == 0 and (out / "model_int8.tflite").exists()
+    assert recipes.script_main("a test recipe", stages, argv=argv + ["--out", str(out)]) == 0
+    assert (out / "model_int8.tflite").exists()
     back = keras3.saving.load_model(out / "model.keras")  # the compressed model, in Keras 3
     assert back.count_params() < original.count_params()
+    plain = tmp_path / "plain"
+    assert recipes.script_main("a test recipe", stages, argv=argv + [
+        "--keras-format", "2", "--out", str(plain)]) == 0
+    assert (plain / "model.h5").exists() and not (plain / "model.keras").exists()
 
 
 @pytest.mark.parametrize("name", sorted(models.ZOO))

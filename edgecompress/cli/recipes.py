@@ -89,6 +89,10 @@ def parser(description: str) -> argparse.ArgumentParser:
                    help="distribution strategy for fine-tuning (default none)")
     p.add_argument("--seed", type=int, default=0)
     common.add_allow_code(p)
+    p.add_argument("--keras-format", choices=("auto", "2", "3"), default="auto",
+                   help="also write the final model as a Keras 3 model.keras (3), or not (2); "
+                        "default auto: when --model is a Keras 3 file. model.h5 is always "
+                        "written")
     p.add_argument("--quiet", action="store_true", help="no per-epoch progress")
     return p
 
@@ -206,7 +210,8 @@ def run_recipe(args, build_stages, prog: str) -> int:
             calibration_samples=args.calibration_samples,
             strategy=train.strategy(args.strategy), seed=args.seed,
             verbose=0 if args.quiet else 2, transfer=transfer, max_drop=args.max_drop,
-            keras3=_is_keras3(args.model),
+            keras3=args.keras_format == "3" or args.keras_format == "auto" and
+            _is_keras3(args.model),
             inputs={"model": args.model, "train_data": args.train_data,
                     "eval_data": args.eval_data, "transfer_data": args.transfer_data})
         if not result["budget"]["passed"]:
