@@ -161,3 +161,38 @@ def test_every_zoo_model_built_in_keras3_bridges_exactly(name, tmp_path):
     assert type(original).__module__.startswith("keras.")
     original.save(tmp_path / "zoo.keras")
     assert bridge.check_parity(original, models.load(tmp_path / "zoo.keras")) <= 1e-5
+
+
+ALONE = {  # each promised layer type, alone after the input
+    "Rescaling": lambda: L.Rescaling(1 / 255), "Normalization": lambda: L.Normalization(
+        mean=[1.0, 2.0, 3.0], variance=[4.0, 5.0, 6.0]),
+    "Conv2D": lambda: L.Conv2D(4, 3), "SeparableConv2D": lambda: L.SeparableConv2D(4, 3),
+    "DepthwiseConv2D": lambda: L.DepthwiseConv2D(3),
+    "Conv2DTranspose": lambda: L.Conv2DTranspose(4, 3, strides=2),
+    "BatchNormalization": lambda: L.BatchNormalization(),
+    "LayerNormalization": lambda: L.LayerNormalization(),
+    "ReLU": lambda: L.ReLU(6.0), "LeakyReLU": lambda: L.LeakyReLU(0.2),
+    "PReLU": lambda: L.PReLU(), "ELU": lambda: L.ELU(), "Softmax": lambda: L.Softmax(),
+    "Activation": lambda: L.Activation("swish"), "MaxPooling2D": lambda: L.MaxPooling2D(2),
+    "AveragePooling2D": lambda: L.AveragePooling2D(2),
+    "GlobalAveragePooling2D": lambda: L.GlobalAveragePooling2D(),
+    "GlobalMaxPooling2D": lambda: L.GlobalMaxPooling2D(), "Flatten": lambda: L.Flatten(),
+    "Reshape": lambda: L.Reshape((64, 3)), "ZeroPadding2D": lambda: L.ZeroPadding2D(2),
+    "Cropping2D": lambda: L.Cropping2D(1), "Dropout": lambda: L.Dropout(0.5),
+    "UpSampling2D": lambda: L.UpSampling2D(), "Dense": lambda: L.Dense(5),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ALONE))
+def test_each_layer_type_alone(name, tmp_path):
+    inputs = keras3.Input((8, 8, 3))
+    model = keras3.Model(inputs, ALONE[name]()(inputs))
+    model.save(tmp_path / "one.keras")
+    assert bridge.check_parity(model, models.load(tmp_path / "one.keras")) <= 1e-5
+
+
+def test_conv1d_alone(tmp_path):
+    inputs = keras3.Input((16, 3))
+    model = keras3.Model(inputs, L.Conv1D(4, 3)(inputs))
+    model.save(tmp_path / "conv1d.keras")
+    assert bridge.check_parity(model, models.load(tmp_path / "conv1d.keras")) <= 1e-5
