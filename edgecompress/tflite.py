@@ -13,15 +13,17 @@ from ._tf import keras, tf
 from .data import Dataset
 from .errors import DataError, ModelError, OptionError
 from .models import input_shape, rescales_its_input
-from .options import DEFAULT_CALIBRATION_SAMPLES, Mode, Preprocess
+from .options import DEFAULT_CALIBRATION_SAMPLES, Mode, Preprocess, lookup
 from . import techniques
 from .techniques import quantize
 
 CALIBRATED = (Mode.INT8, Mode.INT16X8)
+IO_TYPES = {"int8": tf.int8, "uint8": tf.uint8}
 
 
 def convert(model: keras.Model, *, mode="int8", data: Dataset | None = None,
-            preprocess=None, calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES) -> bytes:
+            preprocess=None, calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
+            io_type: str = "int8") -> bytes:
     """Converts a Keras model to `.tflite` bytes.
 
     Training wrappers (pruning, clustering) are stripped first. A quantisation-aware
@@ -34,6 +36,8 @@ def convert(model: keras.Model, *, mode="int8", data: Dataset | None = None,
         preprocess: how `data` becomes model input (`Preprocess` name); by default the
             dataset's own.
         calibration_samples: how many images of `data`, drawn at random (seed 0), calibrate.
+        io_type: `int8`, or `uint8` input and output around the int8 model (cameras give
+            uint8 pixels; the converter adds the requantisation), for mode `int8` only.
 
     Returns:
         The flatbuffer, without edgecompress metadata (see `export`).
@@ -44,12 +48,19 @@ def convert(model: keras.Model, *, mode="int8", data: Dataset | None = None,
         ModelError: the converter rejected the model.
     """
     mode = Mode.get(mode, "mode")
+    io = lookup(IO_TYPES, io_type, "io_type")
+    if io_type != "int8" and mode is not Mode.INT8:
+        raise OptionError(f"`io_type` {io_type} is for full-integer int8 models. "
+                          f"Received: mode={mode.value}.")
     model = techniques.strip(model)
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     if quantize.is_wrapped(model):
         _configure_qat(converter, mode)
     else:
         _configure(converter, mode, model, data, preprocess, calibration_samples)
+    if mode is Mode.INT8:
+        converter.inference_input_type = converter.inference_output_type = io
+        # (QAT models need this too: their learned ranges make every op int8)
     try:
         with warnings.catch_warnings(), _io.quiet_native_logs():  # MLIR dumps, statistics
             warnings.simplefilter("ignore", UserWarning)  # "Statistics for quantized inputs"
@@ -84,14 +95,12 @@ def _configure(converter, mode, model, data, how, samples) -> None:
         raise DataError(f"Export mode {mode.value} needs calibration data.")
     data.check_fits(input_shape(model))
     converter.representative_dataset = data.representative(samples, data.resolve(how))
-    if mode is Mode.INT8:
+    if mode is Mode.INT8:  # int8 or uint8 input and output: set by `convert`
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        io_type = tf.int8
     else:
         converter.target_spec.supported_ops = [
             tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
-        io_type = tf.int16
-    converter.inference_input_type = converter.inference_output_type = io_type
+        converter.inference_input_type = converter.inference_output_type = tf.int16
 
 
 def _configure_qat(converter, mode) -> None:
@@ -101,12 +110,11 @@ def _configure_qat(converter, mode) -> None:
         raise OptionError(f"A quantisation-aware trained model exports as int8 only. "
                           f"Received: mode={mode.value}.")
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.inference_input_type = converter.inference_output_type = tf.int8
 
 
 def export(model: keras.Model, path, *, mode="int8", data: Dataset | None = None,
            preprocess=None, calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
-           classes=None) -> Path:
+           classes=None, io_type: str = "int8") -> Path:
     """Converts `model` and writes the `.tflite` atomically, with its metadata inside.
 
     The metadata records the preprocessing and class names, so that `evaluate` needs no
@@ -117,7 +125,7 @@ def export(model: keras.Model, path, *, mode="int8", data: Dataset | None = None
     Args:
         model: the Keras model.
         path: the output file; its folder must exist.
-        mode, data, preprocess, calibration_samples: as for `convert`.
+        mode, data, preprocess, calibration_samples, io_type: as for `convert`.
         classes: class names; by default those of `data`.
 
     Returns:
@@ -130,7 +138,7 @@ def export(model: keras.Model, path, *, mode="int8", data: Dataset | None = None
     path = _io.writable_path(path)
     mode, how = Mode.get(mode, "mode"), preprocessing_of(model, data, preprocess)
     flatbuffer = convert(model, mode=mode, data=data, preprocess=how,
-                         calibration_samples=calibration_samples)
+                         calibration_samples=calibration_samples, io_type=io_type)
     if classes is None and data is not None:
         classes = data.classes
     info = {"preprocess": how.value, "mode": mode.value, "model": model.name,

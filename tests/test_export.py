@@ -133,3 +133,22 @@ def test_the_preprocessing_is_never_guessed(trained, train_set, tmp_path):
     assert metadata.read(path.read_bytes())["preprocess"] == "raw"
     with pytest.warns(UserWarning, match="rescales its own input"):
         tflite.export(scaling, tmp_path / "s.tflite", mode="fp32", preprocess="unit")
+
+
+def test_uint8_input_and_output_around_an_int8_model(trained, train_set, test_set, tmp_path):
+    from edgecompress.device import inspect, verdict
+
+    files = {io: tflite.export(trained[0], tmp_path / f"{io}.tflite", data=train_set,
+                               preprocess="unit", calibration_samples=50, io_type=io)
+             for io in ("int8", "uint8")}
+    summary = inspect.read(files["uint8"]).summary()
+    assert summary["inputs"][0]["dtype"] == "UINT8" and summary["outputs"][0]["dtype"] == \
+        "UINT8"
+    results = {io: verify.evaluate(path, test_set, latency_runs=1) for io, path in
+               files.items()}
+    assert abs(results["uint8"].accuracy - results["int8"].accuracy) <= 0.02
+    types = next(c for c in verdict.verify_target(files["uint8"], "mcu-cortex-m4").checks
+                 if c.name == "number types")
+    assert types.status == "pass"
+    with pytest.raises(OptionError, match="io_type"):
+        tflite.convert(trained[0], mode="fp32", io_type="uint8")

@@ -64,6 +64,9 @@ def _add_export(commands) -> None:
                                   "int16x8")
     add_preprocess(p, default=None, why="required unless the model's first layer rescales "
                    "its input (then raw); a wrong one writes a file that predicts garbage")
+    p.add_argument("--io-type", default="int8", choices=["int8", "uint8"],
+                   help="input and output type of an int8 model: int8 (default) or uint8, "
+                        "as cameras give pixels")
     add_calibration_samples(p)
     add_allow_code(p)
     p.set_defaults(run=run_export)
@@ -77,7 +80,7 @@ def run_export(args) -> int:
     data = load_data_for(args.data, models.input_shape(model)) if args.data else None
     print(f"converting {model.name} to {args.mode} ...", file=sys.stderr)
     path = tflite.export(model, output, mode=args.mode, data=data, preprocess=args.preprocess,
-                         calibration_samples=args.calibration_samples)
+                         calibration_samples=args.calibration_samples, io_type=args.io_type)
     print(f"wrote {path} ({path.stat().st_size:,} bytes)")
     return 0
 

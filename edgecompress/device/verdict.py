@@ -124,9 +124,9 @@ def _dtypes(model, target) -> Check:
     figure = f"input/output {'/'.join(sorted(set(io)))}, {floats} float tensor(s)"
     if not target.int8_only:
         return Check("number types", INFO, figure)
-    ok = floats == 0 and all(t == "INT8" for t in io)
+    ok = floats == 0 and all(t in ("INT8", "UINT8") for t in io)
     note = "" if ok else (f"{target.name} runs integer models only: export with --mode int8 "
-                          "(full integer, int8 input and output)")
+                          "(full integer, int8 or uint8 input and output)")
     return Check("number types", PASS if ok else FAIL, figure, "int8 only", note)
 
 
