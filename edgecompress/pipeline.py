@@ -121,7 +121,7 @@ def compress(model, stages: list[recipe.Stage], train_data, eval_data, out: Path
     drops = {name: budget.Drop(**r.drop) for name, r in results.items()}
     judged = budget.verdict(drops["recipe INT8"], max_drop)
     failures, warnings = suspicious(results["recipe INT8"], files["recipe INT8"], keras_labels)
-    warnings = failures + warnings
+    warnings = failures + warnings + learning_warnings(results["recipe INT8"], records)
     if failures and judged["passed"]:
         judged = {**judged, "passed": False,
                   "text": f"FAIL: {failures[0]} ({judged['text'][len('PASS: '):]})"}
@@ -164,6 +164,22 @@ def suspicious(evaluation, int8_file: Path, keras_labels) -> tuple[list[str], li
         failures.append(f"{int8_file.name} predicts one class for every image, unlike the "
                         "input model: compression destroyed it")
     return failures, warnings
+
+
+def learning_warnings(evaluation, records: list[dict]) -> list[str]:
+    """Signs that the fine-tuning learned too little or only the training images: accuracy
+    near chance, or far above on the training images than on the evaluation images."""
+    warnings = []
+    chance = 1 / max(len(evaluation.classes), 1)
+    if evaluation.accuracy < 1.5 * chance:
+        warnings.append(f"the result scores {evaluation.accuracy:.1%}, near chance "
+                        f"({chance:.1%}): more or better data, or more steps")
+    trained = [r["metrics"].get("accuracy") for r in records if r.get("metrics")]
+    if trained and trained[-1] is not None and trained[-1] - evaluation.accuracy > 0.3:
+        warnings.append(f"training accuracy {trained[-1]:.1%} against {evaluation.accuracy:.1%}"
+                        " on the evaluation images: the model learned the training images, "
+                        "not the task (more images, augmentation, fewer steps)")
+    return warnings
 
 
 def _save_keras3(model, path: Path) -> None:

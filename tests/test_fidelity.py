@@ -270,3 +270,13 @@ def test_a_collapse_fails_the_file_only_when_compression_caused_it(int8_file):
     assert not failures and "the input model predicts one class" in warnings[0]
     healthy = SimpleNamespace(samples=10, predictions=np.arange(10) % 3)
     assert pipeline.suspicious(healthy, int8_file, np.arange(10) % 3) == ([], [])
+
+
+def test_chance_level_and_overfitting_are_warned_of():
+    from types import SimpleNamespace
+
+    at_chance = SimpleNamespace(accuracy=0.35, classes=("a", "b", "c"))
+    warned = pipeline.learning_warnings(at_chance, [{"metrics": {"accuracy": 0.86}}])
+    assert "near chance" in warned[0] and "learned the training images" in warned[1]
+    good = SimpleNamespace(accuracy=0.8, classes=("a", "b", "c"))
+    assert pipeline.learning_warnings(good, [{"metrics": {"accuracy": 0.9}}]) == []
