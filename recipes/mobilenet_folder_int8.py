@@ -8,6 +8,15 @@ evaluation unless --eval-data is given.
     python recipes/mobilenet_folder_int8.py --images photos/ --image-size 96 \\
         --alpha 0.35 --epochs 30 --out runs/my_classes
 
+With a few dozen photos per class, start from a trained model instead and give it a new
+classifier for your classes (transfer learning):
+
+    python recipes/mobilenet_folder_int8.py --images photos/ --model pretrainedResnet.h5 \\
+        --new-head --preprocess raw --epochs 10 --out runs/my_classes
+
+The first stage (labels only) trains the model, or its new head, and the model it makes
+is the reference that QAT distils from and the report and budget compare with.
+
 Images are resized to --image-size and scaled with --preprocess (default symmetric).
 """
 

@@ -236,3 +236,36 @@ def test_the_folder_recipes_zoo_models_take_alpha_only_where_they_have_it(train_
     assert mobilenet.count_params() < recipes._zoo_model(
         "mobilenet_v2", train_set.take(10), argparse.Namespace(alpha=1.0, seed=0)).count_params()
     assert recipes._zoo_model("tiny_cnn", train_set.take(10), args).output_shape[-1] == 10
+
+
+def test_a_new_head_learns_the_users_classes_and_is_the_reference(trained, tmp_path):
+    from PIL import Image
+
+    from edgecompress import data, models
+    from edgecompress.cli import recipes
+    from edgecompress.techniques import quantize
+
+    shapes = data.shapes(600, size=(16, 16), seed=5)  # three of the shapes, as photos
+    for i, (image, label) in enumerate(zip(shapes.x, shapes.y)):
+        if label < 3:
+            folder = tmp_path / "photos" / shapes.classes[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(folder / f"{i}.png")
+    assert models.new_head(trained[0], 3).output_shape == (None, 3)
+
+    def stages(args, samples):
+        return [recipe.Stage("qat", quantize.Config(), recipes.qat_fit_config(args),
+                             recipes.distill_config(args))]
+
+    argv = ["--model", str(trained[1]), "--images", str(tmp_path / "photos"),
+            "--preprocess", "unit", "--epochs", "6", "--batch-size", "16",
+            "--learning-rate", "3e-3",
+            "--qat-steps", "5", "--calibration-samples", "16", "--quiet", "--max-drop", "100"]
+    assert recipes.script_main("test", stages, argv=argv + ["--out", str(tmp_path / "no")]) == 2
+    out = tmp_path / "out"
+    assert recipes.script_main("test", stages, argv=argv + ["--new-head", "--out",
+                                                            str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["stages"][0]["technique"] == "finetune"  # trained the head first
+    assert report["keras_accuracy"] > 0.6  # the reference is the trained model: chance is 1/3
+    assert report["results"]["recipe INT8"]["accuracy"] > 0.6

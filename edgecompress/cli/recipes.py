@@ -89,6 +89,10 @@ def parser(description: str) -> argparse.ArgumentParser:
                    help="distribution strategy for fine-tuning (default none)")
     p.add_argument("--seed", type=int, default=0)
     common.add_allow_code(p)
+    p.add_argument("--new-head", action="store_true",
+                   help="replace the model's classifier with a fresh one for the data's "
+                        "classes (transfer learning from a pretrained model to your own "
+                        "classes); its labels-only training stage becomes the reference")
     p.add_argument("--keras-format", choices=("auto", "2", "3"), default="auto",
                    help="also write the final model as a Keras 3 model.keras (3), or not (2); "
                         "default auto: when --model is a Keras 3 file. model.h5 is always "
@@ -142,6 +146,7 @@ def load_inputs(args):
         train_data, eval_data = train_data.split(args.eval_fraction, seed=args.seed)
     if model is None:
         model = _zoo_model(args.model[4:], train_data, args)
+    model = _fit_classes(model, train_data, getattr(args, "new_head", False))
     shape = models.input_shape(model)
     for dataset in (train_data, eval_data):
         dataset.check_fits(shape)
@@ -152,6 +157,24 @@ def load_inputs(args):
         eval_data = eval_data.take(args.eval_samples, seed=args.seed)
     transfer = common.load_data_for(args.transfer_data, shape) if args.transfer_data else None
     return model, train_data, eval_data, transfer
+
+
+def _fit_classes(model, train_data, new_head: bool):
+    """The model with a new classifier for the data's classes (--new-head), or the model
+    itself once its output is checked against the data's classes."""
+    from .. import models
+    from ..errors import OptionError
+
+    if new_head:
+        return models.new_head(model, len(train_data.classes))
+    outputs = model.output_shape[-1]
+    numbered = train_data.classes == tuple(str(i) for i in range(len(train_data.classes)))
+    if len(train_data.classes) > outputs or not numbered and len(train_data.classes) != \
+            outputs:
+        raise OptionError(f"The model predicts {outputs} classes and {train_data.source} has "
+                          f"{len(train_data.classes)} ({', '.join(train_data.classes[:5])}"
+                          "...). Give --new-head to train a new classifier for them.")
+    return model
 
 
 def _is_keras3(model: str) -> bool:
@@ -202,6 +225,8 @@ def run_recipe(args, build_stages, prog: str) -> int:
         model, train_data, eval_data, transfer = load_inputs(args)
         samples = len(train_data) + (len(transfer) if transfer is not None else 0)
         stages = build_stages(args, samples)
+        if getattr(args, "new_head", False) and not pipeline.split_preparation(stages)[0]:
+            stages = [recipe.Stage("finetune", None, fit_config(args))] + stages  # the head
         recipe.check_order(stages)
         written.append(pipeline.prepare_output(args.out, overwrite=args.overwrite,
                                                resume=args.resume))

@@ -292,6 +292,21 @@ def build(name: str, **kwargs) -> keras.Model:
     return lookup(ZOO, name, "architecture")(**kwargs)
 
 
+def new_head(model: keras.Model, classes: int) -> keras.Model:
+    """`model` with its classifier (the last Dense layer and what follows it) replaced by a
+    fresh softmax Dense for `classes`: transfer learning to the user's own classes.
+
+    Raises:
+        ModelError: the model has no Dense layer to replace.
+    """
+    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    if not dense:
+        raise ModelError(f"`{model.name}` has no Dense classifier layer to replace.")
+    outputs = keras.layers.Dense(classes, activation="softmax", name="new_head")(
+        dense[-1].input)
+    return keras.Model(model.inputs, outputs, name=f"{model.name}_new_head")
+
+
 def rescales_its_input(model: keras.Model) -> bool:
     """Whether the model's first layer is a Rescaling or Normalization: it then takes pixels
     as they are (preprocessing `raw`)."""
