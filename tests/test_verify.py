@@ -131,3 +131,11 @@ def test_the_classification_output_is_chosen_by_shape(trained, test_set, tmp_pat
     path = tflite.export(twice, tmp_path / "twice.tflite", mode="fp32", preprocess="unit")
     with pytest.raises(ModelError, match="2 of them score classes"):
         verify.evaluate(path, test_set)
+
+
+def test_native_messages_are_made_readable():
+    message = "XNNPACK delegate\nunsupported datatype (INT4) of tensor 3\n\nNode number 7 " + \
+        "(CONV_2D) failed to prepare. " * 20
+    text = verify.readable(message)
+    assert "\n" not in text and "XNNPACK delegate; unsupported datatype" in text
+    assert len(text) <= 304 and text.endswith(" ...") and not text[:-4].endswith("numb")

@@ -48,7 +48,7 @@ class LiteRTModel:
             self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as e:
             raise ModelError(f"LiteRT cannot run `{self.file.path}`: "
-                             f"{str(e).strip()[:200]}") from None
+                             f"{readable(str(e))}") from None
         self.threads, self.kernels = threads, kernels
         self.input = self.interpreter.get_input_details()[0]
         self.output = classification_output(self.interpreter.get_output_details(),
@@ -99,6 +99,13 @@ class LiteRTModel:
             self.interpreter.invoke()
             times[i] = time.perf_counter() - t
         return times * 1000
+
+
+def readable(message: str, limit: int = 300) -> str:
+    """A native runtime's message on one line: its lines joined with "; ", whitespace
+    collapsed, cut at a word boundary."""
+    text = "; ".join(" ".join(line.split()) for line in message.splitlines() if line.strip())
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " ..."
 
 
 def classification_output(outputs: list[dict], path: str) -> dict:
