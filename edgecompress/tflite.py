@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import warnings
+
+import numpy as np
 from pathlib import Path
 
 from . import __version__, _io
@@ -12,7 +14,7 @@ from .device import inspect, metadata
 from ._tf import keras, tf
 from .data import Dataset
 from .errors import DataError, ModelError, OptionError
-from .models import input_shape, rescales_its_input
+from .models import input_shape, predict_labels, rescales_its_input
 from .options import DEFAULT_CALIBRATION_SAMPLES, Mode, Preprocess, lookup
 from . import techniques
 from .techniques import quantize
@@ -144,7 +146,40 @@ def export(model: keras.Model, path, *, mode="int8", data: Dataset | None = None
     info = {"preprocess": how.value, "mode": mode.value, "model": model.name,
             "classes": list(classes) if classes is not None else None,
             "edgecompress": __version__}
-    return _io.write_bytes(path, metadata.add(flatbuffer, info))
+    path = _io.write_bytes(path, metadata.add(flatbuffer, info))
+    if mode in CALIBRATED and data is not None:
+        _warn_if_unfaithful(model, path, data.take(CHECK_SAMPLES, seed=0), how)
+    return path
+
+
+CHECK_SAMPLES = 50  # calibration images the exported file is compared on with Keras
+
+
+def _warn_if_unfaithful(model, path: Path, sample: Dataset, how) -> None:
+    """Warns when the integer file disagrees badly with the Keras model on calibration
+    images, or predicts one class for all of them, and when the Keras model itself scores
+    far better on the (labelled) calibration images with another preprocessing: the
+    preprocessing or calibration is then probably wrong, and every figure from the file
+    would mislead."""
+    from .device.verify import LiteRTModel
+
+    if sample.y is not None:
+        scores = {p: float(np.mean(predict_labels(model, sample, p) == sample.y))
+                  for p in Preprocess}
+        best = max(scores, key=scores.get)
+        if scores[best] - scores[how] > 0.2:
+            warnings.warn(f"`{model.name}` scores {scores[how]:.0%} on {len(sample)} "
+                          f"calibration images with preprocess={how.value!r} but "
+                          f"{scores[best]:.0%} with {best.value!r}: check the "
+                          "preprocessing.", stacklevel=3)
+    expected = predict_labels(model, sample, how)
+    got = LiteRTModel(path).run(sample, how)[0].argmax(axis=1)
+    agreement = float(np.mean(got == expected))
+    if agreement < 0.5 or len(set(got)) == 1 < len(set(expected)):
+        warnings.warn(f"{path.name} agrees with the Keras model on {agreement:.0%} of "
+                      f"{len(sample)} calibration images (it predicts {len(set(got))} "
+                      f"class(es), Keras {len(set(expected))}): check the preprocessing "
+                      f"({how.value}) and the calibration data.", stacklevel=3)
 
 
 def preprocessing_of(model: keras.Model, data: Dataset | None, given=None) -> Preprocess:

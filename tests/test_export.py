@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 
@@ -152,3 +154,18 @@ def test_uint8_input_and_output_around_an_int8_model(trained, train_set, test_se
     assert types.status == "pass"
     with pytest.raises(OptionError, match="io_type"):
         tflite.convert(trained[0], mode="fp32", io_type="uint8")
+
+
+def test_an_export_that_disagrees_with_keras_is_warned_of(train_set, tmp_path):
+    from edgecompress import models
+
+    keras.utils.set_random_seed(1)
+    model = models.tiny_cnn((16, 16, 3), filters=(8, 16))  # BatchNorm: as the demo's model
+    train.fit(model, train_set, preprocess="unit", epochs=6, learning_rate=1e-2, verbose=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the right preprocessing: no warning
+        tflite.export(model, tmp_path / "right.tflite", data=train_set, preprocess="unit",
+                      calibration_samples=50)
+    with pytest.warns(UserWarning, match="with preprocess='raw' but .* with 'unit'"):
+        tflite.export(model, tmp_path / "wrong.tflite", data=train_set, preprocess="raw",
+                      calibration_samples=50)  # trained on /255
