@@ -139,3 +139,15 @@ def test_native_messages_are_made_readable():
     text = verify.readable(message)
     assert "\n" not in text and "XNNPACK delegate; unsupported datatype" in text
     assert len(text) <= 304 and text.endswith(" ...") and not text[:-4].endswith("numb")
+
+
+def test_a_file_without_metadata_takes_the_datasets_preprocessing(trained, test_set,
+                                                                  tmp_path):
+    from edgecompress import tflite
+
+    bare = tmp_path / "bare.tflite"
+    bare.write_bytes(tflite.convert(trained[0], mode="fp32"))
+    labels = models.predict_labels(trained[0], test_set, "unit")
+    result = verify.evaluate(bare, test_set.with_preprocess("unit"), reference=labels,
+                             latency_runs=1)
+    assert result.preprocess == "unit" and result.agreement > 0.99

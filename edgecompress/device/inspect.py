@@ -67,11 +67,12 @@ class Model:
     def input_shape(self) -> tuple[int, ...]:
         return self.tensors[self.inputs[0]].shape
 
-    def preprocess(self, given=None) -> Preprocess:
-        """The preprocessing `given`, else the one stored in the metadata, else an error."""
+    def preprocess(self, given=None, fallback=None) -> Preprocess:
+        """The preprocessing `given`, else the one stored in the metadata, else `fallback`
+        (a dataset's own), else an error."""
         if given is not None:
             return Preprocess.get(given, "preprocess")
-        stored = self.metadata.get("preprocess")
+        stored = self.metadata.get("preprocess") or fallback
         if stored is None:
             raise OptionError(f"`{self.path or 'the model'}` does not record its "
                               f"preprocessing; give it (one of: "

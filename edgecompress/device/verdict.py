@@ -85,7 +85,8 @@ def verify_target(path, target, data: Dataset | None = None, *, preprocess=None,
 def _verify(model, target, data, preprocess, reference, min_accuracy, micro_samples,
             latency_runs) -> Verdict:
     summary = model.summary()
-    how = model.preprocess(preprocess) if data is not None else Preprocess.RAW
+    how = model.preprocess(preprocess, fallback=data.preprocess) if data is not None else \
+        Preprocess.RAW
     if data is not None:
         data.check_fits(model.input_shape)
         verify.check_labels(data.require_labels(), data.classes, model)

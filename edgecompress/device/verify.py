@@ -170,7 +170,8 @@ def evaluate(path, data: Dataset, *, preprocess=None, reference: np.ndarray | No
     Args:
         path: the `.tflite` file, or its handle from `inspect.open`.
         data: labelled images that fit the model's input.
-        preprocess: `Preprocess` name; by default the one stored in the file's metadata.
+        preprocess: `Preprocess` name; by default the one stored in the file's metadata,
+            else the dataset's own.
         reference: top-1 labels predicted by a reference model (e.g. the Keras original)
             for the same images; gives `agreement` and the paired accuracy `drop`.
         threads: interpreter threads.
@@ -201,7 +202,7 @@ def evaluate(path, data: Dataset, *, preprocess=None, reference: np.ndarray | No
 def evaluate_in_process(file: inspect.Model, data, *, preprocess, reference, threads,
                         kernels, latency_runs):
     """`evaluate` of an opened file without the child process."""
-    how = file.preprocess(preprocess)
+    how = file.preprocess(preprocess, fallback=data.preprocess)
     labels = data.require_labels()
     check_labels(labels, data.classes, file)
     model = LiteRTModel(file, threads=threads, kernels=kernels)
