@@ -29,4 +29,13 @@ from tensorflow_model_optimization.python.core.clustering.keras.clustering_regis
 from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry import (  # noqa: E402,E501
     PruneRegistry)
 
-__all__ = ["tf", "keras", "tfmot", "ClusteringRegistry", "PruneRegistry"]
+__all__ = ["tf", "keras", "tfmot", "ClusteringRegistry", "PruneRegistry", "keras3"]
+
+
+def keras3():
+    """The Keras 3 package, for the bridge that reads and writes Keras 3 files only; the
+    rest of the project works on tf_keras models."""
+    with quiet_native_logs():
+        import keras as keras_3
+
+    return keras_3

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import ModelError
 from .._io import quiet_native_logs
-from .._tf import keras as tf_keras
+from .._tf import keras as tf_keras, keras3
 
 TOLERANCE = 1e-4  # max |difference| of outputs, relative to the outputs' largest magnitude
 # Layers that only act while training: dropped, the tensor passes through.
@@ -82,10 +82,9 @@ def load(path: Path, *, allow_code: bool = False):
             bridged model's outputs differ.
     """
     with quiet_native_logs():
-        import keras
-
         try:
-            original = keras.saving.load_model(path, compile=False, safe_mode=not allow_code)
+            original = keras3().saving.load_model(path, compile=False,
+                                                  safe_mode=not allow_code)
         except Exception as e:  # Keras raises many types for a file it cannot read
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise ModelError(f"Keras 3 cannot load `{path}`: {first[:300]}") from None
@@ -236,8 +235,7 @@ def check_parity(original, model, x: np.ndarray | None = None) -> float:
 
 
 def _first_difference(original, model, x) -> str:
-    import keras
-
+    keras = keras3()
     for layer in original.layers[1:]:
         try:
             probe = keras.Model(original.inputs, layer.output)
@@ -262,7 +260,5 @@ def save_keras3(model, path: Path) -> Path:
     with tempfile.TemporaryDirectory() as folder:
         legacy = save(model, Path(folder) / "model.h5")
         with quiet_native_logs():
-            import keras
-
-            keras.saving.load_model(legacy, compile=False).save(path)
+            keras3().saving.load_model(legacy, compile=False).save(path)
     return Path(path)
