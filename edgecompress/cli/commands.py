@@ -264,8 +264,11 @@ def _add_verify(commands) -> None:
         description="Check a .tflite against a target profile: flash, number types, "
                     "operators, RAM (TFLite Micro's minimum arena for microcontrollers), "
                     "latency (measured here for LiteRT targets, estimated from MACs for "
-                    "microcontrollers) and, with --data, accuracy. Exit status: 0 when "
-                    "every budget holds, 1 when one fails, 2 for bad input.")
+                    "microcontrollers) and, with --data, accuracy. With --emulate, a "
+                    "microcontroller verdict stands on TFLite Micro built for the target's "
+                    "core and run under qemu-system-arm: its outputs, instructions per "
+                    "inference, firmware size and arena. Exit status: 0 when every budget "
+                    "holds, 1 when one fails, 2 for bad input.")
     p.add_argument("model", help="the .tflite file")
     p.add_argument("--target", required=True, help="a profile name (see edgecompress targets)")
     p.add_argument("--targets-file", metavar="JSON", help="also load targets from this file")
@@ -275,6 +278,22 @@ def _add_verify(commands) -> None:
                    help="accuracy budget, e.g. 0.7")
     p.add_argument("--micro-samples", type=int, default=200, metavar="N",
                    help="images run on TFLite Micro, whose kernels are slow (default 200)")
+    emulation = p.add_argument_group(
+        "emulation", "microcontroller targets on their own core and kernels; needs `apt-get "
+                     "install gcc-arm-none-eabi libnewlib-arm-none-eabi "
+                     "libstdc++-arm-none-eabi-dev qemu-system-arm`")
+    emulation.add_argument("--emulate", action="store_true",
+                           help="build TFLite Micro for the target's core (once; cached) and "
+                                "run the model on it under QEMU")
+    emulation.add_argument("--kernels", choices=["cmsis-nn", "reference"],
+                           help="TFLite Micro's kernel set (default: the target's, cmsis-nn "
+                                "for the built-in profiles, what products ship)")
+    emulation.add_argument("--cache-dir", metavar="DIR",
+                           help="where builds are kept (default: $EDGECOMPRESS_CACHE or "
+                                "~/.cache/edgecompress)")
+    emulation.add_argument("--tflm-sources", metavar="DIR",
+                           help="folder of the TFLite Micro source archives (default: "
+                                "$EDGECOMPRESS_TFLM_SOURCES, or ../shared/tflm)")
     p.add_argument("--json", metavar="PATH", help="write the verdict as JSON")
     p.add_argument("--markdown", metavar="PATH", help="write the verdict as Markdown")
     p.set_defaults(run=run_verify)
@@ -282,7 +301,7 @@ def _add_verify(commands) -> None:
 
 def run_verify(args) -> int:
     from .. import _io, report
-    from ..device import inspect, micro, targets, verdict
+    from ..device import cortex_m, inspect, micro, targets, verdict
 
     _check_min_accuracy(args.min_accuracy, args.data)
     for path in (args.json, args.markdown):
@@ -294,12 +313,20 @@ def run_verify(args) -> int:
     model = inspect.open(args.model)
     _warn_if_contradicted(model, args.preprocess)
     data = load_data_for(args.data, model.input_shape) if args.data else None
-    if target.runtime == "tflm" and not micro.available():
+    emulate = None
+    if args.emulate:
+        cortex_m.require_tools()
+        emulate = verdict.Emulation(kernels=args.kernels, sources=args.tflm_sources,
+                                    cache=args.cache_dir,
+                                    progress=lambda line: print(line, file=sys.stderr))
+    elif args.kernels or args.cache_dir or args.tflm_sources:
+        raise OptionError("--kernels, --cache-dir and --tflm-sources go with --emulate.")
+    if target.runtime == "tflm" and not micro.available() and not args.emulate:
         print("note: tflite-micro is not installed (pip install 'edgecompress[mcu]'): "
               "RAM is estimated, TFLite Micro is not run", file=sys.stderr)
     result = verdict.verify_target(model, target, data, preprocess=args.preprocess,
                                    min_accuracy=args.min_accuracy,
-                                   micro_samples=args.micro_samples)
+                                   micro_samples=args.micro_samples, emulate=emulate)
     rows = [{"check": c.name, "verdict": c.status, "figure": c.figure, "budget": c.budget}
             for c in result.checks]
     print(f"{args.model} on {target.name}: {target.description}\n")

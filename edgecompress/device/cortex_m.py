@@ -19,17 +19,16 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tarfile
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import EdgeCompressError, ModelError, OptionError
+from ..errors import EdgeCompressError, OptionError
 from ..options import lookup
 
 INSTALL = ("apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi "
@@ -49,6 +48,10 @@ class EmulatorUnavailable(EdgeCompressError):
 
 class EmulationError(EdgeCompressError):
     """The firmware faulted, ran past its time limit or refused the model."""
+
+
+class UnknownOperator(EmulationError):
+    """The model uses an operator that the firmware's kernel set lacks."""
 
 
 @dataclass(frozen=True)
@@ -277,7 +280,7 @@ def check_operators(used, tree: Path, kernels: str, core: str) -> list[Operator]
     available = operators(tree)
     for name in sorted(used):
         if name not in available:
-            raise EmulationError(f"operator {name} is not in TFLite Micro's {kernels} kernel "
+            raise UnknownOperator(f"operator {name} is not in TFLite Micro's {kernels} kernel "
                                  f"set for {core}.")
     return [available[name] for name in sorted(used)]
 
@@ -361,9 +364,11 @@ def firmware(used_ops, *, core: str = "cortex-m4", kernels: str = "cmsis-nn",
 def _build(elf, tree, trees, core, kernels, ops, options, build, progress) -> None:
     flags = _flags(tree, trees, core, kernels, options)
     library_sources = _library_sources(tree, kernels, ops)
-    objects = _compile_all(library_sources, tree, build / "obj", flags, options, progress,
+    objects = _compile_all(library_sources, tree, build.parent / "objects", flags, options,
+                           progress,
                            f"TFLite Micro ({kernels}, {core.name})")
     folder = elf.parent
+    build.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="build-", dir=build))
     try:
         (work / "ops.h").write_text(ops_header(ops))
@@ -405,8 +410,10 @@ def _flags(tree, trees, core, kernels, options) -> list[str]:
         defines += ["-DCMSIS_NN", "-DARM_NN_ENABLE_F16=0", "-DARM_NN_ENABLE_F32=0"]
     if options.strip_error_strings:
         defines.append("-DTF_LITE_STRIP_ERROR_STRINGS")
+    # __FILE__ (in TFLite Micro's error messages) must not name the tree's folder, or the
+    # objects of the two trees could never be shared.
     return [*core.flags, *COMMON_FLAGS, *defines, *_lto(options),
-            *(f"-I{path}" for path in includes)]
+            *(f"-I{path}" for path in includes), f"-ffile-prefix-map={tree}=."]
 
 
 def _lto(options) -> list[str]:
@@ -432,25 +439,45 @@ def _library_sources(tree: Path, kernels: str, ops) -> list[str]:
 
 
 def _compile_all(files, tree, objects, flags, options, progress, what) -> list[Path]:
-    todo, done = [], []
-    for relative in files:
-        target = objects / (relative + ".o")
-        done.append(target)
-        if not target.is_file():
-            todo.append((tree / relative, target, _optimisation(relative, options)))
-    if not todo:
-        return done
-    report = progress or (lambda line: None)
-    report(f"compiling {what}: {len(todo)} files on {os.cpu_count()} cores, once")
-    started = time.monotonic()
+    """Objects for `files`, each compiled once per preprocessed text and flags: the
+    framework files, identical in both kernel sets' trees, are shared between them."""
+    jobs = [(tree / relative, _optimisation(relative, options)) for relative in files]
     with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        jobs = [pool.submit(_compile, source, target, flags, level)
-                for source, target, level in todo]
-        for count, job in enumerate(concurrent.futures.as_completed(jobs), 1):
+        keys = list(pool.map(lambda job: _object_key(*job, flags), jobs))
+        targets = [objects / key[:2] / f"{key}.o" for key in keys]
+        todo = [(source, target, level) for (source, level), target in zip(jobs, targets)
+                if not target.is_file()]
+        if not todo:
+            return targets
+        report = progress or (lambda line: None)
+        report(f"compiling {what}: {len(todo)} files on {os.cpu_count()} cores, once")
+        started = time.monotonic()
+        running = [pool.submit(_compile, source, target, flags, level)
+                   for source, target, level in todo]
+        for count, job in enumerate(concurrent.futures.as_completed(running), 1):
             job.result()
-            if count % 25 == 0 or count == len(jobs):
-                report(f"  {count}/{len(jobs)} files, {time.monotonic() - started:.0f} s")
-    return done
+            if count % 25 == 0 or count == len(running):
+                report(f"  {count}/{len(running)} files, {time.monotonic() - started:.0f} s")
+    return targets
+
+
+def _object_key(source: Path, level: str, flags) -> str:
+    """A digest of what the compiler sees: the preprocessed text (without line markers)
+    and every flag that is not for the preprocessor (includes, defines, path maps)."""
+    cxx = source.suffix == ".cc"
+    text = _run([_compiler(source), level, *flags, *_language(source), "-E", "-P",
+                 str(source)], f"preprocessing {source.name}")
+    settings = [level, *_language(source),
+                *(f for f in flags if not f.startswith(("-I", "-D", "-ffile-prefix-map")))]
+    return hashlib.sha256(("\0".join(settings) + "\0" + str(cxx) + text).encode()).hexdigest()
+
+
+def _compiler(source: Path) -> str:
+    return "arm-none-eabi-g++" if source.suffix == ".cc" else "arm-none-eabi-gcc"
+
+
+def _language(source: Path) -> tuple[str, ...]:
+    return CXX_FLAGS if source.suffix == ".cc" else ("-std=c17",)
 
 
 def _optimisation(relative: str, options: BuildOptions) -> str:
@@ -462,11 +489,9 @@ def _optimisation(relative: str, options: BuildOptions) -> str:
 
 def _compile(source: Path, target: Path, flags, level: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
-    cxx = source.suffix == ".cc"
     partial = target.with_name(target.name + f".{os.getpid()}.partial")
-    _run(["arm-none-eabi-g++" if cxx else "arm-none-eabi-gcc", level, *flags,
-          *(CXX_FLAGS if cxx else ("-std=c17",)), "-c", str(source), "-o", str(partial)],
-         f"compiling {source.name}")
+    _run([_compiler(source), level, *flags, *_language(source), "-c", str(source), "-o",
+          str(partial)], f"compiling {source.name}")
     partial.replace(target)
     return target
 

@@ -37,6 +37,27 @@ M7_CYCLES_PER_MAC = (40.8e-3 * 280e6 / 12.5e6, M4_CYCLES_PER_MAC[1])  # 0.91, 6.
 # the fastest an M0+ can retire them: a lower bound.
 M0PLUS_CYCLES_PER_MAC = (97.6 / 12.5, 167.7 / 12.5)  # 7.8, 13.4
 
+# Cycles per instruction for turning emulated instruction counts into time: (lowest the
+# core can reach, typical). Lowest: a Cortex-M0+/M3/M4/M55 retires at most one instruction
+# per cycle, the dual-issue M7 two (Arm's technical reference manuals). Typical: our reading
+# of the same manuals' timings for the loops that dominate inference (loads 2 cycles, taken
+# branches 2-4, MACs 1), not a measurement. Published runs of the ResNet-8 took fewer
+# cycles than these counts at one cycle each (../shared/MCU-EMULATION.md, 8): they
+# executed other, older builds. No cycles per instruction is ever fitted below these bounds.
+CYCLES_PER_INSTRUCTION = {
+    "cortex-m0plus": (1.0, 1.3), "cortex-m3": (1.0, 1.25), "cortex-m4": (1.0, 1.25),
+    "cortex-m7": (0.5, 0.8), "cortex-m55": (1.0, 1.5)}
+
+# Published MLPerf Tiny latencies of its ResNet-8 (12,501,632 MACs, 77,708 parameters in the
+# reference INT8 file), for showing beside an emulated estimate of the same model:
+# (core, kernel set) -> (ms, MHz, source).
+PUBLISHED_RESNET8 = {
+    ("cortex-m4", "cmsis-nn"): (165.0, 120, "MLPerf Tiny v1.x, NUCLEO-L4R5ZI"),
+    ("cortex-m4", "reference"): (704.0, 120, "MLPerf Tiny v0.5 reference submission"),
+    ("cortex-m7", "cmsis-nn"): (40.8, 280, "MLPerf Tiny v1.x, STM32H7A3"),
+}
+RESNET8_SIGNATURE = {"macs": 12501632, "parameters": 77708}
+
 _MCU_SOURCE = (
     "RAM/flash classes after MLPerf Tiny's reference boards; clock from the part's "
     "datasheet; latency range from cycles per MAC calibrated on MLPerf Tiny's published "
@@ -60,6 +81,12 @@ class Target:
         latency_ms: budget for one inference (on LiteRT: measured on this machine).
         clock_mhz, cycles_per_mac: for the latency estimate of a microcontroller:
             (with optimised kernels, with reference kernels).
+        core: the Cortex-M core that `verify --emulate` builds for (see
+            `cortex_m.CORES`), or None.
+        kernels: TFLite Micro's kernel set for it: "cmsis-nn" (what products ship) or
+            "reference".
+        cycles_per_instruction: (lowest, typical), to turn emulated instruction counts into
+            a latency range.
         source: where the numbers come from.
     """
 
@@ -74,6 +101,9 @@ class Target:
     latency_ms: float | None = None
     clock_mhz: float | None = None
     cycles_per_mac: tuple[float, float] | None = None
+    core: str | None = None
+    kernels: str = "cmsis-nn"
+    cycles_per_instruction: tuple[float, float] | None = None
     source: str = ""
 
     def __post_init__(self):
@@ -91,6 +121,19 @@ class Target:
                                   f"reference), 0 < first <= second. Received: "
                                   f"cycles_per_mac={self.cycles_per_mac!r}.")
             object.__setattr__(self, "cycles_per_mac", (low, high))
+        if self.kernels not in ("cmsis-nn", "reference"):
+            raise OptionError(f"Target {self.name!r}: kernels must be one of cmsis-nn, "
+                              f"reference. Received: kernels={self.kernels!r}.")
+        if self.cycles_per_instruction is None and self.core in CYCLES_PER_INSTRUCTION:
+            object.__setattr__(self, "cycles_per_instruction",
+                               CYCLES_PER_INSTRUCTION[self.core])
+        if self.cycles_per_instruction is not None:
+            low, typical = map(float, self.cycles_per_instruction)
+            if not 0 < low <= typical:
+                raise OptionError(f"Target {self.name!r}: cycles_per_instruction is (lowest, "
+                                  f"typical), 0 < lowest <= typical. Received: "
+                                  f"cycles_per_instruction={self.cycles_per_instruction!r}.")
+            object.__setattr__(self, "cycles_per_instruction", (low, typical))
 
     def estimate_ms(self, macs: int) -> tuple[float, float] | None:
         """(optimised, reference kernels) latency estimate from the MAC count, if the
@@ -98,6 +141,13 @@ class Target:
         if not self.clock_mhz or not self.cycles_per_mac:
             return None
         return tuple(macs * c / (self.clock_mhz * 1e3) for c in self.cycles_per_mac)
+
+    def estimate_ms_from_instructions(self, instructions: float) -> tuple[float, float] | None:
+        """(lowest, typical) latency from an emulated instruction count."""
+        if not self.clock_mhz or not self.cycles_per_instruction:
+            return None
+        return tuple(instructions * c / (self.clock_mhz * 1e3)
+                     for c in self.cycles_per_instruction)
 
     def to_json(self) -> dict:
         result = asdict(self)
@@ -174,17 +224,27 @@ for _target in (
     Target("mcu-cortex-m4", "Cortex-M4 class MCU (STM32L4 class, 120 MHz): 256 KB RAM, 1 MB "
            "flash, TFLite Micro, int8 only", runtime="tflm", int8_only=True, ops=MCU_OPS,
            flash_bytes=1 << 20, ram_bytes=256 << 10, clock_mhz=120,
-           cycles_per_mac=M4_CYCLES_PER_MAC,
+           cycles_per_mac=M4_CYCLES_PER_MAC, core="cortex-m4",
            source=_MCU_SOURCE),
     Target("mcu-cortex-m7", "Cortex-M7 class MCU (STM32H7 class, 480 MHz): 512 KB RAM, 2 MB "
            "flash, TFLite Micro, int8 only", runtime="tflm", int8_only=True, ops=MCU_OPS,
            flash_bytes=2 << 20, ram_bytes=512 << 10, clock_mhz=480,
-           cycles_per_mac=M7_CYCLES_PER_MAC,
+           cycles_per_mac=M7_CYCLES_PER_MAC, core="cortex-m7",
            source=_MCU_SOURCE),
+    Target("mcu-cortex-m55", "Cortex-M55 + Helium class MCU (160 MHz): 512 KB RAM, 2 MB "
+           "flash, TFLite Micro, int8 only", runtime="tflm", int8_only=True, ops=MCU_OPS,
+           flash_bytes=2 << 20, ram_bytes=512 << 10, clock_mhz=160, core="cortex-m55",
+           source="a mid-range Helium part as we picture it, not a product's datasheet; no "
+                  "published MLPerf Tiny figure and no MAC-based estimate: use --emulate"),
+    Target("mcu-cortex-m3", "Cortex-M3 class MCU (STM32F2 class, 120 MHz): 128 KB RAM, 1 MB "
+           "flash, TFLite Micro, int8 only", runtime="tflm", int8_only=True, ops=MCU_OPS,
+           flash_bytes=1 << 20, ram_bytes=128 << 10, clock_mhz=120, core="cortex-m3",
+           source="STM32F2 class sizes and clock; no published MLPerf Tiny figure and no "
+                  "MAC-based estimate: use --emulate"),
     Target("mcu-cortex-m0plus", "Cortex-M0+ class MCU (SAMD21 class, 48 MHz): 32 KB RAM, "
            "256 KB flash, TFLite Micro, int8 only", runtime="tflm", int8_only=True,
            ops=MCU_OPS, flash_bytes=256 << 10, ram_bytes=32 << 10, clock_mhz=48,
-           cycles_per_mac=M0PLUS_CYCLES_PER_MAC,
+           cycles_per_mac=M0PLUS_CYCLES_PER_MAC, core="cortex-m0plus",
            source="SAMD21 datasheet sizes and clock; no published MLPerf Tiny figure: cycles "
                   "per MAC from instructions counted under QEMU for the ResNet-8 at one "
                   "cycle each, a lower bound"),

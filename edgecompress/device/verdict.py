@@ -1,7 +1,10 @@
 """Checking a `.tflite` against a deployment target: one check per budget, and a verdict.
 
 `verify_target` measures what it can on this machine and says which figures are measured
-here, which come from TFLite Micro, and which are estimates for the device.
+here, which come from TFLite Micro, and which are estimates for the device. With
+`emulate=Emulation()`, a microcontroller verdict stands on TFLite Micro built for the
+target's core and run under QEMU (`cortex_m`): its outputs, instruction counts, firmware
+size and arena.
 """
 
 from __future__ import annotations
@@ -10,8 +13,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from . import _isolate, inspect, micro, targets as targets_module, verify
+from . import _isolate, cortex_m, inspect, micro, targets as targets_module, verify
 from ..data import Dataset, preprocess as preprocess_images
+from ..errors import OptionError
 from ..options import Preprocess
 
 PASS, FAIL, INFO = "pass", "fail", "info"
@@ -51,12 +55,39 @@ class Verdict:
                  "| check | verdict | figure | budget | note |", "|---|---|---|---|---|"]
         lines += [f"| {c.name} | {c.status} | {c.figure} | {c.budget} | {c.note} |"
                   for c in self.checks]
+        operators = self.figures.get("emulated", {}).get("operators")
+        if operators:
+            total = sum(o["instructions"] for o in operators)
+            lines += ["", "## Instructions per operator (emulated)", "",
+                      "| node | operator | instructions | share |", "|---|---|---:|---:|"]
+            lines += [f"| {o['node']} | {o['operator']} | {o['instructions']:,} | "
+                      f"{o['instructions'] / max(total, 1):.1%} |" for o in operators]
         return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class Emulation:
+    """How `verify_target` emulates a microcontroller target (see `cortex_m.run`).
+
+    Args:
+        kernels: TFLite Micro's kernel set, or None for the target's own.
+        options: how TFLite Micro is compiled.
+        sources: the folder of the TFLite Micro source archives (None: the default).
+        cache: the build cache folder (None: the default).
+        progress: called with one line of text while firmware builds.
+    """
+
+    kernels: str | None = None
+    options: cortex_m.BuildOptions = cortex_m.BuildOptions()
+    sources: str | None = None
+    cache: str | None = None
+    progress: object = None
 
 
 def verify_target(path, target, data: Dataset | None = None, *, preprocess=None,
                   reference: np.ndarray | None = None, min_accuracy: float | None = None,
-                  micro_samples: int = 200, latency_runs: int = 200) -> Verdict:
+                  micro_samples: int = 200, latency_runs: int = 200,
+                  emulate: Emulation | None = None) -> Verdict:
     """Checks a `.tflite` file against a target's budgets.
 
     Args:
@@ -68,33 +99,78 @@ def verify_target(path, target, data: Dataset | None = None, *, preprocess=None,
         min_accuracy: an accuracy budget in [0, 1].
         micro_samples: images run on TFLite Micro (its kernels are slow).
         latency_runs: timed invokes for LiteRT targets.
+        emulate: run the model on the target's core under QEMU (microcontroller targets
+            with a `core`), and judge on that run.
 
     Returns:
         A `Verdict`.
 
     Raises:
         ModelError: the file is malformed or crashes the interpreter.
-        OptionError: unknown target.
+        OptionError: unknown target, or emulation asked of a target without a core.
+        cortex_m.EmulatorUnavailable: emulation asked without its tools or sources.
     """
     target = targets_module.get(target)
     model = path if isinstance(path, inspect.Model) else inspect.open(path)  # checked here
+    if data is not None:  # before any build or boot
+        data.check_fits(model.input_shape)
+        verify.check_labels(data.require_labels(), data.classes, model)
+    emulated = _emulate(model, target, data, preprocess, micro_samples, emulate) \
+        if emulate is not None else None
     return _isolate.call(_verify, model, target, data, preprocess, reference, min_accuracy,
-                         micro_samples, latency_runs, what="The interpreter")
+                         micro_samples, latency_runs, emulated, what="The interpreter")
+
+
+def _emulate(model, target, data, preprocess, samples, emulate: Emulation):
+    """The emulated run (`cortex_m.EmulatedRun`), or the `EmulationError` that is the
+    verdict's finding (an operator the firmware lacks, a model that does not fit)."""
+    if target.runtime != "tflm" or not target.core:
+        raise OptionError(f"--emulate runs microcontroller targets with a core; "
+                          f"{target.name} has none (runtime {target.runtime}).")
+    if model.float_tensors() or any(model.tensors[i].dtype not in ("INT8", "UINT8")
+                                    for i in model.inputs):
+        return cortex_m.EmulationError("the emulated firmware runs integer models only")
+    if data is not None:
+        data.check_fits(model.input_shape)
+        how = model.preprocess(preprocess, fallback=data.preprocess)
+        inputs = _quantize(model, preprocess_images(data.take(samples).x, how))
+    else:  # one image at the input's zero point: footprint and instruction count only
+        tensor = model.tensors[model.inputs[0]]
+        inputs = np.full((1, *tensor.shape[1:]), tensor.zero_point[0] if tensor.zero_point
+                         else 0, np.int8 if tensor.dtype == "INT8" else np.uint8)
+    try:
+        return cortex_m.run(model, inputs, core=target.core,
+                            kernels=emulate.kernels or target.kernels,
+                            options=emulate.options, sources=emulate.sources,
+                            cache=emulate.cache, progress=emulate.progress)
+    except (cortex_m.DoesNotFit, cortex_m.UnknownOperator) as e:
+        return e
+
+
+def _quantize(model, x: np.ndarray) -> np.ndarray:
+    tensor = model.tensors[model.inputs[0]]
+    scale = tensor.scale[0] if tensor.scale else 1.0
+    zero_point = tensor.zero_point[0] if tensor.zero_point else 0
+    return verify.to_input_type(x, np.int8 if tensor.dtype == "INT8" else np.uint8, scale,
+                                zero_point)
 
 
 def _verify(model, target, data, preprocess, reference, min_accuracy, micro_samples,
-            latency_runs) -> Verdict:
+            latency_runs, emulated=None) -> Verdict:
     summary = model.summary()
     how = model.preprocess(preprocess, fallback=data.preprocess) if data is not None else \
         Preprocess.RAW
     if data is not None:
         data.check_fits(model.input_shape)
         verify.check_labels(data.require_labels(), data.classes, model)
-    checks = [_flash(model, target), _dtypes(model, target)]
     # One interpreter serves every LiteRT figure. For microcontrollers it runs LiteRT's
     # reference kernels, which agree with TFLite Micro's (XNNPACK changes ~2 % of top-1).
     runner = verify.LiteRTModel(model, threads=target.threads, kernels="reference"
                                 if target.runtime == "tflm" else "xnnpack")
+    if isinstance(emulated, cortex_m.EmulatedRun):
+        return _verify_emulated(model, target, data, how, reference, min_accuracy, runner,
+                                emulated, summary)
+    checks = [_flash(model, target), _dtypes(model, target)]
     micro_run = None
     if target.runtime == "tflm" and micro.available():
         inputs = None
@@ -103,10 +179,101 @@ def _verify(model, target, data, preprocess, reference, min_accuracy, micro_samp
         micro_run = micro.run_in_process(model.content, inputs)
     checks.append(_operators(model, target, micro_run))
     checks.append(_memory(model, target, micro_run))
+    if emulated is not None:  # the emulation's own finding replaces the estimate's
+        which = "operators" if isinstance(emulated, cortex_m.UnknownOperator) else "RAM"
+        checks = [c for c in checks if c.name != which] + [
+            Check(which if which == "operators" else "RAM (emulated)", FAIL, str(emulated),
+                  f"{target.core} firmware", "found by the emulation, before or at boot")]
     checks += _latency(runner, target, data, how, latency_runs, summary)
     if data is not None:
         checks += _accuracy(runner, target, data, how, reference, min_accuracy, micro_run)
     return Verdict(model.path, target.to_json(), checks, summary)
+
+
+def _verify_emulated(model, target, data, how, reference, min_accuracy, runner, run,
+                     summary) -> Verdict:
+    """The verdict from TFLite Micro run on the target's core under QEMU."""
+    built = run.firmware
+    where = f"{built.core.name} ({built.board.machine}), {built.kernels} kernels"
+    flash = run.flash_bytes(model.size)
+    checks = [
+        _budget("flash (firmware + model)", flash, target.flash_bytes,
+                f"text and data {built.flash_bytes:,} + model {model.size:,}"),
+        _dtypes(model, target),
+        Check("operators", PASS, f"{len(model.op_counts())} kinds used",
+              f"TFLite Micro's {built.kernels} kernels", "resolved by the emulated firmware"),
+        _budget("RAM", run.ram_bytes, target.ram_bytes,
+                f"data and bss {built.static_ram_bytes:,} + measured arena "
+                f"{run.arena_bytes:,}; the stack and the emulator's file buffers left out")]
+    instructions = float(np.median(run.instructions))
+    spread = int(run.instructions.max() - run.instructions.min())
+    checks.append(Check("instructions per inference", INFO, f"{instructions:,.0f}",
+                        note=f"median of {len(run.instructions)} image(s), spread {spread:,}; "
+                             f"counted by QEMU on {where}"))
+    estimate = target.estimate_ms_from_instructions(instructions)
+    published = _published(target, built, summary)
+    if estimate is not None:
+        checks.append(_emulated_latency(target, estimate, instructions, published))
+    if built.core.note:
+        checks.append(Check("emulation", INFO, built.core.board, note=built.core.note))
+    summary["emulated"] = {
+        "core": built.core.name, "board": built.board.machine, "kernels": built.kernels,
+        "images": len(run.instructions), "instructions_median": instructions,
+        "instructions_min": int(run.instructions.min()),
+        "instructions_max": int(run.instructions.max()),
+        "estimated_ms": list(estimate) if estimate else None,
+        "cycles_per_instruction": list(target.cycles_per_instruction or []),
+        "published": published, "arena_bytes": run.arena_bytes, "flash_bytes": flash,
+        "ram_bytes": run.ram_bytes, "firmware_sections": built.sections,
+        "operators": [{"node": n, "operator": op, "instructions": c}
+                      for n, op, c in run.operators]}
+    if data is not None:
+        sample = data.take(len(run.instructions))
+        index = model.outputs.index(runner.output["index"]) \
+            if runner.output["index"] in model.outputs else 0
+        outputs = run.outputs[index]
+        accuracy = float(np.mean(outputs.argmax(axis=1) == sample.require_labels()))
+        status = INFO if min_accuracy is None else (PASS if accuracy >= min_accuracy else FAIL)
+        checks.append(Check("accuracy", status, f"{accuracy:.2%}",
+                            "-" if min_accuracy is None else f">= {min_accuracy:.2%}",
+                            f"emulated TFLite Micro on {where}, {len(sample)} images"))
+        checks.append(_compare_with_litert(runner, sample, how, outputs))
+    return Verdict(model.path, target.to_json(), checks, summary)
+
+
+def _budget(name, used: int, budget: int | None, note: str) -> Check:
+    if budget is None:
+        return Check(name, INFO, f"{used:,} bytes", note=note)
+    return Check(name, PASS if used <= budget else FAIL, f"{used:,} bytes", f"<= {budget:,}",
+                 note)
+
+
+def _published(target, built, summary) -> dict | None:
+    """The published MLPerf Tiny latency for this model, core and kernel set, if any."""
+    signature = {k: summary[k] for k in targets_module.RESNET8_SIGNATURE}
+    entry = targets_module.PUBLISHED_RESNET8.get((built.core.name, built.kernels))
+    if entry is None or signature != targets_module.RESNET8_SIGNATURE:
+        return None
+    ms, mhz, source = entry
+    return {"ms": ms, "clock_mhz": mhz, "cycles": ms * mhz * 1e3, "source": source}
+
+
+def _emulated_latency(target, estimate, instructions, published) -> Check:
+    """Judged on the typical estimate: a budget between the two bounds is not met."""
+    low, typical = estimate
+    status = INFO if target.latency_ms is None else (
+        PASS if typical <= target.latency_ms else FAIL)
+    lowest_cpi, typical_cpi = target.cycles_per_instruction
+    note = (f"instructions x {lowest_cpi:g}-{typical_cpi:g} cycles per instruction at "
+            f"{target.clock_mhz:g} MHz: QEMU counts instructions, not cycles")
+    if published:
+        ratio = instructions * lowest_cpi / published["cycles"]
+        note += (f"; published for this model: {published['ms']:g} ms at "
+                 f"{published['clock_mhz']:g} MHz ({published['source']}), "
+                 f"{published['cycles'] / 1e6:.1f} M cycles, {ratio:.2f}x fewer than "
+                 "this count at the lowest cycles per instruction")
+    return Check("latency (emulated estimate)", status, f"~{low:.0f} to ~{typical:.0f} ms",
+                 "-" if target.latency_ms is None else f"<= {target.latency_ms} ms", note)
 
 
 def _flash(model, target) -> Check:
