@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inspect(commands)
     _add_targets(commands)
     _add_verify(commands)
+    _add_emulator_setup(commands)
     _add_to_c(commands)
     _add_run(commands)
     _add_sensitivity(commands)
@@ -341,6 +342,33 @@ def run_verify(args) -> int:
     if args.markdown:
         report.write_text(args.markdown, result.to_markdown())
     return 0 if result.passed else 1
+
+
+def _add_emulator_setup(commands) -> None:
+    p = commands.add_parser(
+        "emulator-setup", help="fetch the TFLite Micro sources that verify --emulate builds",
+        description="Download the four source archives that `verify --emulate` builds "
+                    "TFLite Micro from, check each against its pinned SHA-256, and keep them "
+                    "in the cache (or --dest). Not needed where ../shared/tflm exists. The "
+                    "cross compiler and QEMU come from the system's packages: apt-get install "
+                    "gcc-arm-none-eabi libnewlib-arm-none-eabi libstdc++-arm-none-eabi-dev "
+                    "qemu-system-arm.")
+    p.add_argument("url", help="the folder the archives are published in (https://..., or "
+                               "file:///path for a local copy)")
+    p.add_argument("--dest", metavar="DIR", help="where to keep them (default: the cache's "
+                                                 "archives folder, which --emulate looks in)")
+    p.set_defaults(run=run_emulator_setup)
+
+
+def run_emulator_setup(args) -> int:
+    from ..device import cortex_m
+
+    folder = cortex_m.setup_sources(args.url, args.dest,
+                                    progress=lambda line: print(line, file=sys.stderr))
+    print(f"TFLite Micro sources checked and kept in {folder}")
+    if args.dest:
+        print(f"point --tflm-sources or ${cortex_m.SOURCES_ENV} at it")
+    return 0
 
 
 def _add_to_c(commands) -> None:

@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -37,6 +38,15 @@ TOOLS = ("arm-none-eabi-gcc", "arm-none-eabi-g++", "arm-none-eabi-ar", "arm-none
          "arm-none-eabi-size", "qemu-system-arm", "gcc")
 ARCHIVES = {"reference": "tflm-ref", "cmsis-nn": "tflm-cmsis_nn",
             "device": "cmsis-device", "plugin": "qemu-7.2-plugin-api"}
+# SHA-256 of the archives edgecompress builds from (TFLite Micro 90b983c of 2026-08-20 with
+# the CMSIS-NN, CMSIS_6 and Cortex_DFP commits its download scripts pin; QEMU 7.2's plugin
+# header): `setup_sources` refuses anything else.
+ARCHIVE_DIGESTS = {
+    "tflm-ref": "8453eb45d3a0dc63b9d1a420912a9aa5d7b88c79c1e3cb3dbd59a578d9d629b0",
+    "tflm-cmsis_nn": "180a0dbb20d8f726ff1efc6f0fa57abc2c22ea07239f5375fa104c8c76af8a00",
+    "cmsis-device": "b61f562c93aa12c2d7911a67276f3d7bae2def354eec4ce69abe7456c7eb41a3",
+    "qemu-7.2-plugin-api": "a1465f3aec1b701af3435fdec3f3e092da5d9dd58f28d3a5ca99bbf1a50babd1",
+}
 KERNEL_SETS = ("cmsis-nn", "reference")
 SOURCES_ENV = "EDGECOMPRESS_TFLM_SOURCES"
 CACHE_ENV = "EDGECOMPRESS_CACHE"
@@ -169,14 +179,46 @@ def cache_dir(given=None) -> Path:
 
 def default_sources() -> Path | None:
     """$EDGECOMPRESS_TFLM_SOURCES, else `../shared/tflm` beside this checkout or the
-    working folder, when it exists."""
+    working folder, else what `setup_sources` fetched into the cache, when it exists."""
     if os.environ.get(SOURCES_ENV):
         return Path(os.environ[SOURCES_ENV])
     checkout = Path(__file__).resolve().parents[2]
-    for candidate in (checkout.parent / "shared" / "tflm", Path.cwd().parent / "shared" / "tflm"):
+    for candidate in (checkout.parent / "shared" / "tflm", Path.cwd().parent / "shared" / "tflm",
+                      cache_dir() / "archives"):
         if candidate.is_dir():
             return candidate
     return None
+
+
+def setup_sources(url: str, destination=None, progress=None) -> Path:
+    """Downloads the four archives from the folder at `url` (https://, or file:// for a
+    local copy), checks each against its pinned SHA-256, and keeps them in `destination`
+    (default: the cache's `archives`, which `default_sources` looks in). Returns it."""
+    import urllib.error
+    import urllib.request
+
+    destination = Path(destination) if destination else cache_dir() / "archives"
+    destination.mkdir(parents=True, exist_ok=True)
+    for name, digest in ARCHIVE_DIGESTS.items():
+        target = destination / f"{name}.tar.xz"
+        if target.is_file() and _file_digest(target) == digest:
+            continue
+        source = f"{url.rstrip('/')}/{name}.tar.xz"
+        (progress or (lambda line: None))(f"fetching {source}")
+        partial = target.with_name(target.name + ".partial")
+        try:
+            with urllib.request.urlopen(source, timeout=60) as response, \
+                    open(partial, "wb") as out:
+                shutil.copyfileobj(response, out)
+        except (OSError, urllib.error.URLError) as e:
+            partial.unlink(missing_ok=True)
+            raise EmulatorUnavailable(f"cannot fetch {source}: {e}.") from None
+        if _file_digest(partial) != digest:
+            partial.unlink()
+            raise EmulatorUnavailable(f"{source} is not the pinned archive (SHA-256 differs); "
+                                      "nothing was kept.")
+        partial.replace(target)
+    return destination
 
 
 @dataclass(frozen=True)
@@ -310,7 +352,7 @@ class Firmware:
     sections: dict  # section name -> bytes
     invoke_mark: int
     op_mark: int
-    built_seconds: float = 0.0
+    cached: bool = False  # taken from the cache, not built by this call
 
     @property
     def flash_bytes(self) -> int:
@@ -348,17 +390,16 @@ def firmware(used_ops, *, core: str = "cortex-m4", kernels: str = "cmsis-nn",
     tree = trees.tree(kernels)
     ops = check_operators(used_ops, tree, kernels, core)
     build = cache_dir(cache) / "tflm" / f"{trees.digest}-{core}-{kernels}-{options.key()}"
-    name = hashlib.sha256(ops_header(ops).encode()).hexdigest()[:12]
-    folder = build / "firmware" / name
-    elf = folder / "runner.elf"
-    started = time.monotonic()
-    if not elf.is_file():
+    board = BOARDS[core_profile.board]
+    name = hashlib.sha256((ops_header(ops) + repr(board)).encode()).hexdigest()[:12]
+    elf = build / "firmware" / name / "runner.elf"
+    cached = elf.is_file()
+    if not cached:
         _build(elf, tree, trees, core_profile, kernels, ops, options, build, progress)
     sections = _sections(elf)
     symbols = _symbols(elf)
-    return Firmware(elf, core_profile, BOARDS[core_profile.board], kernels, tuple(ops),
-                    sections, symbols["edgecompress_mark_invoke"],
-                    symbols["edgecompress_mark"], time.monotonic() - started)
+    return Firmware(elf, core_profile, board, kernels, tuple(ops), sections,
+                    symbols["edgecompress_mark_invoke"], symbols["edgecompress_mark"], cached)
 
 
 def _build(elf, tree, trees, core, kernels, ops, options, build, progress) -> None:
@@ -443,7 +484,7 @@ def _compile_all(files, tree, objects, flags, options, progress, what) -> list[P
     framework files, identical in both kernel sets' trees, are shared between them."""
     jobs = [(tree / relative, _optimisation(relative, options)) for relative in files]
     with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        keys = list(pool.map(lambda job: _object_key(*job, flags), jobs))
+        keys = list(pool.map(lambda job: _remembered_key(*job, flags, objects), jobs))
         targets = [objects / key[:2] / f"{key}.o" for key in keys]
         todo = [(source, target, level) for (source, level), target in zip(jobs, targets)
                 if not target.is_file()]
@@ -459,6 +500,21 @@ def _compile_all(files, tree, objects, flags, options, progress, what) -> list[P
             if count % 25 == 0 or count == len(running):
                 report(f"  {count}/{len(running)} files, {time.monotonic() - started:.0f} s")
     return targets
+
+
+def _remembered_key(source: Path, level: str, flags, objects: Path) -> str:
+    """`_object_key`, remembered per source path and flags: the unpacked trees never
+    change (their folders are named by the archives' digests)."""
+    memo = objects / "keys" / hashlib.sha256(
+        "\0".join([str(source), level, *flags]).encode()).hexdigest()
+    if memo.is_file():
+        return memo.read_text()
+    key = _object_key(source, level, flags)
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    partial = memo.with_name(memo.name + f".{os.getpid()}.{threading.get_ident()}")
+    partial.write_text(key)
+    partial.replace(memo)
+    return key
 
 
 def _object_key(source: Path, level: str, flags) -> str:
@@ -580,6 +636,7 @@ class DoesNotFit(EmulationError):
     """The model or its arena does not fit the board's buffers."""
 
 
+FAULTS = {2: "NMI", 3: "HardFault", 4: "MemManage", 5: "BusFault", 6: "UsageFault"}
 SECONDS_PER_INSTRUCTION = 1e-8  # QEMU ran ~1e9 guest instructions/s here; 10x margin
 INSTRUCTIONS_PER_MAC = 20  # more than any kernel set counted (M0+ reference: 13.4)
 
@@ -665,8 +722,9 @@ def _boot(built: Firmware, work: Path, timeout: float, model, counter: Path):
     log = (work / "marks.log").read_text() if (work / "marks.log").exists() else ""
     fault = re.search(r"fault: exception (\d+)", done.stderr)
     if fault:
-        raise EmulationError(f"the {built.core.name} firmware faulted (exception "
-                             f"{int(fault.group(1))}) on {name}, at image "
+        number = int(fault.group(1))
+        raise EmulationError(f"the {built.core.name} firmware faulted ({FAULTS.get(number, '')}"
+                             f" exception {number}) on {name}, at image "
                              f"{_images_done(work, model)}.")
     if done.returncode == 3:
         raise DoesNotFit(f"{name} does not allocate in the {built.board.arena_capacity:,}-"
