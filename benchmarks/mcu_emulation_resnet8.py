@@ -57,12 +57,14 @@ def main() -> int:
     files = {"reference INT8": reference}
     if args.compressed:
         files["compressed"] = args.compressed
+    operators = {}
     rows = options_rows(reference, images) if args.options else \
-        core_rows(files, images, args.cores)
+        core_rows(files, images, args.cores, operators)
     print(report.text_table(rows))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+        args.json.write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows,
+                                         "operators": operators}, indent=1) + "\n")
     return 0
 
 
@@ -74,7 +76,9 @@ def emulate(path, target, images, kernels, options=cortex_m.BuildOptions()):
     return result, time.monotonic() - started
 
 
-def core_rows(files, images, cores) -> list[dict]:
+def core_rows(files, images, cores, operators: dict) -> list[dict]:
+    """One row per model, core and kernel set; `operators` gets each run's instructions
+    per operator, keyed "model | core | kernels"."""
     rows = []
     for name, path in files.items():
         model = inspect.open(path)
@@ -83,6 +87,8 @@ def core_rows(files, images, cores) -> list[dict]:
             for kernels in ("reference", "cmsis-nn"):
                 result, seconds = emulate(model, target, images, kernels)
                 rows.append(row(name, model, target, kernels, result, seconds))
+                operators[f"{name} | {core} | {kernels}"] = \
+                    result.figures["emulated"]["operators"]
                 print(rows[-1], flush=True)
     return rows
 
