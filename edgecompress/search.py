@@ -4,13 +4,15 @@ accuracy budget, found by Optuna instead of by hand.
 Each trial draws a channel ratio per prunable group, fine-tunes briefly with distillation
 from the input model, trains quantisation-aware, exports full INT8 and is judged like every
 other file here: on LiteRT against the float Keras model (the paired drop), its exact
-bytes, and its latency (LiteRT on this machine for phone and Linux targets; the calibrated
-estimate for microcontrollers). Objectives: bytes and latency, both minimised (Optuna's
-multi-objective TPE, which learns from few trials); constraints (`Trial.set_constraint`):
-the accuracy budget and the target's flash and RAM. Optuna's pruners do not apply to
-multi-objective studies, so every trial runs its short fine-tuning to the end. Trials live
-in Optuna's storage (SQLite by default), so an interrupted search resumes and several
-processes can share one study.
+bytes, and its latency (LiteRT on this machine for phone and Linux targets; for
+microcontrollers the calibrated MAC estimate, or with `emulate` the instructions counted on
+the target's core under QEMU, whose firmware flash and measured arena then replace the
+file's bytes and the activation estimate in the flash and RAM budgets). Objectives: bytes
+and latency, both minimised (Optuna's multi-objective TPE, which learns from few trials);
+constraints (`Trial.set_constraint`): the accuracy budget and the target's flash and RAM.
+Optuna's pruners do not apply to multi-objective studies, so every trial runs its short
+fine-tuning to the end. Trials live in Optuna's storage (SQLite by default), so an
+interrupted search resumes and several processes can share one study.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import budget, distill, models, recipe, report, tflite
-from .device import inspect, targets as targets_module, verify
+from .device import inspect, targets as targets_module, verdict, verify
 from .errors import OptionError
 from .techniques import channels, quantize
 from .train import FitConfig
@@ -45,7 +47,8 @@ def parse_duration(text) -> float | None:
 def run(model, train, eval_data, out: Path, *, target, max_drop: float = 1.0,
         trials: int = 20, time_budget=None, storage: str | None = None,
         study_name: str = "edgecompress", max_ratio: float = 0.75, divisor: int = 1,
-        steps: int = 300, qat_steps: int = 100, seed: int = 0, transfer=None) -> dict:
+        steps: int = 300, qat_steps: int = 100, seed: int = 0, transfer=None,
+        emulate=None) -> dict:
     """Runs (or resumes) a study and writes its results in `out`.
 
     Args:
@@ -58,6 +61,9 @@ def run(model, train, eval_data, out: Path, *, target, max_drop: float = 1.0,
         storage: an Optuna storage URL (default: SQLite in `out`, so a search resumes).
         steps, qat_steps: fine-tuning per trial: short, for ranking; re-run the winner's
             recipe.json longer with `edgecompress run`.
+        emulate: a `verdict.Emulation`: judge microcontroller trials on the target's
+            emulated core (latency from the lowest cycles per instruction, exact flash and
+            RAM).
 
     Returns:
         {"trials": rows, "front": rows, "best": row or None, "feasible": count}.
@@ -65,6 +71,9 @@ def run(model, train, eval_data, out: Path, *, target, max_drop: float = 1.0,
     import optuna
 
     target = targets_module.get(target)
+    if emulate is not None and (target.runtime != "tflm" or not target.core):
+        raise OptionError(f"--emulate runs microcontroller targets with a core; "
+                          f"{target.name} has none.")
     budget.check_max_drop(max_drop)
     seconds = parse_duration(time_budget)
     out = Path(out)
@@ -80,7 +89,8 @@ def run(model, train, eval_data, out: Path, *, target, max_drop: float = 1.0,
         load_if_exists=True, directions=["minimize", "minimize"],
         sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True))
     objective = _Objective(model, train, eval_data, keras_labels, out, target, max_drop,
-                           groups, max_ratio, divisor, steps, qat_steps, seed, transfer)
+                           groups, max_ratio, divisor, steps, qat_steps, seed, transfer,
+                           emulate)
     print(f"search: {len(groups)} channel groups, up to {trials} trial(s)"
           + (f" or {seconds:g} s" if seconds else "") + f", target {target.name}, budget "
           f"{max_drop:g} points", flush=True)
@@ -106,6 +116,7 @@ class _Objective:
     qat_steps: int
     seed: int
     transfer: object
+    emulate: object = None
     best: tuple | None = None  # (trial, bytes) of this process's smallest fitting trial
 
     def __call__(self, trial) -> tuple[float, float]:
@@ -122,18 +133,17 @@ class _Objective:
         result = verify.evaluate(path, self.eval_data, reference=self.keras_labels,
                                  latency_runs=50)
         drop = budget.Drop(**result.drop)
-        file = inspect.open(path)
-        latency = self.latency_ms(file, result)
-        ram = file.peak_activation_bytes()
+        latency, flash, ram = self.device_figures(inspect.open(path), result)
         trial.set_user_attr("row", {
             "trial": trial.number, "bytes": result.bytes, "latency_ms": latency,
+            "flash_bytes": flash,
             "accuracy": result.accuracy, "agreement": result.agreement,
             "drop_points": drop.points, "drop_95": f"{drop.low:+.2f} to {drop.high:+.2f}",
             "ram_bytes": ram, "seconds": round(time.perf_counter() - started, 1),
             "file": str(path)})
         constraints = {  # feasible when every value is <= 0
             "accuracy drop": drop.points - self.max_drop,
-            "flash": result.bytes - self.target.flash_bytes if self.target.flash_bytes else -1,
+            "flash": flash - self.target.flash_bytes if self.target.flash_bytes else -1,
             "RAM": ram - self.target.ram_bytes if self.target.ram_bytes else -1}
         for key, value in constraints.items():
             trial.set_constraint(key, float(value))
@@ -159,13 +169,20 @@ class _Objective:
                     steps=self.qat_steps, batch_size=64, learning_rate=1e-4,
                     schedule="cosine", augment=True), teach)]
 
-    def latency_ms(self, file, result) -> float:
-        """The target's latency: the calibrated estimate on microcontrollers (optimised
-        kernels), else LiteRT's median here."""
+    def device_figures(self, file, result) -> tuple[float, int, int]:
+        """(latency ms, flash bytes, RAM bytes) on the target: emulated when asked (the
+        lowest estimate from the counted instructions: it ranks like the count), else the
+        calibrated MAC estimate on microcontrollers (optimised kernels) or LiteRT's median
+        here, with the file's bytes and the peak activation estimate."""
+        if self.emulate is not None:
+            emulated = verdict.verify_target(file, self.target, emulate=self.emulate) \
+                .figures["emulated"]
+            return emulated["estimated_ms"][0], emulated["flash_bytes"], emulated["ram_bytes"]
         if self.target.runtime == "tflm" and self.target.cycles_per_mac:
-            macs = sum(file.macs(op) for op in file.operators)
-            return self.target.estimate_ms(macs)[0]
-        return result.latency_ms["median"]
+            latency = self.target.estimate_ms(file.summary()["macs"])[0]
+        else:
+            latency = result.latency_ms["median"]
+        return latency, result.bytes, file.peak_activation_bytes()
 
     @staticmethod
     def fits(trial) -> bool:

@@ -14,6 +14,7 @@ import pytest
 
 from conftest import shared_path
 from edgecompress.device import cortex_m, inspect, targets, verdict
+from edgecompress.errors import OptionError
 
 pytestmark = pytest.mark.slow
 
@@ -208,3 +209,28 @@ def test_emulator_setup_fetches_and_checks_the_pinned_archives(tmp_path, capsys)
     assert cli.main(["emulator-setup", tampered.as_uri(), "--dest", str(tmp_path / "x")]) == 2
     assert "not the pinned archive" in capsys.readouterr().err
     assert not (tmp_path / "x" / "tflm-ref.tar.xz").exists()
+
+
+def test_the_search_judges_trials_on_the_emulated_core(emulation, trained, train_set,
+                                                       test_set, tmp_path):
+    from edgecompress import search
+
+    board = targets.Target("emulated-board", "test", runtime="tflm", int8_only=True,
+                           flash_bytes=1 << 20, ram_bytes=1 << 20, clock_mhz=100,
+                           core="cortex-m4")
+    result = search.run(trained[0], train_set.with_preprocess("unit"),
+                        test_set.with_preprocess("unit"), tmp_path, target=board,
+                        max_drop=100, trials=2, steps=2, qat_steps=1,
+                        emulate=verdict.Emulation(sources=str(emulation["sources"]),
+                                                  cache=str(emulation["cache"])))
+    for row in result["trials"]:
+        file = inspect.open(row["file"])
+        blank = np.full((1, *file.input_shape[1:]), file.tensors[file.inputs[0]].zero_point[0],
+                        np.int8)  # what verify_target runs without data
+        run = cortex_m.run(file, blank, core="cortex-m4", **emulation)
+        assert row["latency_ms"] == pytest.approx(run.instructions[0] / 100e3)  # 1 cycle each
+        assert row["flash_bytes"] == run.flash_bytes(file.size) > row["bytes"]
+        assert row["ram_bytes"] == run.ram_bytes
+    with pytest.raises(OptionError, match="--emulate runs microcontroller targets"):
+        search.run(trained[0], train_set, test_set, tmp_path, target="phone-cpu",
+                   emulate=verdict.Emulation())

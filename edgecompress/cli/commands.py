@@ -469,10 +469,11 @@ def _add_search(commands) -> None:
     p = commands.add_parser(
         "search", help="find the smallest, fastest .tflite for a target within an accuracy "
                        "budget",
-        description="Search channel ratios per prunable group (Optuna, NSGA-II): each trial "
-                    "prunes, fine-tunes briefly with distillation, trains quantisation-aware, "
-                    "exports INT8 and is judged on LiteRT against the float model (paired "
-                    "drop), its exact bytes and its latency on the target. Writes trials/, "
+        description="Search channel ratios per prunable group (Optuna's multi-objective "
+                    "TPE): each trial prunes, fine-tunes briefly with distillation, trains "
+                    "quantisation-aware, exports INT8 and is judged on LiteRT against the "
+                    "float model (paired drop), its exact bytes and its latency on the target "
+                    "(with --emulate, on a microcontroller's emulated core). Writes trials/, "
                     "trials.json, report.md, pareto.png and best/ (the winner's .tflite and "
                     "recipe.json, for edgecompress run at full length). Trials are kept in "
                     "--storage, so the same command resumes, and several processes can share "
@@ -499,6 +500,10 @@ def _add_search(commands) -> None:
     p.add_argument("--storage", metavar="URL",
                    help="Optuna storage (default sqlite in --out); e.g. "
                         "postgresql://user@host/db to share a study across machines")
+    p.add_argument("--emulate", action="store_true",
+                   help="judge each trial on the microcontroller target's core under QEMU: "
+                        "latency from counted instructions, exact firmware flash and RAM "
+                        "(see verify --emulate)")
     p.add_argument("--out", required=True, help="folder for the results")
     p.add_argument("--seed", type=int, default=0)
     add_allow_code(p)
@@ -507,7 +512,12 @@ def _add_search(commands) -> None:
 
 def run_search(args) -> int:
     from .. import models, search, tflite
+    from ..device import cortex_m, verdict
 
+    emulate = None
+    if args.emulate:
+        cortex_m.require_tools()
+        emulate = verdict.Emulation(progress=lambda line: print(line, file=sys.stderr))
     model = models.load(args.model, allow_code=args.allow_code)
     how = tflite.preprocessing_of(model, None, args.preprocess)
     shape = models.input_shape(model)
@@ -519,7 +529,7 @@ def run_search(args) -> int:
                         max_drop=args.max_drop, trials=args.trials,
                         time_budget=args.time_budget, storage=args.storage,
                         divisor=args.divisor, steps=args.steps, qat_steps=args.qat_steps,
-                        seed=args.seed, transfer=transfer)
+                        seed=args.seed, transfer=transfer, emulate=emulate)
     if result["best"] is None:
         print(f"edgecompress search: no candidate fit the budgets; see {args.out}/report.md",
               file=sys.stderr)
