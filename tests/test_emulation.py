@@ -69,6 +69,20 @@ def test_reference_firmware_matches_the_python_runtime_byte_for_byte(resnet8_ima
     assert run.arena_bytes > 40_000 and run.firmware.core.name == "cortex-m4"
 
 
+def test_a_tiny_model_matches_the_python_runtime_on_both_kernel_sets(emulation, int8_file,
+                                                                     test_set):
+    from edgecompress.data import preprocess
+
+    model = inspect.open(int8_file)
+    tensor = model.tensors[model.inputs[0]]
+    x = np.clip(np.round(preprocess(test_set.x[:20], "unit") / tensor.scale[0]
+                         + tensor.zero_point[0]), -128, 127).astype(np.int8)
+    expected = python_runtime(int8_file, x)
+    for kernels in ("reference", "cmsis-nn"):  # measured: 0 bytes differ with either
+        run = cortex_m.run(model, x, core="cortex-m4", kernels=kernels, **emulation)
+        assert np.array_equal(run.outputs[0], expected), kernels
+
+
 def test_cmsis_nn_outputs_against_reference_kernels(resnet8_runs):
     # Measured: 0 of 200 output bytes differ on these 20 images (and on every core in
     # ../shared/MCU-EMULATION.md). The tolerance is that measurement, not a guess.
