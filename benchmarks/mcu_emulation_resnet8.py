@@ -16,6 +16,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,14 +28,16 @@ ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {"cortex-m0plus": "mcu-cortex-m0plus", "cortex-m3": "mcu-cortex-m3",
            "cortex-m4": "mcu-cortex-m4", "cortex-m7": "mcu-cortex-m7",
            "cortex-m55": "mcu-cortex-m55"}
+TFLM_DEFAULT = cortex_m.BuildOptions(lto=False, nano=False)  # TFLite Micro's own Makefile
 OPTION_SETS = {
-    "TFLite Micro default (-O2 kernels, -Os rest)": cortex_m.BuildOptions(),
-    "-O3 kernels, -Os rest": cortex_m.BuildOptions(kernel_optimisation="-O3"),
-    "-Os everywhere": cortex_m.BuildOptions(kernel_optimisation="-Os"),
-    "-O2 everywhere": cortex_m.BuildOptions(other_optimisation="-O2"),
-    "default + LTO": cortex_m.BuildOptions(lto=True),
-    "default + newlib-nano": cortex_m.BuildOptions(nano=True),
-    "default + TF_LITE_STRIP_ERROR_STRINGS": cortex_m.BuildOptions(strip_error_strings=True),
+    "TFLite Micro default (-O2 kernels, -Os rest)": TFLM_DEFAULT,
+    "-O3 kernels, -Os rest": replace(TFLM_DEFAULT, kernel_optimisation="-O3"),
+    "-Os everywhere": replace(TFLM_DEFAULT, kernel_optimisation="-Os"),
+    "-O2 everywhere": replace(TFLM_DEFAULT, other_optimisation="-O2"),
+    "default + LTO": replace(TFLM_DEFAULT, lto=True),
+    "default + newlib-nano": replace(TFLM_DEFAULT, nano=True),
+    "default + TF_LITE_STRIP_ERROR_STRINGS": replace(TFLM_DEFAULT, strip_error_strings=True),
+    "edgecompress's default (LTO + newlib-nano)": cortex_m.BuildOptions(),
 }
 
 

@@ -204,6 +204,22 @@ def test_mcu_latency_is_a_range_calibrated_on_published_figures():
         targets.Target("x", "d", runtime="tflm", cycles_per_mac=(3.0, 1.0))
 
 
+def test_emulated_latency_never_goes_below_the_core_and_profiles_are_checked():
+    m7 = targets.get("mcu-cortex-m7")
+    assert m7.cycles_per_instruction[0] == 0.5  # dual issue: at most two per cycle
+    assert all(targets.get(n).cycles_per_instruction[0] >= 1.0
+               for n in ("mcu-cortex-m0plus", "mcu-cortex-m3", "mcu-cortex-m4"))
+    low, typical = m7.estimate_ms_from_instructions(30e6)
+    assert low == pytest.approx(30e6 * 0.5 / 480e3) and typical > low
+    with pytest.raises(OptionError, match="core must be one of"):
+        targets.Target("x", "d", runtime="tflm", core="cortex-a53")
+    with pytest.raises(OptionError, match="kernels must be one of"):
+        targets.Target("x", "d", runtime="tflm", core="cortex-m4", kernels="fast")
+    with pytest.raises(OptionError, match="cycles_per_instruction"):
+        targets.Target("x", "d", runtime="tflm", core="cortex-m4",
+                       cycles_per_instruction=(2.0, 1.0))
+
+
 @needs_micro
 def test_operators_are_judged_by_the_runtime_the_target_runs(train_set, tmp_path):
     inputs = keras.Input((16, 16, 3))

@@ -230,11 +230,16 @@ def run_targets(args) -> int:
     rows = [{"target": t.name, "runtime": t.runtime, "threads": t.threads,
              "int8 only": "yes" if t.int8_only else "no", "flash": _size(t.flash_bytes),
              "RAM": _size(t.ram_bytes),
-             "latency": f"{t.latency_ms:g} ms" if t.latency_ms else "-"}
+             "latency": f"{t.latency_ms:g} ms" if t.latency_ms else "-",
+             "--emulate": f"{t.core}, {t.kernels}" if t.core else "-"}
             for t in profiles]
     print(report.text_table(rows) + "\n")
     for t in profiles:
         print(f"{t.name}: {t.description}.\n    numbers: {t.source}")
+        if t.cycles_per_instruction:
+            low, typical = t.cycles_per_instruction
+            print(f"    emulated: {low:g}-{typical:g} cycles per counted instruction (the "
+                  "core's lowest, and typical from its instruction timings)")
     if args.json:
         report.write_json(args.json, [t.to_json() for t in profiles])
     return 0

@@ -34,7 +34,7 @@ from ..options import lookup
 
 INSTALL = ("apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi "
            "libstdc++-arm-none-eabi-dev qemu-system-arm")
-TOOLS = ("arm-none-eabi-gcc", "arm-none-eabi-g++", "arm-none-eabi-ar", "arm-none-eabi-nm",
+TOOLS = ("arm-none-eabi-gcc", "arm-none-eabi-g++", "arm-none-eabi-gcc-ar", "arm-none-eabi-nm",
          "arm-none-eabi-size", "qemu-system-arm", "gcc")
 ARCHIVES = {"reference": "tflm-ref", "cmsis-nn": "tflm-cmsis_nn",
             "device": "cmsis-device", "plugin": "qemu-7.2-plugin-api"}
@@ -121,13 +121,16 @@ CORES = {core.name: core for core in (
 
 @dataclass(frozen=True)
 class BuildOptions:
-    """How TFLite Micro is compiled. The defaults are TFLite Micro's own (-O2 for kernels
-    and third-party code, -Os for the rest, error strings kept)."""
+    """How TFLite Micro is compiled: TFLite Micro's own optimisation levels (-O2 for kernels
+    and third-party code, -Os for the rest) with link-time optimisation and newlib-nano.
+    On the ResNet-8 and the Cortex-M4 (`benchmarks/mcu_emulation_resnet8.py --options`),
+    LTO runs CMSIS-NN in 3.1 % fewer instructions and newlib-nano saves 28 KB of flash,
+    with the same output bytes; -O3 or -Os kernels cost 23 % to 5x more instructions."""
 
     kernel_optimisation: str = "-O2"
     other_optimisation: str = "-Os"
-    lto: bool = False
-    nano: bool = False  # newlib-nano: smaller C library, only the file I/O uses it
+    lto: bool = True
+    nano: bool = True  # newlib-nano: smaller C library, only the file I/O uses it
     strip_error_strings: bool = False
 
     def __post_init__(self):
@@ -426,7 +429,7 @@ def _build(elf, tree, trees, core, kernels, ops, options, build, progress) -> No
         own_objects = [_compile(s, work / (s.name + ".o"), flags + capacities,
                                 options.other_optimisation) for s in own]
         library = work / "libtflm.a"
-        _run(["arm-none-eabi-ar", "rcs", str(library)] + [str(o) for o in objects],
+        _run(["arm-none-eabi-gcc-ar", "rcs", str(library)] + [str(o) for o in objects],
              "archiving TFLite Micro")
         script = work / "board.ld"
         script.write_text(_linker_script(board))

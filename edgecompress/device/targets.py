@@ -121,6 +121,10 @@ class Target:
                                   f"reference), 0 < first <= second. Received: "
                                   f"cycles_per_mac={self.cycles_per_mac!r}.")
             object.__setattr__(self, "cycles_per_mac", (low, high))
+        if self.core is not None and self.core not in CYCLES_PER_INSTRUCTION:
+            raise OptionError(f"Target {self.name!r}: core must be one of "
+                              f"{', '.join(CYCLES_PER_INSTRUCTION)}. Received: "
+                              f"core={self.core!r}.")
         if self.kernels not in ("cmsis-nn", "reference"):
             raise OptionError(f"Target {self.name!r}: kernels must be one of cmsis-nn, "
                               f"reference. Received: kernels={self.kernels!r}.")
