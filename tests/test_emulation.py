@@ -248,3 +248,16 @@ def test_the_search_judges_trials_on_the_emulated_core(emulation, trained, train
     with pytest.raises(OptionError, match="--emulate runs microcontroller targets"):
         search.run(trained[0], train_set, test_set, tmp_path, target="phone-cpu",
                    emulate=verdict.Emulation())
+
+
+def test_a_float_model_is_not_emulated_and_the_verdict_says_so(emulation, trained, tmp_path):
+    from edgecompress import tflite
+
+    path = tflite.export(trained[0], tmp_path / "float.tflite", mode="fp32", preprocess="unit")
+    result = verdict.verify_target(path, "mcu-cortex-m4", emulate=verdict.Emulation(
+        sources=str(emulation["sources"]), cache=str(emulation["cache"])))
+    checks = {c.name: c for c in result.checks}
+    assert not result.passed and checks["number types"].status == "fail"
+    assert checks["emulation"].status == "fail" and "integer models only" in \
+        checks["emulation"].figure
+    assert "RAM" in checks and checks["RAM"].status != "fail"  # the estimate stays

@@ -131,7 +131,6 @@ def _emulate(model, target, data, preprocess, samples, emulate: Emulation):
                                     for i in model.inputs):
         return cortex_m.EmulationError("the emulated firmware runs integer models only")
     if data is not None:
-        data.check_fits(model.input_shape)
         how = model.preprocess(preprocess, fallback=data.preprocess)
         inputs = _quantize(model, preprocess_images(data.take(samples).x, how))
     else:  # one image at the input's zero point: footprint and instruction count only
@@ -179,15 +178,27 @@ def _verify(model, target, data, preprocess, reference, min_accuracy, micro_samp
         micro_run = micro.run_in_process(model.content, inputs)
     checks.append(_operators(model, target, micro_run))
     checks.append(_memory(model, target, micro_run))
-    if emulated is not None:  # the emulation's own finding replaces the estimate's
-        which = "operators" if isinstance(emulated, cortex_m.UnknownOperator) else "RAM"
-        checks = [c for c in checks if c.name != which] + [
-            Check(which if which == "operators" else "RAM (emulated)", FAIL, str(emulated),
-                  f"{target.core} firmware", "found by the emulation, before or at boot")]
+    if emulated is not None:
+        checks = _with_emulation_finding(checks, emulated, target)
     checks += _latency(runner, target, data, how, latency_runs, summary)
     if data is not None:
         checks += _accuracy(runner, target, data, how, reference, min_accuracy, micro_run)
     return Verdict(model.path, target.to_json(), checks, summary)
+
+
+def _with_emulation_finding(checks, error, target) -> list[Check]:
+    """The checks with the emulation's finding in place of the estimate it overrules: an
+    operator the firmware lacks, a model or arena too big for the board, or why the
+    emulation could not run."""
+    replaced = {cortex_m.UnknownOperator: ("operators", "operators"),
+                cortex_m.DoesNotFit: ("RAM", "RAM (emulated)")}.get(type(error))
+    if replaced is None:
+        return checks + [Check("emulation", FAIL, str(error), f"{target.core} firmware",
+                               "the emulated run did not take place")]
+    old, new = replaced
+    return [c for c in checks if c.name != old] + [
+        Check(new, FAIL, str(error), f"{target.core} firmware",
+              "found by the emulation, before or at boot")]
 
 
 def _verify_emulated(model, target, data, how, reference, min_accuracy, runner, run,
