@@ -352,7 +352,7 @@ def run_verify(args) -> int:
 def _add_emulator_setup(commands) -> None:
     p = commands.add_parser(
         "emulator-setup", help="fetch the TFLite Micro sources that verify --emulate builds",
-        description="Download the four source archives that `verify --emulate` builds "
+        description="Download the three source archives that `verify --emulate` builds "
                     "TFLite Micro from, check each against its pinned SHA-256, and keep them "
                     "in the cache (or --dest). Not needed where ../shared/tflm exists. The "
                     "cross compiler and QEMU come from the system's packages: apt-get install "

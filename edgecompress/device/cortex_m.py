@@ -36,19 +36,22 @@ INSTALL = ("apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi "
            "libstdc++-arm-none-eabi-dev qemu-system-arm")
 TOOLS = ("arm-none-eabi-gcc", "arm-none-eabi-g++", "arm-none-eabi-gcc-ar", "arm-none-eabi-nm",
          "arm-none-eabi-size", "qemu-system-arm", "gcc")
+# What the builds read from ../shared/tflm (its cmsis-device headers serve only TFLite
+# Micro's DWT timer, which QEMU does not model and the firmware leaves out).
 ARCHIVES = {"reference": "tflm-ref", "cmsis-nn": "tflm-cmsis_nn",
-            "device": "cmsis-device", "plugin": "qemu-7.2-plugin-api"}
+            "plugin": "qemu-7.2-plugin-api"}
 # SHA-256 of the archives edgecompress builds from (TFLite Micro 90b983c of 2026-08-20 with
-# the CMSIS-NN, CMSIS_6 and Cortex_DFP commits its download scripts pin; QEMU 7.2's plugin
-# header): `setup_sources` refuses anything else.
+# the CMSIS-NN and CMSIS_6 commits its download scripts pin; QEMU 7.2's plugin header):
+# `setup_sources` refuses anything else.
 ARCHIVE_DIGESTS = {
     "tflm-ref": "8453eb45d3a0dc63b9d1a420912a9aa5d7b88c79c1e3cb3dbd59a578d9d629b0",
     "tflm-cmsis_nn": "180a0dbb20d8f726ff1efc6f0fa57abc2c22ea07239f5375fa104c8c76af8a00",
-    "cmsis-device": "b61f562c93aa12c2d7911a67276f3d7bae2def354eec4ce69abe7456c7eb41a3",
     "qemu-7.2-plugin-api": "a1465f3aec1b701af3435fdec3f3e092da5d9dd58f28d3a5ca99bbf1a50babd1",
 }
 KERNEL_SETS = ("cmsis-nn", "reference")
 SOURCES_ENV = "EDGECOMPRESS_TFLM_SOURCES"
+FIRMWARE = resources.files("edgecompress.device") / "firmware"  # our own sources
+FIRMWARE_FILES = ("runner.cc", "runtime.cc", "startup.c", "board.ld")
 CACHE_ENV = "EDGECOMPRESS_CACHE"
 
 
@@ -194,7 +197,7 @@ def default_sources() -> Path | None:
 
 
 def setup_sources(url: str, destination=None, progress=None) -> Path:
-    """Downloads the four archives from the folder at `url` (https://, or file:// for a
+    """Downloads the three archives from the folder at `url` (https://, or file:// for a
     local copy), checks each against its pinned SHA-256, and keeps them in `destination`
     (default: the cache's `archives`, which `default_sources` looks in). Returns it."""
     import urllib.error
@@ -236,7 +239,7 @@ class Sources:
 
 
 def unpack_sources(folder=None, cache=None) -> Sources:
-    """Unpacks the four archives of `folder` (see `ARCHIVES`) into the cache, once per
+    """Unpacks the three archives of `folder` (see `ARCHIVES`) into the cache, once per
     archive digest."""
     folder = Path(folder) if folder else default_sources()
     if folder is None or not folder.is_dir():
@@ -394,19 +397,20 @@ def firmware(used_ops, *, core: str = "cortex-m4", kernels: str = "cmsis-nn",
     ops = check_operators(used_ops, tree, kernels, core)
     build = cache_dir(cache) / "tflm" / f"{trees.digest}-{core}-{kernels}-{options.key()}"
     board = BOARDS[core_profile.board]
-    name = hashlib.sha256((ops_header(ops) + repr(board)).encode()).hexdigest()[:12]
+    own = "".join((FIRMWARE / f).read_text() for f in FIRMWARE_FILES)
+    name = hashlib.sha256((own + ops_header(ops) + repr(board)).encode()).hexdigest()[:12]
     elf = build / "firmware" / name / "runner.elf"
     cached = elf.is_file()
     if not cached:
-        _build(elf, tree, trees, core_profile, kernels, ops, options, build, progress)
+        _build(elf, tree, core_profile, kernels, ops, options, build, progress)
     sections = _sections(elf)
     symbols = _symbols(elf)
     return Firmware(elf, core_profile, board, kernels, tuple(ops), sections,
                     symbols["edgecompress_mark_invoke"], symbols["edgecompress_mark"], cached)
 
 
-def _build(elf, tree, trees, core, kernels, ops, options, build, progress) -> None:
-    flags = _flags(tree, trees, core, kernels, options)
+def _build(elf, tree, core, kernels, ops, options, build, progress) -> None:
+    flags = _flags(tree, core, kernels, options)
     library_sources = _library_sources(tree, kernels, ops)
     objects = _compile_all(library_sources, tree, build.parent / "objects", flags, options,
                            progress,
@@ -416,11 +420,10 @@ def _build(elf, tree, trees, core, kernels, ops, options, build, progress) -> No
     work = Path(tempfile.mkdtemp(prefix="build-", dir=build))
     try:
         (work / "ops.h").write_text(ops_header(ops))
-        firmware_dir = resources.files("edgecompress.device") / "firmware"
         own = []
         for name in ("runner.cc", "runtime.cc", "startup.c"):
             source = work / name
-            source.write_text((firmware_dir / name).read_text())
+            source.write_text((FIRMWARE / name).read_text())
             own.append(source)
         board = BOARDS[core.board]
         capacities = [f"-DMODEL_CAPACITY={board.model_capacity}",
@@ -444,7 +447,7 @@ def _build(elf, tree, trees, core, kernels, ops, options, build, progress) -> No
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _flags(tree, trees, core, kernels, options) -> list[str]:
+def _flags(tree, core, kernels, options) -> list[str]:
     includes = [tree, tree / "third_party/gemmlowp", tree / "third_party/flatbuffers/include",
                 tree / "third_party/ruy", tree / "third_party/kissfft"]
     defines = []
@@ -556,7 +559,7 @@ def _compile(source: Path, target: Path, flags, level: str) -> Path:
 
 
 def _linker_script(board: Board) -> str:
-    template = (resources.files("edgecompress.device") / "firmware" / "board.ld").read_text()
+    template = (FIRMWARE / "board.ld").read_text()
     return template.format(
         code_origin=hex(board.code[0]), code_length=hex(board.code[1]),
         data_origin=hex(board.data[0]), data_length=hex(board.data[1]),
@@ -600,7 +603,7 @@ def plugin(sources=None, cache=None) -> Path:
     QEMU 7.2's plugin header from the sources."""
     require_tools()
     header = unpack_sources(sources, cache).trees["plugin"] / "include" / "qemu"
-    code = (resources.files("edgecompress.device") / "firmware" / "count.c").read_text()
+    code = (FIRMWARE / "count.c").read_text()
     digest = hashlib.sha256((code + str(header)).encode()).hexdigest()[:12]
     library = cache_dir(cache) / "plugin" / f"libcount-{digest}.so"
     if not library.is_file():
