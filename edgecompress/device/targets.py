@@ -114,13 +114,7 @@ class Target:
             raise OptionError(f"Target {self.name!r}: threads must be at least 1.")
         if self.ops is not None and not isinstance(self.ops, frozenset):
             object.__setattr__(self, "ops", frozenset(self.ops))
-        if self.cycles_per_mac is not None:
-            low, high = map(float, self.cycles_per_mac)
-            if not 0 < low <= high:
-                raise OptionError(f"Target {self.name!r}: cycles_per_mac is (optimised, "
-                                  f"reference), 0 < first <= second. Received: "
-                                  f"cycles_per_mac={self.cycles_per_mac!r}.")
-            object.__setattr__(self, "cycles_per_mac", (low, high))
+        self._ordered_pair("cycles_per_mac", "(optimised, reference), 0 < first <= second")
         if self.core is not None and self.core not in CYCLES_PER_INSTRUCTION:
             raise OptionError(f"Target {self.name!r}: core must be one of "
                               f"{', '.join(CYCLES_PER_INSTRUCTION)}. Received: "
@@ -131,13 +125,18 @@ class Target:
         if self.cycles_per_instruction is None and self.core in CYCLES_PER_INSTRUCTION:
             object.__setattr__(self, "cycles_per_instruction",
                                CYCLES_PER_INSTRUCTION[self.core])
-        if self.cycles_per_instruction is not None:
-            low, typical = map(float, self.cycles_per_instruction)
-            if not 0 < low <= typical:
-                raise OptionError(f"Target {self.name!r}: cycles_per_instruction is (lowest, "
-                                  f"typical), 0 < lowest <= typical. Received: "
-                                  f"cycles_per_instruction={self.cycles_per_instruction!r}.")
-            object.__setattr__(self, "cycles_per_instruction", (low, typical))
+        self._ordered_pair("cycles_per_instruction", "(lowest, typical), 0 < lowest <= typical")
+
+    def _ordered_pair(self, name: str, meaning: str) -> None:
+        """Checks an optional (low, high) field and stores it as two floats."""
+        value = getattr(self, name)
+        if value is None:
+            return
+        low, high = map(float, value)
+        if not 0 < low <= high:
+            raise OptionError(f"Target {self.name!r}: {name} is {meaning}. Received: "
+                              f"{name}={value!r}.")
+        object.__setattr__(self, name, (low, high))
 
     def estimate_ms(self, macs: int) -> tuple[float, float] | None:
         """(optimised, reference kernels) latency estimate from the MAC count, if the
