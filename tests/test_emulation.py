@@ -164,6 +164,7 @@ def test_a_model_or_arena_too_big_for_the_board_is_a_failed_budget(emulation, re
     assert ram.status == "fail" and "16,384-byte arena" in ram.figure
     monkeypatch.setitem(cortex_m.BOARDS, "mps2-an386",
                         dataclasses.replace(board, model_capacity=50_000))
+    monkeypatch.setattr(cortex_m, "_build", lambda *a: pytest.fail("built"))
     with pytest.raises(cortex_m.DoesNotFit, match="98,496 bytes.*50,000"):
         cortex_m.run(model, x[:1], core="cortex-m4", kernels="reference", **emulation)
 

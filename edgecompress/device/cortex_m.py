@@ -663,15 +663,15 @@ def run(model, inputs, *, core: str = "cortex-m4", kernels: str = "cmsis-nn",
         EmulationError: an operator the firmware lacks, a fault, or a time-out.
         DoesNotFit: the model or its arena is larger than the board's buffers.
     """
-    ops = {op.name for op in model.operators}
-    built = firmware(ops, core=core, kernels=kernels, options=options, sources=sources,
-                     cache=cache, progress=progress)
-    if model.size > built.board.model_capacity:
+    board = BOARDS[lookup(CORES, core, "core").board]
+    if model.size > board.model_capacity:  # before any build
         raise DoesNotFit(f"the model ({model.size:,} bytes) is larger than the "
-                         f"{built.board.model_capacity:,} bytes the {built.board.machine} "
-                         "firmware can load.")
+                         f"{board.model_capacity:,} bytes the {board.machine} firmware can "
+                         "load.")
     arrays = inputs if isinstance(inputs, (list, tuple)) else [inputs]
     records = _records(model, arrays)
+    built = firmware({op.name for op in model.operators}, core=core, kernels=kernels,
+                     options=options, sources=sources, cache=cache, progress=progress)
     count = len(arrays[0])
     if timeout is None:
         macs = model.summary()["macs"]
@@ -690,7 +690,7 @@ def run(model, inputs, *, core: str = "cortex-m4", kernels: str = "cmsis-nn",
         raise EmulationError(f"the firmware stopped early on `{model.path or 'the model'}`: "
                              f"{len(invokes)} of {count} images run.")
     return EmulatedRun(outputs, np.array(invokes, np.int64),
-                       _per_operator(model, built.ops, op_counts, count),
+                       _per_operator(model, built.ops, op_counts),
                        int(arena.group(1)), built, time.monotonic() - started)
 
 
@@ -768,7 +768,7 @@ def _marks(log: str) -> tuple[list[int], list[list[int]]]:
     return invokes, operators
 
 
-def _per_operator(model, ops, counts, images) -> list:
+def _per_operator(model, ops, counts) -> list:
     """(node, operator, median instructions) for the nodes whose kernel was marked."""
     markable = {op.name for op in ops if op.markable}
     nodes = [op for op in model.operators if op.name in markable]
