@@ -99,10 +99,11 @@ def test_instruction_counts_are_deterministic_and_kernel_sets_differ_as_publishe
     reference = np.median(resnet8_runs["reference"].instructions)
     cmsis = np.median(resnet8_runs["cmsis-nn"].instructions)
     assert 3.0 <= reference / cmsis <= 4.5  # 3.6 counted, 4.3 in the published latencies
-    # per-operator counts cover the inference but for the framework's own few thousand
+    # per-operator counts (medians over images) cover the inference but for the
+    # framework's own few thousand instructions
     operators = sum(n for _, _, n in resnet8_runs["cmsis-nn"].operators)
     assert len(resnet8_runs["cmsis-nn"].operators) == len(model.operators)
-    assert 0.98 * cmsis <= operators < cmsis
+    assert 0.98 * cmsis <= operators <= 1.001 * cmsis
 
 
 def test_a_second_call_hits_the_cache(emulation, resnet8_images, resnet8_runs, monkeypatch):

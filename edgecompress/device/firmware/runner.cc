@@ -5,7 +5,8 @@
 // record the runner invokes the model once and appends the bytes of every output tensor
 // to OUTPUTS.bin. It prints "arena <bytes used>" and "images <count>" on stdout.
 // edgecompress_mark_invoke() brackets each Invoke() and edgecompress_mark() each
-// operator (ops.h wraps every kernel's invoke), so a QEMU plugin can count the instructions between the marks.
+// operator (ops.h wraps every kernel's invoke), so a QEMU plugin can count the
+// instructions between the marks.
 // Exit status: 0 done, 2 bad arguments or files, 3 the model does not allocate,
 // 4 an Invoke() failed.
 
