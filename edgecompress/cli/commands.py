@@ -283,7 +283,8 @@ def _add_verify(commands) -> None:
     p.add_argument("--min-accuracy", type=float, metavar="FRACTION",
                    help="accuracy budget, e.g. 0.7")
     p.add_argument("--micro-samples", type=int, default=200, metavar="N",
-                   help="images run on TFLite Micro, whose kernels are slow (default 200)")
+                   help="images run on TFLite Micro (its Python runtime, or the emulated "
+                        "core with --emulate), whose kernels are slow (default 200)")
     emulation = p.add_argument_group(
         "emulation", "microcontroller targets on their own core and kernels; needs `apt-get "
                      "install gcc-arm-none-eabi libnewlib-arm-none-eabi "
