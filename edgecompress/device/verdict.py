@@ -158,10 +158,7 @@ def _verify(model, target, data, preprocess, reference, min_accuracy, micro_samp
             latency_runs, emulated=None) -> Verdict:
     summary = model.summary()
     how = model.preprocess(preprocess, fallback=data.preprocess) if data is not None else \
-        Preprocess.RAW
-    if data is not None:
-        data.check_fits(model.input_shape)
-        verify.check_labels(data.require_labels(), data.classes, model)
+        Preprocess.RAW  # the data was checked against the model by verify_target
     # One interpreter serves every LiteRT figure. For microcontrollers it runs LiteRT's
     # reference kernels, which agree with TFLite Micro's (XNNPACK changes ~2 % of top-1).
     runner = verify.LiteRTModel(model, threads=target.threads, kernels="reference"
