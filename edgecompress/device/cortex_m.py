@@ -601,13 +601,19 @@ def _symbols(elf: Path) -> dict:
 
 
 def plugin(sources=None, cache=None) -> Path:
-    """The instruction-counting QEMU plugin, built once with the host's C compiler against
-    QEMU 7.2's plugin header from the sources."""
+    """The instruction-counting QEMU plugin, built against QEMU 7.2's plugin header from
+    the sources."""
     require_tools()
-    header = unpack_sources(sources, cache).trees["plugin"] / "include" / "qemu"
+    return build_plugin(unpack_sources(sources, cache).trees["plugin"] / "include" / "qemu",
+                        cache)
+
+
+def build_plugin(header: Path, cache=None) -> Path:
+    """`firmware/count.c` built once with the host's C compiler against the QEMU plugin
+    header in the folder `header`; shared by every emulator that counts instructions."""
     code = (FIRMWARE / "count.c").read_text()
-    digest = hashlib.sha256((code + str(header)).encode()).hexdigest()[:12]
-    library = cache_dir(cache) / "plugin" / f"libcount-{digest}.so"
+    digest = hashlib.sha256((code + (header / "qemu-plugin.h").read_text()).encode())
+    library = cache_dir(cache) / "plugin" / f"libcount-{digest.hexdigest()[:12]}.so"
     if not library.is_file():
         library.parent.mkdir(parents=True, exist_ok=True)
         source = library.with_suffix(".c")

@@ -1,0 +1,321 @@
+"""LiteRT's own ARM64 build run under `qemu-aarch64` user mode: a phone's or a Linux board's
+CPU, emulated with the kernels that CPU would get.
+
+The aarch64 wheel of the `ai-edge-litert` version installed here runs in an arm64 Debian
+root filesystem (`setup`). XNNPACK picks its kernels from the features QEMU reports for the
+`-cpu` model and from the CPU ID in `/proc/cpuinfo`, which QEMU 7.2 does not emulate: each
+CPU class gets its own folder whose `proc/cpuinfo` names it, so runs with different CPUs
+never share one. The counting plugin (`firmware/count.c`) counts the instructions between
+marks around each `invoke()` and, for the last one, per code block, which names the kernels
+that ran. Facts and traps: ../shared/PHONE-EMULATION.md.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import os
+import re
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from ..cortex_m import EmulationError, EmulatorUnavailable, cache_dir
+from ...options import lookup
+
+SETUP_COMMAND = "edgecompress phone-setup"
+GUEST = Path(__file__).with_name("guest.py")
+
+
+@dataclass(frozen=True)
+class Cpu:
+    """An ARM64 CPU class as QEMU emulates it and XNNPACK sees it.
+
+    Args:
+        name: the class, e.g. `cortex-a76`.
+        qemu: QEMU's `-cpu` argument.
+        midr: (implementer, variant, part, revision) for the emulated `/proc/cpuinfo`.
+        features: its `Features` line (XNNPACK reads the features from the auxiliary
+            vector, which QEMU fills from `-cpu`; the line is for completeness).
+        kernels: per precision ("int8", "float"), a part of the name of the XNNPACK GEMM
+            kernel this class should run; another name means the CPU was not recognised.
+        note: what the emulation stands in for.
+    """
+
+    name: str
+    qemu: str
+    midr: tuple[int, int, int, int]
+    features: str
+    kernels: dict
+    note: str = ""
+
+    def cpuinfo(self) -> str:
+        implementer, variant, part, revision = self.midr
+        return (f"processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: {self.features}\n"
+                f"CPU implementer\t: {implementer:#x}\nCPU architecture: 8\n"
+                f"CPU variant\t: {variant:#x}\nCPU part\t: {part:#05x}\n"
+                f"CPU revision\t: {revision}\n\n")
+
+
+V8_FEATURES = "fp asimd evtstrm aes pmull sha1 sha2 crc32 cpuid"
+V82_FEATURES = V8_FEATURES + " atomics fphp asimdhp asimdrdm lrcpc dcpop asimddp"
+# Kernels measured in ../shared/PHONE-EMULATION.md (MLPerf Tiny ResNet-8, QEMU 7.2).
+CPUS = {cpu.name: cpu for cpu in (
+    Cpu("cortex-a53", "cortex-a53", (0x41, 0x0, 0xd03, 4), V8_FEATURES,
+        {"int8": "neon_mlal_lane_cortex_a53", "float": "cortex_a53"}),
+    Cpu("cortex-a72", "cortex-a72", (0x41, 0x0, 0xd08, 3), V8_FEATURES,
+        {"int8": "c8__asm_aarch64_neon_mlal", "float": "cortex_a75"}),
+    Cpu("cortex-a76", "cortex-a76", (0x41, 0x4, 0xd0b, 1), V82_FEATURES,
+        {"int8": "neondot", "float": "cortex_a75"},
+        "QEMU 7.2 has no Cortex-A75; the A76 model runs the same float kernel"),
+    # -cpu max would give SME, whose int8 results QEMU 7.2 computes wrongly (QEMU issue 2083)
+    # The ID of a Neoverse N2 (Armv9, the A710's server twin): LiteRT 2.3.0 crashes under
+    # QEMU 7.2 when /proc/cpuinfo names a Cortex-A710, X2 or A715 (SIGSEGV at start).
+    Cpu("i8mm", "max,sme=off", (0x41, 0x0, 0xd49, 0),
+        V82_FEATURES + " asimdfhm sve sve2 i8mm bf16 svei8mm",
+        {"int8": "neoni8mm", "float": "ld128"},
+        "QEMU 7.2's only i8mm CPU is `max` (SVE, no SME), shown to XNNPACK as a Neoverse N2"),
+)}
+
+
+# --- set-up ------------------------------------------------------------------------------
+
+def litert_version() -> str:
+    from importlib.metadata import version
+
+    return version("ai-edge-litert")
+
+
+def home(cache=None) -> Path:
+    """The emulated system for this LiteRT version."""
+    return cache_dir(cache) / "arm64" / f"litert-{litert_version()}"
+
+
+def missing(cache=None) -> str | None:
+    """Why `run` cannot work yet, or None when everything is set up."""
+    for tool in ("qemu-aarch64", "readelf"):
+        if not _which(tool):
+            return f"{tool} is not installed"
+    if not (home(cache) / "ready.json").is_file():
+        return f"the arm64 system is not set up in {home(cache)}"
+    return None
+
+
+def require(cache=None) -> None:
+    reason = missing(cache)
+    if reason:
+        raise EmulatorUnavailable(f"emulating an ARM64 CPU needs `{SETUP_COMMAND}` first "
+                                  f"({reason}).")
+
+
+def _which(tool: str) -> bool:
+    import shutil
+
+    return shutil.which(tool) is not None
+
+
+# --- running -----------------------------------------------------------------------------
+
+@dataclass
+class ArmRun:
+    """What LiteRT did with a model on an emulated ARM64 CPU."""
+
+    cpu: str
+    threads: int
+    outputs: list  # one array per output tensor, (images, *shape)
+    instructions: np.ndarray  # per image, between the marks around invoke()
+    kernels: list  # (function, instructions) in the last invoke, most first
+    not_delegated: list  # operators LiteRT ran itself, in graph order
+    seconds: float
+
+    @property
+    def steady_instructions(self) -> float:
+        """The median over the invokes after the first (which may prepare kernels)."""
+        counts = self.instructions[1:] if len(self.instructions) > 1 else self.instructions
+        return float(np.median(counts))
+
+    def gemm_kernel(self) -> str | None:
+        """The XNNPACK matrix-multiplication kernel that ran the most instructions."""
+        for name, _ in self.kernels:
+            if name.startswith("xnn_") and "gemm" in name:
+                return name
+        return None
+
+    def xnnpack_share(self) -> float:
+        total = sum(n for _, n in self.kernels)
+        return sum(n for name, n in self.kernels if name.startswith("xnn_")) / max(total, 1)
+
+
+SECONDS_PER_IMAGE = 20  # float ResNet-8 took 0.15 s per invoke emulated; MobileNets ~5 s
+STARTUP_SECONDS = 120  # importing numpy and LiteRT under emulation took ~6 s here
+
+
+def run(model_path, inputs: np.ndarray, *, cpu: str = "cortex-a76", threads: int = 1,
+        cache=None, timeout: float | None = None) -> ArmRun:
+    """Runs `inputs` (already in the input tensor's type, (N, *shape[1:])) through the
+    `.tflite` on LiteRT with XNNPACK, on the emulated CPU class.
+
+    Raises:
+        EmulatorUnavailable: not set up, or the installed QEMU lacks the CPU model.
+        EmulationError: LiteRT failed or crashed, or the run passed its time limit.
+    """
+    target = lookup(CPUS, cpu, "cpu")
+    require(cache)
+    root = home(cache)
+    _check_qemu_has(target)
+    prefix = _prefix(root, target)
+    model_path = Path(model_path).resolve()
+    timeout = timeout or STARTUP_SECONDS + SECONDS_PER_IMAGE * len(inputs)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="edgecompress-arm64-") as work:
+        work = Path(work)
+        np.save(work / "inputs.npy", np.ascontiguousarray(inputs))
+        (work / "request.json").write_text(json.dumps({
+            "model": str(model_path), "inputs": str(work / "inputs.npy"), "threads": threads,
+            "results": str(work)}))
+        log = _emulate(root, prefix, target, work, timeout, model_path.name)
+        with np.load(work / "outputs.npz") as saved:
+            outputs = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+        graph = json.loads((work / "graph.json").read_text())
+    instructions, blocks = _counts(log)
+    if len(instructions) != len(inputs):
+        raise EmulationError(f"LiteRT on the emulated {target.name} stopped early on "
+                             f"`{model_path.name}`: {len(instructions)} of {len(inputs)} "
+                             "images run.")
+    return ArmRun(target.name, threads, outputs, np.array(instructions, np.int64),
+                  _kernels(blocks, graph["maps"]), graph["not_delegated"],
+                  time.monotonic() - started)
+
+
+def _emulate(root: Path, prefix: Path, cpu: Cpu, work: Path, timeout: float, name) -> str:
+    plugin = json.loads((root / "ready.json").read_text())["plugin"]
+    command = ["qemu-aarch64", "-cpu", cpu.qemu, "-L", str(prefix), "-plugin",
+               f"{plugin},blocks=on", "-d", "plugin", "-D", str(work / "counts.log"),
+               str(prefix / "usr" / "bin" / "python3"), str(GUEST), str(work / "request.json")]
+    # PYTHONPATH for this command only: exported to the host, it would break its numpy
+    environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8",
+                   "PYTHONPATH": str(root / "rootfs" / "opt" / "py"), "PYTHONNOUSERSITE": "1"}
+    try:
+        done = subprocess.run(command, cwd=work, env=environment, capture_output=True,
+                              text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise EmulationError(f"LiteRT on the emulated {cpu.name} ran past its {timeout:.0f} s "
+                             f"limit on `{name}`; QEMU was ended.") from None
+    if done.returncode != 0 or not (work / "graph.json").is_file():
+        how = (f"killed by signal {-done.returncode}" if done.returncode < 0
+               else f"exit status {done.returncode}")
+        last = [line for line in done.stderr.splitlines() if line.strip()][-1:] or [""]
+        raise EmulationError(f"LiteRT on the emulated {cpu.name} failed on `{name}` ({how}): "
+                             f"{last[0][:300]}")
+    return (work / "counts.log").read_text()
+
+
+def _counts(log: str) -> tuple[list[int], dict]:
+    """Instructions per invoke (less the cost of an empty pair of marks, the first pair)
+    and the instructions of each block in the last invoke."""
+    marks = [(kind, int(value)) for kind, value in
+             re.findall(r"^(start|stop) (\d+)$", log, re.M)]
+    spans = [stop - start for (k1, start), (k2, stop) in zip(marks[::2], marks[1::2])
+             if (k1, k2) == ("start", "stop")]
+    if not spans:
+        return [], {}
+    overhead, spans = spans[0], spans[1:]
+    blocks: dict[int, int] = {}
+    for address, count in re.findall(r"^block 0x([0-9a-f]+) (\d+)$", log, re.M):
+        address = int(address, 16)
+        blocks[address] = blocks.get(address, 0) + int(count)
+    return [span - overhead for span in spans], blocks
+
+
+def _kernels(blocks: dict, maps: list) -> list:
+    """(function, instructions) for the blocks, named from the symbol tables of the files
+    they ran in; blocks outside any known function count under the file's name."""
+    bases = {}  # where each file's offset 0 is mapped: its ELF addresses count from there
+    for start, _, offset, path, _ in maps:
+        if offset == 0:  # an executable that is not position-independent loads at its own
+            bases.setdefault(path, 0 if _fixed_address(path) else start)
+    spans = sorted((start, end, path) for start, end, _, path, executable in maps
+                   if executable and path in bases)
+    starts = [s for s, _, _ in spans]
+    totals: dict[str, int] = {}
+    for address, count in blocks.items():
+        i = bisect.bisect_right(starts, address) - 1
+        if i < 0 or address >= spans[i][1]:
+            name = "(unmapped)"
+        else:
+            path = spans[i][2]
+            name = _function_at(path, address - bases[path]) or f"({Path(path).name})"
+        totals[name] = totals.get(name, 0) + count
+    return sorted(totals.items(), key=lambda item: -item[1])
+
+
+def _function_at(path: str, address: int) -> str | None:
+    table = _functions(path)
+    i = bisect.bisect_right(table[0], address) - 1
+    if i >= 0 and address < table[0][i] + table[1][i]:
+        return table[2][i]
+    return None
+
+
+@lru_cache(maxsize=None)
+def _fixed_address(path: str) -> bool:
+    """Whether the ELF file is of type EXEC (linked at fixed addresses)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(18)[16:18] == b"\x02\x00"
+    except OSError:
+        return False
+
+
+@lru_cache(maxsize=32)
+def _functions(path: str) -> tuple[list, list, list]:
+    """(addresses, sizes, names) of the functions in an ELF file, sorted by address."""
+    try:
+        listing = subprocess.run(["readelf", "-sW", path], capture_output=True, text=True,
+                                 timeout=120).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return [], [], []
+    entries = []
+    for line in listing.splitlines():
+        parts = line.split()
+        if len(parts) >= 8 and parts[3] == "FUNC" and parts[2] != "0":
+            entries.append((int(parts[1], 16), int(parts[2], 0), parts[7].split("@")[0]))
+    entries.sort()
+    return [e[0] for e in entries], [e[1] for e in entries], [e[2] for e in entries]
+
+
+@lru_cache(maxsize=None)
+def _qemu_cpus() -> frozenset:
+    listing = subprocess.run(["qemu-aarch64", "-cpu", "help"], capture_output=True,
+                             text=True, timeout=30).stdout
+    return frozenset(listing.split())
+
+
+def _check_qemu_has(cpu: Cpu) -> None:
+    model = cpu.qemu.split(",")[0]
+    if model not in _qemu_cpus():
+        raise EmulatorUnavailable(f"the installed qemu-aarch64 has no `{model}` CPU model, "
+                                  f"which the {cpu.name} class needs.")
+
+
+def _prefix(root: Path, cpu: Cpu) -> Path:
+    """A folder that shows the root filesystem with this CPU class's `/proc/cpuinfo`:
+    links to the root filesystem's folders beside its own `proc`."""
+    prefix = root / "cpus" / cpu.name
+    cpuinfo = prefix / "proc" / "cpuinfo"
+    if cpuinfo.is_file() and cpuinfo.read_text() == cpu.cpuinfo():
+        return prefix
+    (prefix / "proc").mkdir(parents=True, exist_ok=True)
+    for entry in (root / "rootfs").iterdir():
+        link = prefix / entry.name
+        if entry.name != "proc" and not link.is_symlink():
+            link.symlink_to(entry.resolve())
+    partial = cpuinfo.with_name(f"cpuinfo.{os.getpid()}")
+    partial.write_text(cpu.cpuinfo())
+    partial.replace(cpuinfo)
+    return prefix
