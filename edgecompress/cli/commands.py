@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_targets(commands)
     _add_verify(commands)
     _add_emulator_setup(commands)
+    _add_phone_setup(commands)
     _add_to_c(commands)
     _add_run(commands)
     _add_sensitivity(commands)
@@ -231,15 +232,17 @@ def run_targets(args) -> int:
              "int8 only": "yes" if t.int8_only else "no", "flash": _size(t.flash_bytes),
              "RAM": _size(t.ram_bytes),
              "latency": f"{t.latency_ms:g} ms" if t.latency_ms else "-",
-             "--emulate": f"{t.core}, {t.kernels}" if t.core else "-"}
+             "--emulate": (f"{t.core}, {t.kernels}" if t.runtime == "tflm" else t.core)
+             if t.core else "-"}
             for t in profiles]
     print(report.text_table(rows) + "\n")
     for t in profiles:
         print(f"{t.name}: {t.description}.\n    numbers: {t.source}")
         if t.cycles_per_instruction:
-            low, typical = t.cycles_per_instruction
-            print(f"    emulated: {low:g}-{typical:g} cycles per counted instruction (the "
-                  "core's lowest, and typical from its instruction timings)")
+            low, high = t.cycles_per_instruction
+            print(f"    emulated: {low:.3g}-{high:.3g} cycles per counted instruction "
+                  + ("(the core's lowest, and typical from its instruction timings)"
+                     if t.runtime == "tflm" else "(fitted on published MobileNet latencies)"))
     if args.json:
         report.write_json(args.json, [t.to_json() for t in profiles])
     return 0
@@ -273,8 +276,12 @@ def _add_verify(commands) -> None:
                     "microcontrollers) and, with --data, accuracy. With --emulate, a "
                     "microcontroller verdict stands on TFLite Micro built for the target's "
                     "core and run under qemu-system-arm: its outputs, instructions per "
-                    "inference, firmware size and arena. Exit status: 0 when every budget "
-                    "holds, 1 when one fails, 2 for bad input.")
+                    "inference, firmware size and arena; a phone or board verdict (targets "
+                    "with a CPU class, such as phone-cortex-a76 or iot-cortex-a53) stands on "
+                    "LiteRT's ARM64 build under qemu-aarch64: instructions per inference, the "
+                    "XNNPACK kernel chosen, the operators XNNPACK left to LiteRT, a latency "
+                    "estimate, and its outputs against this machine's. Exit status: 0 when "
+                    "every budget holds, 1 when one fails, 2 for bad input.")
     p.add_argument("model", help="the .tflite file")
     p.add_argument("--target", required=True, help="a profile name (see edgecompress targets)")
     p.add_argument("--targets-file", metavar="JSON", help="also load targets from this file")
@@ -284,14 +291,17 @@ def _add_verify(commands) -> None:
                    help="accuracy budget, e.g. 0.7")
     p.add_argument("--micro-samples", type=int, default=200, metavar="N",
                    help="images run on TFLite Micro (its Python runtime, or the emulated "
-                        "core with --emulate), whose kernels are slow (default 200)")
+                        "core with --emulate), whose kernels are slow (default 200); an "
+                        "emulated phone or board CPU runs at most 10 of them")
     emulation = p.add_argument_group(
-        "emulation", "microcontroller targets on their own core and kernels; needs `apt-get "
+        "emulation", "targets on their own core and kernels. Microcontrollers need `apt-get "
                      "install gcc-arm-none-eabi libnewlib-arm-none-eabi "
-                     "libstdc++-arm-none-eabi-dev qemu-system-arm`")
+                     "libstdc++-arm-none-eabi-dev qemu-system-arm`; phones and boards need "
+                     "`edgecompress phone-setup` once")
     emulation.add_argument("--emulate", action="store_true",
-                           help="build TFLite Micro for the target's core (once; cached) and "
-                                "run the model on it under QEMU")
+                           help="run the model on the target's core under QEMU: TFLite Micro "
+                                "built for a microcontroller (once; cached), or LiteRT's ARM64 "
+                                "build on a phone's or board's CPU class")
     emulation.add_argument("--kernels", choices=["cmsis-nn", "reference"],
                            help="TFLite Micro's kernel set (default: the target's, cmsis-nn "
                                 "for the built-in profiles, what products ship)")
@@ -308,7 +318,7 @@ def _add_verify(commands) -> None:
 
 def run_verify(args) -> int:
     from .. import _io, report
-    from ..device import cortex_m, inspect, micro, targets, verdict
+    from ..device import inspect, micro, targets, verdict
 
     _check_min_accuracy(args.min_accuracy, args.data)
     for path in (args.json, args.markdown):
@@ -322,7 +332,7 @@ def run_verify(args) -> int:
     data = load_data_for(args.data, model.input_shape) if args.data else None
     emulate = None
     if args.emulate:
-        cortex_m.require_tools()
+        _require_emulator(target, args)
         emulate = verdict.Emulation(kernels=args.kernels, sources=args.tflm_sources,
                                     cache=args.cache_dir,
                                     progress=lambda line: print(line, file=sys.stderr))
@@ -348,6 +358,43 @@ def run_verify(args) -> int:
     if args.markdown:
         report.write_text(args.markdown, result.to_markdown())
     return 0 if result.passed else 1
+
+
+def _require_emulator(target, args) -> None:
+    """One line, before any work, when the target's emulator is not ready."""
+    from ..device import arm64, cortex_m
+
+    if target.runtime == "tflm":
+        cortex_m.require_tools()
+    elif target.core:
+        if args.kernels or args.tflm_sources:
+            raise OptionError("--kernels and --tflm-sources are for microcontroller targets; "
+                              f"{target.name} runs LiteRT.")
+        arm64.require(args.cache_dir)
+
+
+def _add_phone_setup(commands) -> None:
+    p = commands.add_parser(
+        "phone-setup", help="set up the emulated ARM64 system that verify --emulate runs "
+                            "phone and board targets on",
+        description="Build, in the cache, what `verify --emulate` needs for phone and board "
+                    "targets: qemu-user and mmdebstrap (apt, if missing), an arm64 Debian root "
+                    "filesystem with Python, the aarch64 wheels of the ai-edge-litert version "
+                    "installed here, and the instruction-counting QEMU plugin. About 250 MB "
+                    "and a minute; needs root and the package registries. Run it again to "
+                    "check: finished steps are skipped.")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="where to build it (default: $EDGECOMPRESS_CACHE or "
+                        "~/.cache/edgecompress)")
+    p.set_defaults(run=run_phone_setup)
+
+
+def run_phone_setup(args) -> int:
+    from ..device.arm64 import install
+
+    folder = install.setup(args.cache_dir, progress=lambda line: print(line, file=sys.stderr))
+    print(f"emulated ARM64 system ready in {folder}")
+    return 0
 
 
 def _add_emulator_setup(commands) -> None:

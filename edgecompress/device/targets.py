@@ -11,6 +11,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from . import arm64
 from ..errors import OptionError
 from ..options import lookup
 
@@ -81,12 +82,14 @@ class Target:
         latency_ms: budget for one inference (on LiteRT: measured on this machine).
         clock_mhz, cycles_per_mac: for the latency estimate of a microcontroller:
             (with optimised kernels, with reference kernels).
-        core: the Cortex-M core that `verify --emulate` builds for (see
-            `cortex_m.CORES`), or None.
+        core: what `verify --emulate` runs on, or None: a Cortex-M core for TFLite Micro
+            (see `cortex_m.CORES`), or an ARM64 CPU class for LiteRT (`arm64.CPUS`).
         kernels: TFLite Micro's kernel set for it: "cmsis-nn" (what products ship) or
             "reference".
-        cycles_per_instruction: (lowest, typical), to turn emulated instruction counts into
-            a latency range.
+        cycles_per_instruction: (low, high), to turn emulated instruction counts into a
+            latency range, judged on the high end. Cortex-M: the lowest the core can reach
+            and a typical value. ARM64: the range of values fitted on published latencies
+            (`benchmarks/phone_calibration.py`); None where nothing was published.
         source: where the numbers come from.
     """
 
@@ -115,9 +118,10 @@ class Target:
         if self.ops is not None and not isinstance(self.ops, frozenset):
             object.__setattr__(self, "ops", frozenset(self.ops))
         self._ordered_pair("cycles_per_mac", "(optimised, reference), 0 < first <= second")
-        if self.core is not None and self.core not in CYCLES_PER_INSTRUCTION:
+        cores = CYCLES_PER_INSTRUCTION if self.runtime == "tflm" else arm64.CPUS
+        if self.core is not None and self.core not in cores:
             raise OptionError(f"Target {self.name!r}: core must be one of "
-                              f"{', '.join(CYCLES_PER_INSTRUCTION)}. Received: "
+                              f"{', '.join(cores)} for runtime {self.runtime}. Received: "
                               f"core={self.core!r}.")
         if self.kernels not in ("cmsis-nn", "reference"):
             raise OptionError(f"Target {self.name!r}: kernels must be one of cmsis-nn, "
@@ -125,7 +129,7 @@ class Target:
         if self.cycles_per_instruction is None and self.core in CYCLES_PER_INSTRUCTION:
             object.__setattr__(self, "cycles_per_instruction",
                                CYCLES_PER_INSTRUCTION[self.core])
-        self._ordered_pair("cycles_per_instruction", "(lowest, typical), 0 < lowest <= typical")
+        self._ordered_pair("cycles_per_instruction", "(low, high), 0 < low <= high")
 
     def _ordered_pair(self, name: str, meaning: str) -> None:
         """Checks an optional (low, high) field and stores it as two floats."""
@@ -146,7 +150,7 @@ class Target:
         return tuple(macs * c / (self.clock_mhz * 1e3) for c in self.cycles_per_mac)
 
     def estimate_ms_from_instructions(self, instructions: float) -> tuple[float, float] | None:
-        """(lowest, typical) latency from an emulated instruction count."""
+        """(low, high) latency from an emulated instruction count."""
         if not self.clock_mhz or not self.cycles_per_instruction:
             return None
         return tuple(instructions * c / (self.clock_mhz * 1e3)
@@ -208,8 +212,22 @@ def load_file(path) -> list[Target]:
     return loaded
 
 
+# Cycles per emulated instruction for each ARM64 CPU class: (lowest, highest) of the values
+# fitted by `benchmarks/phone_calibration.py` (results/phone_calibration.json) on published
+# XNNPACK latencies of MobileNet v1/v2/v3 at 224 (XNNPACK README, "Performance"), each
+# rebuilt here and counted single-threaded. The 4-thread boards' values fold the 4-thread
+# speed-up in: they calibrate 4-thread profiles only.
+ARM64_CYCLES_PER_INSTRUCTION = {
+    "cortex-a76": (0.870, 1.016), "cortex-a72": (0.549, 0.6), "cortex-a53": (1.0, 1.1)}
+_ARM64_SOURCE = ("latency estimated from instructions counted on LiteRT's ARM64 build under "
+                 "qemu-aarch64 (verify --emulate), with cycles per instruction fitted on "
+                 "published XNNPACK latencies of MobileNets: {}")
 PHONE_SOURCE = ("a phone's big CPU cores run LiteRT with XNNPACK; 33 ms is one frame at "
-                "30 frames/s, a common real-time budget; latency measured on this machine")
+                "30 frames/s, a common real-time budget; latency measured on this machine, "
+                "an x86 server: for a phone core's own kernels, use phone-cortex-a76 or "
+                "phone-i8mm with --emulate")
+BOARD_RAM = ("512 MB board RAM (Raspberry Pi Zero 2 W product brief) of which 64 MB for the "
+             "model's tensors; 100 ms for 10 inferences/s")
 
 for _target in (
     Target("phone-cpu", "Phone CPU, LiteRT + XNNPACK, 4 threads", threads=4, latency_ms=33.0,
@@ -219,11 +237,37 @@ for _target in (
     Target("iot-linux", "Linux board (Raspberry Pi Zero 2 W class: 4 x Cortex-A53, 512 MB), "
            "LiteRT, 4 threads", threads=4, ram_bytes=64 << 20, flash_bytes=16 << 20,
            latency_ms=100.0,
-           source="512 MB board RAM (Raspberry Pi Zero 2 W product brief) of which 64 MB for "
-                  "the model's tensors; 100 ms for 10 inferences/s; latency measured on this "
-                  "machine"),
+           source=BOARD_RAM + "; latency measured on this machine, an x86 server: for the "
+                  "board's own kernels, use iot-cortex-a53 with --emulate"),
     Target("iot-linux-1t", "Linux board as iot-linux, 1 thread", threads=1, ram_bytes=64 << 20,
            flash_bytes=16 << 20, latency_ms=100.0, source="as iot-linux"),
+    Target("phone-cortex-a76", "Phone big core, Cortex-A75/A76 class at 2.0 GHz (Pixel 3a / "
+           "Pixel 4 class), LiteRT + XNNPACK, 1 thread", threads=1, latency_ms=33.0,
+           flash_bytes=64 << 20, clock_mhz=2000, core="cortex-a76",
+           cycles_per_instruction=ARM64_CYCLES_PER_INSTRUCTION["cortex-a76"],
+           source=_ARM64_SOURCE.format(
+               "Pixel 3a (A75-class core, 2.0 GHz, 1 thread), float only: int8 estimates "
+               "use the same values") + "; 33 ms: one frame at 30 frames/s"),
+    Target("phone-i8mm", "Phone core with int8 matrix multiply (Armv9 i8mm: Cortex-A710 / X2 "
+           "class), LiteRT + XNNPACK, 1 thread", threads=1, latency_ms=33.0,
+           flash_bytes=64 << 20, core="i8mm",
+           source="no published single-thread latency for these cores: instructions and "
+                  "kernel only, the latency is not estimated; 33 ms: one frame at 30 "
+                  "frames/s"),
+    Target("iot-cortex-a72", "Linux board, 4 x Cortex-A72 at 1.5 GHz (Raspberry Pi 4 class), "
+           "LiteRT + XNNPACK, 4 threads", threads=4, ram_bytes=64 << 20,
+           flash_bytes=16 << 20, latency_ms=100.0, clock_mhz=1500, core="cortex-a72",
+           cycles_per_instruction=ARM64_CYCLES_PER_INSTRUCTION["cortex-a72"],
+           source=BOARD_RAM + "; " + _ARM64_SOURCE.format(
+               "Raspberry Pi 4, ARM64 build, 4 threads, float and int8")),
+    Target("iot-cortex-a53", "Linux board, 4 x Cortex-A53 at 1.4 GHz (Raspberry Pi 3B+ class; "
+           "the Zero 2 W runs 1.0 GHz), LiteRT + XNNPACK, 4 threads", threads=4,
+           ram_bytes=64 << 20, flash_bytes=16 << 20, latency_ms=100.0, clock_mhz=1400,
+           core="cortex-a53",
+           cycles_per_instruction=ARM64_CYCLES_PER_INSTRUCTION["cortex-a53"],
+           source=BOARD_RAM + "; " + _ARM64_SOURCE.format(
+               "Raspberry Pi 3B+, 4 threads, float and int8, measured with a 32-bit build "
+               "whose kernels differ from the ARM64 ones counted here")),
     Target("mcu-cortex-m4", "Cortex-M4 class MCU (STM32L4 class, 120 MHz): 256 KB RAM, 1 MB "
            "flash, TFLite Micro, int8 only", runtime="tflm", int8_only=True, ops=MCU_OPS,
            flash_bytes=1 << 20, ram_bytes=256 << 10, clock_mhz=120,

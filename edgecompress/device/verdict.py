@@ -4,7 +4,9 @@
 here, which come from TFLite Micro, and which are estimates for the device. With
 `emulate=Emulation()`, a microcontroller verdict stands on TFLite Micro built for the
 target's core and run under QEMU (`cortex_m`): its outputs, instruction counts, firmware
-size and arena.
+size and arena. A phone or board verdict stands on LiteRT's ARM64 build run on the target's
+CPU class under `qemu-aarch64` (`arm64`): instructions, the XNNPACK kernels it chose and the
+operators XNNPACK left to LiteRT, with accuracy still measured on this machine's XNNPACK.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from . import _isolate, cortex_m, inspect, micro, targets as targets_module, verify
+from . import _isolate, arm64, cortex_m, inspect, micro, targets as targets_module, verify
 from ..data import Dataset, preprocess as preprocess_images
 from ..errors import OptionError
 from ..options import Preprocess
@@ -65,9 +67,13 @@ class Verdict:
         return "\n".join(lines) + "\n"
 
 
+ARM64_IMAGES = 10  # the spot check of ARM outputs against this machine's
+
+
 @dataclass(frozen=True)
 class Emulation:
-    """How `verify_target` emulates a microcontroller target (see `cortex_m.run`).
+    """How `verify_target` emulates a target: a microcontroller (see `cortex_m.run`), or a
+    phone or board CPU (`arm64.run`, which uses only `cache`).
 
     Args:
         kernels: TFLite Micro's kernel set, or None for the target's own.
@@ -97,10 +103,11 @@ def verify_target(path, target, data: Dataset | None = None, *, preprocess=None,
         preprocess: as for `verify.evaluate`.
         reference: top-1 labels of a reference model on `data`, for agreement.
         min_accuracy: an accuracy budget in [0, 1].
-        micro_samples: images run on TFLite Micro (its kernels are slow).
+        micro_samples: images run on TFLite Micro (its kernels are slow); an emulated
+            ARM64 CPU runs at most `ARM64_IMAGES` of them.
         latency_runs: timed invokes for LiteRT targets.
-        emulate: run the model on the target's core under QEMU (microcontroller targets
-            with a `core`), and judge on that run.
+        emulate: run the model on the target's core or CPU class under QEMU, and judge
+            on that run.
 
     Returns:
         A `Verdict`.
@@ -108,7 +115,7 @@ def verify_target(path, target, data: Dataset | None = None, *, preprocess=None,
     Raises:
         ModelError: the file is malformed or crashes the interpreter.
         OptionError: unknown target, or emulation asked of a target without a core.
-        cortex_m.EmulatorUnavailable: emulation asked without its tools or sources.
+        cortex_m.EmulatorUnavailable: emulation asked without its tools, sources or set-up.
     """
     target = targets_module.get(target)
     model = path if isinstance(path, inspect.Model) else inspect.open(path)  # checked here
@@ -122,11 +129,16 @@ def verify_target(path, target, data: Dataset | None = None, *, preprocess=None,
 
 
 def _emulate(model, target, data, preprocess, samples, emulate: Emulation):
-    """The emulated run (`cortex_m.EmulatedRun`), or the `EmulationError` that is the
-    verdict's finding (an operator the firmware lacks, a model that does not fit)."""
-    if target.runtime != "tflm" or not target.core:
-        raise OptionError(f"--emulate runs microcontroller targets with a core; "
-                          f"{target.name} has none (runtime {target.runtime}).")
+    """The emulated run (`cortex_m.EmulatedRun` or `arm64.ArmRun`), or the `EmulationError`
+    that is the verdict's finding (an operator the firmware lacks, a model that does not
+    fit)."""
+    if target.runtime == "litert" and target.core:
+        return arm64.run(model, _arm64_inputs(model, data, preprocess, samples),
+                         cpu=target.core, cache=emulate.cache)
+    if not target.core:
+        emulated = [t for t in targets_module.names() if targets_module.get(t).core]
+        raise OptionError(f"--emulate needs a target with a core or CPU class; "
+                          f"{target.name} has none. These have one: {', '.join(emulated)}.")
     if model.float_tensors() or any(model.tensors[i].dtype not in ("INT8", "UINT8")
                                     for i in model.inputs):
         return cortex_m.EmulationError("the emulated firmware runs integer models only")
@@ -134,9 +146,7 @@ def _emulate(model, target, data, preprocess, samples, emulate: Emulation):
         how = model.preprocess(preprocess, fallback=data.preprocess)
         inputs = _quantize(model, preprocess_images(data.take(samples).x, how))
     else:  # one image at the input's zero point: footprint and instruction count only
-        tensor = model.tensors[model.inputs[0]]
-        inputs = np.full((1, *tensor.shape[1:]), tensor.zero_point[0] if tensor.zero_point
-                         else 0, np.int8 if tensor.dtype == "INT8" else np.uint8)
+        inputs = _zero_point_images(model, 1)
     try:
         return cortex_m.run(model, inputs, core=target.core,
                             kernels=emulate.kernels or target.kernels,
@@ -146,12 +156,27 @@ def _emulate(model, target, data, preprocess, samples, emulate: Emulation):
         return e
 
 
+def _arm64_inputs(model, data, preprocess, samples) -> np.ndarray:
+    """Images in the input's type: at least two, as the first invoke is not counted."""
+    if data is None:
+        return _zero_point_images(model, 2)
+    how = model.preprocess(preprocess, fallback=data.preprocess)
+    images = preprocess_images(data.take(max(2, min(samples, ARM64_IMAGES))).x, how)
+    return _quantize(model, images if len(images) > 1 else np.concatenate([images] * 2))
+
+
+def _zero_point_images(model, count: int) -> np.ndarray:
+    tensor = model.tensors[model.inputs[0]]
+    zero_point = tensor.zero_point[0] if tensor.zero_point else 0
+    return np.full((count, *tensor.shape[1:]), zero_point, inspect._NUMPY[tensor.dtype])
+
+
 def _quantize(model, x: np.ndarray) -> np.ndarray:
+    """Float model input -> the input tensor's type."""
     tensor = model.tensors[model.inputs[0]]
     scale = tensor.scale[0] if tensor.scale else 1.0
     zero_point = tensor.zero_point[0] if tensor.zero_point else 0
-    return verify.to_input_type(x, np.int8 if tensor.dtype == "INT8" else np.uint8, scale,
-                                zero_point)
+    return verify.to_input_type(x, inspect._NUMPY[tensor.dtype], scale, zero_point)
 
 
 def _verify(model, target, data, preprocess, reference, min_accuracy, micro_samples,
@@ -166,6 +191,9 @@ def _verify(model, target, data, preprocess, reference, min_accuracy, micro_samp
     if isinstance(emulated, cortex_m.EmulatedRun):
         return _verify_emulated(model, target, data, how, reference, min_accuracy, runner,
                                 emulated, summary)
+    if isinstance(emulated, arm64.ArmRun):
+        return _verify_arm64(model, target, data, how, reference, min_accuracy, runner,
+                             emulated, summary)
     checks = [_flash(model, target), _dtypes(model, target)]
     micro_run = None
     if target.runtime == "tflm" and micro.available():
@@ -247,6 +275,117 @@ def _verify_emulated(model, target, data, how, reference, min_accuracy, runner, 
                             f"emulated TFLite Micro on {where}, {len(sample)} images"))
         checks.append(_compare_with_litert(runner, sample, how, outputs))
     return Verdict(model.path, target.to_json(), checks, summary)
+
+
+def _verify_arm64(model, target, data, how, reference, min_accuracy, runner, run,
+                  summary) -> Verdict:
+    """The verdict from LiteRT's ARM64 build on the target's emulated CPU class."""
+    cpu = arm64.CPUS[run.cpu]
+    instructions = run.steady_instructions
+    counted = run.instructions[1:] if len(run.instructions) > 1 else run.instructions
+    kernel = run.gemm_kernel()
+    precision = _precision(model)
+    checks = [_flash(model, target), _dtypes(model, target),
+              _not_delegated(model, run), _memory(model, target, None),
+              Check("instructions per inference", INFO, f"{instructions:,.0f}",
+                    note=f"median of {len(counted)} invoke(s) after the first, spread "
+                         f"{int(counted.max() - counted.min()):,}; counted by QEMU on LiteRT's "
+                         f"ARM64 build, {run.threads} thread, `-cpu {cpu.qemu}`"),
+              _kernel_path(cpu, kernel, precision)]
+    estimate = target.estimate_ms_from_instructions(instructions)
+    checks.append(_arm64_latency(target, estimate))
+    if cpu.note:
+        checks.append(Check("emulation", INFO, cpu.name, note=cpu.note))
+    summary["emulated"] = {
+        "cpu": cpu.name, "qemu_cpu": cpu.qemu, "threads": run.threads,
+        "images": len(run.instructions), "instructions_median": instructions,
+        "instructions": run.instructions.tolist(), "kernel": kernel,
+        "precision": precision, "estimated_ms": list(estimate) if estimate else None,
+        "cycles_per_instruction": list(target.cycles_per_instruction or []),
+        "not_delegated": run.not_delegated, "xnnpack_share": run.xnnpack_share(),
+        "functions": [{"function": name, "instructions": n} for name, n in run.kernels[:12]]}
+    if data is not None:
+        checks += _accuracy(runner, target, data, how, reference, min_accuracy, None)
+        checks.append(_compare_arm_with_x86(runner, data.take(len(run.instructions)), how,
+                                            run.outputs, model))
+    return Verdict(model.path, target.to_json(), checks, summary)
+
+
+def _precision(model) -> str:
+    """What the model computes in: int8 (full integer), float, or the other export modes."""
+    dtypes = {t.dtype for t in model.tensors}
+    if "FLOAT16" in dtypes:
+        return "fp16 weights"
+    if not model.float_tensors():
+        return "int16x8" if "INT16" in dtypes else "int8"
+    return "dynamic range" if dtypes & {"INT8", "UINT8"} else "float"
+
+
+def _not_delegated(model, run) -> Check:
+    """Operators XNNPACK did not take run in LiteRT's own, slower kernels."""
+    share = 1 - run.xnnpack_share()
+    if not run.not_delegated:
+        return Check("operators", PASS, f"{len(model.op_counts())} kinds used, all taken by "
+                     "XNNPACK", note="from the emulated ARM64 interpreter's graph")
+    kept = ", ".join(f"{op} x{run.not_delegated.count(op)}"
+                     for op in dict.fromkeys(run.not_delegated))
+    return Check("operators", INFO, f"not taken by XNNPACK: {kept}",
+                 note=f"these run in LiteRT's built-in kernels, usually slower; "
+                      f"{share:.1%} of the instructions ran outside XNNPACK")
+
+
+def _kernel_path(cpu, kernel, precision) -> Check:
+    """The GEMM kernel XNNPACK chose, against the one this CPU class should get: another
+    means XNNPACK did not recognise the CPU (a wrong CPU ID picks a generic kernel)."""
+    expected = cpu.kernels.get(precision)
+    figure = kernel or "no XNNPACK matrix kernel ran"
+    if expected is None:
+        return Check("kernel path", INFO, figure,
+                     note=f"no expected kernel recorded for {precision} models")
+    ok = kernel is not None and expected in kernel
+    return Check("kernel path", PASS if ok else FAIL, figure, f"contains `{expected}`",
+                 f"the {cpu.name} class's {precision} kernel" if ok else
+                 f"not the {cpu.name} class's kernel: XNNPACK saw another CPU, and the count "
+                 "is not this class's")
+
+
+def _arm64_latency(target, estimate) -> Check:
+    budget = "-" if target.latency_ms is None else f"<= {target.latency_ms} ms"
+    if estimate is None:
+        return Check("latency (emulated estimate)", INFO, "not estimated", budget,
+                     "no published latency calibrates this CPU class: compare instruction "
+                     "counts instead")
+    low, high = estimate
+    status = INFO if target.latency_ms is None else (
+        PASS if high <= target.latency_ms else FAIL)
+    lowest, highest = target.cycles_per_instruction
+    return Check("latency (emulated estimate)", status, f"~{low:.1f} to ~{high:.1f} ms",
+                 budget, f"instructions x {lowest:.2f}-{highest:.2f} cycles per instruction "
+                 f"at {target.clock_mhz:g} MHz, the range fitted on published MobileNet "
+                 f"latencies ({target.threads} thread(s)); judged on the upper end")
+
+
+def _compare_arm_with_x86(runner, sample, how, arm_outputs, model) -> Check:
+    """The emulated ARM outputs against this machine's LiteRT (XNNPACK) on the same images:
+    integer outputs may differ by 1 (rounding in other kernels), float ones by 1e-4 of
+    their range."""
+    index = model.outputs.index(runner.output["index"]) \
+        if runner.output["index"] in model.outputs else 0
+    arm = arm_outputs[index].astype(np.float64)
+    x86, _ = runner.run(sample, how)
+    x86 = x86.astype(np.float64)
+    difference = np.abs(arm - x86)
+    integer = np.issubdtype(arm_outputs[index].dtype, np.integer)
+    tolerance = 1.0 if integer else 1e-4 * max(float(np.abs(x86).max()), 1e-12)
+    differ = int(np.sum(difference > 0))
+    flipped = int(np.sum(arm.argmax(1) != x86.argmax(1)))
+    ok = float(difference.max()) <= tolerance
+    return Check("ARM vs x86 outputs", PASS if ok else FAIL,
+                 f"{differ} of {difference.size} elements differ (max {difference.max():g}); "
+                 f"{flipped} of {len(sample)} predictions differ",
+                 f"max difference <= {tolerance:g}",
+                 "accuracy above is measured with this machine's XNNPACK, 100x faster than "
+                 "emulation; this spot check shows the ARM kernels give the same outputs")
 
 
 def _budget(name, used: int, budget: int | None, note: str) -> Check:
@@ -362,11 +501,14 @@ def _latency(runner, target, data, how, runs, summary) -> list[Check]:
     image = data.x[0] if data is not None else np.zeros(runner.file.input_shape[1:], np.uint8)
     median = float(np.median(runner.latency_ms(image, how, runs=runs)))
     summary["latency_ms_this_machine"] = median
+    figure = f"{median:.3f} ms median, {target.threads} thread(s), {macs:,} MACs"
+    budget = "-" if target.latency_ms is None else f"<= {target.latency_ms} ms"
+    if target.core:  # a CPU class that --emulate estimates: x86 time is no stand-in for it
+        return [Check("latency (this machine)", INFO, figure, budget,
+                      f"x86 time, not judged: --emulate estimates the {target.core}'s")]
     status = INFO if target.latency_ms is None else (
         PASS if median <= target.latency_ms else FAIL)
-    return [Check("latency (this machine)", status,
-                  f"{median:.3f} ms median, {target.threads} thread(s), {macs:,} MACs",
-                  "-" if target.latency_ms is None else f"<= {target.latency_ms} ms",
+    return [Check("latency (this machine)", status, figure, budget,
                   "measured on this machine with XNNPACK, not on the device")]
 
 
@@ -380,7 +522,7 @@ def _accuracy(runner, target, data, how, reference, min_accuracy, micro_run):
     else:
         sample = data
         predictions = runner.run(data, how)[0].argmax(axis=1)
-        where = f"LiteRT ({runner.kernels} kernels), {len(data):,} images"
+        where = f"LiteRT on this machine ({runner.kernels} kernels), {len(data):,} images"
         if reference is not None:
             agreement = verify.agreement(predictions, reference)
             checks.append(Check("agreement with reference", INFO, f"{agreement:.2%}"))

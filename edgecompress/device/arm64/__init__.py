@@ -155,10 +155,13 @@ SECONDS_PER_IMAGE = 20  # float ResNet-8 took 0.15 s per invoke emulated; Mobile
 STARTUP_SECONDS = 120  # importing numpy and LiteRT under emulation took ~6 s here
 
 
-def run(model_path, inputs: np.ndarray, *, cpu: str = "cortex-a76", threads: int = 1,
+def run(model, inputs: np.ndarray, *, cpu: str = "cortex-a76", threads: int = 1,
         cache=None, timeout: float | None = None) -> ArmRun:
     """Runs `inputs` (already in the input tensor's type, (N, *shape[1:])) through the
-    `.tflite` on LiteRT with XNNPACK, on the emulated CPU class.
+    model on LiteRT with XNNPACK, on the emulated CPU class.
+
+    Args:
+        model: a `.tflite` path, or an `inspect.Model`.
 
     Raises:
         EmulatorUnavailable: not set up, or the installed QEMU lacks the CPU model.
@@ -169,24 +172,27 @@ def run(model_path, inputs: np.ndarray, *, cpu: str = "cortex-a76", threads: int
     root = home(cache)
     _check_qemu_has(target)
     prefix = _prefix(root, target)
-    model_path = Path(model_path).resolve()
+    if isinstance(model, (str, Path)):
+        name, content = Path(model).name, Path(model).read_bytes()
+    else:
+        name, content = Path(model.path or "model.tflite").name, model.content
     timeout = timeout or STARTUP_SECONDS + SECONDS_PER_IMAGE * len(inputs)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="edgecompress-arm64-") as work:
         work = Path(work)
+        (work / "model.tflite").write_bytes(content)
         np.save(work / "inputs.npy", np.ascontiguousarray(inputs))
         (work / "request.json").write_text(json.dumps({
-            "model": str(model_path), "inputs": str(work / "inputs.npy"), "threads": threads,
-            "results": str(work)}))
-        log = _emulate(root, prefix, target, work, timeout, model_path.name)
+            "model": str(work / "model.tflite"), "inputs": str(work / "inputs.npy"),
+            "threads": threads, "results": str(work)}))
+        log = _emulate(root, prefix, target, work, timeout, name)
         with np.load(work / "outputs.npz") as saved:
             outputs = [saved[f"arr_{i}"] for i in range(len(saved.files))]
         graph = json.loads((work / "graph.json").read_text())
     instructions, blocks = _counts(log)
     if len(instructions) != len(inputs):
         raise EmulationError(f"LiteRT on the emulated {target.name} stopped early on "
-                             f"`{model_path.name}`: {len(instructions)} of {len(inputs)} "
-                             "images run.")
+                             f"`{name}`: {len(instructions)} of {len(inputs)} images run.")
     return ArmRun(target.name, threads, outputs, np.array(instructions, np.int64),
                   _kernels(blocks, graph["maps"]), graph["not_delegated"],
                   time.monotonic() - started)
