@@ -240,7 +240,10 @@ def run_targets(args) -> int:
         print(f"{t.name}: {t.description}.\n    numbers: {t.source}")
         if t.cycles_per_instruction:
             low, high = t.cycles_per_instruction
-            print(f"    emulated: {low:.3g}-{high:.3g} cycles per counted instruction "
+            int8 = (f", int8 {t.int8_cycles_per_instruction[0]:.3g}-"
+                    f"{t.int8_cycles_per_instruction[1]:.3g}"
+                    if t.int8_cycles_per_instruction else "")
+            print(f"    emulated: {low:.3g}-{high:.3g}{int8} cycles per counted instruction "
                   + ("(the core's lowest, and typical from its instruction timings)"
                      if t.runtime == "tflm" else "(fitted on published MobileNet latencies)"))
     if args.json:

@@ -90,6 +90,9 @@ class Target:
             latency range, judged on the high end. Cortex-M: the lowest the core can reach
             and a typical value. ARM64: the range of values fitted on published latencies
             (`benchmarks/phone_calibration.py`); None where nothing was published.
+        int8_cycles_per_instruction: the same for full-integer models, where it differs
+            (XNNPACK's int8 kernels retire more instructions per cycle than its float
+            ones); None: `cycles_per_instruction` serves every precision.
         source: where the numbers come from.
     """
 
@@ -107,6 +110,7 @@ class Target:
     core: str | None = None
     kernels: str = "cmsis-nn"
     cycles_per_instruction: tuple[float, float] | None = None
+    int8_cycles_per_instruction: tuple[float, float] | None = None
     source: str = ""
 
     def __post_init__(self):
@@ -130,6 +134,7 @@ class Target:
             object.__setattr__(self, "cycles_per_instruction",
                                CYCLES_PER_INSTRUCTION[self.core])
         self._ordered_pair("cycles_per_instruction", "(low, high), 0 < low <= high")
+        self._ordered_pair("int8_cycles_per_instruction", "(low, high), 0 < low <= high")
 
     def _ordered_pair(self, name: str, meaning: str) -> None:
         """Checks an optional (low, high) field and stores it as two floats."""
@@ -149,12 +154,19 @@ class Target:
             return None
         return tuple(macs * c / (self.clock_mhz * 1e3) for c in self.cycles_per_mac)
 
-    def estimate_ms_from_instructions(self, instructions: float) -> tuple[float, float] | None:
+    def cycles_for(self, precision: str = "int8") -> tuple[float, float] | None:
+        """(low, high) cycles per instruction for a model computing in `precision`."""
+        if precision == "int8" and self.int8_cycles_per_instruction:
+            return self.int8_cycles_per_instruction
+        return self.cycles_per_instruction
+
+    def estimate_ms_from_instructions(self, instructions: float, precision: str = "int8"
+                                      ) -> tuple[float, float] | None:
         """(low, high) latency from an emulated instruction count."""
-        if not self.clock_mhz or not self.cycles_per_instruction:
+        cycles = self.cycles_for(precision)
+        if not self.clock_mhz or not cycles:
             return None
-        return tuple(instructions * c / (self.clock_mhz * 1e3)
-                     for c in self.cycles_per_instruction)
+        return tuple(instructions * c / (self.clock_mhz * 1e3) for c in cycles)
 
     def to_json(self) -> dict:
         result = asdict(self)
@@ -212,13 +224,17 @@ def load_file(path) -> list[Target]:
     return loaded
 
 
-# Cycles per emulated instruction for each ARM64 CPU class: (lowest, highest) of the values
-# fitted by `benchmarks/phone_calibration.py` (results/phone_calibration.json) on published
-# XNNPACK latencies of MobileNet v1/v2/v3 at 224 (XNNPACK README, "Performance"), each
-# rebuilt here and counted single-threaded. The 4-thread boards' values fold the 4-thread
-# speed-up in: they calibrate 4-thread profiles only.
-ARM64_CYCLES_PER_INSTRUCTION = {
-    "cortex-a76": (0.870, 1.016), "cortex-a72": (0.549, 0.6), "cortex-a53": (1.0, 1.1)}
+# Cycles per emulated instruction for each ARM64 CPU class and precision: (lowest,
+# highest) of the values fitted by `benchmarks/phone_calibration.py`
+# (results/phone_calibration.json) on published XNNPACK latencies of MobileNet v1/v2/v3 at
+# 224 (XNNPACK README, "Performance"), each rebuilt here and counted single-threaded. The
+# 4-thread boards' values fold the 4-thread speed-up in: they calibrate 4-thread profiles
+# only. MobileNet v3 Small, the smallest, took the most cycles per instruction everywhere:
+# models much smaller than these (a ResNet-8) may sit above the band.
+ARM64_CYCLES_PER_INSTRUCTION = {  # cpu: {precision: (low, high)}
+    "cortex-a76": {"float": (0.870, 1.016)},  # no published int8 figure
+    "cortex-a72": {"float": (0.549, 0.803), "int8": (0.206, 0.224)},
+    "cortex-a53": {"float": (0.481, 0.810), "int8": (0.288, 0.318)}}
 _ARM64_SOURCE = ("latency estimated from instructions counted on LiteRT's ARM64 build under "
                  "qemu-aarch64 (verify --emulate), with cycles per instruction fitted on "
                  "published XNNPACK latencies of MobileNets: {}")
@@ -244,7 +260,8 @@ for _target in (
     Target("phone-cortex-a76", "Phone big core, Cortex-A75/A76 class at 2.0 GHz (Pixel 3a / "
            "Pixel 4 class), LiteRT + XNNPACK, 1 thread", threads=1, latency_ms=33.0,
            flash_bytes=64 << 20, clock_mhz=2000, core="cortex-a76",
-           cycles_per_instruction=ARM64_CYCLES_PER_INSTRUCTION["cortex-a76"],
+           cycles_per_instruction=ARM64_CYCLES_PER_INSTRUCTION["cortex-a76"]["float"],
+           int8_cycles_per_instruction=ARM64_CYCLES_PER_INSTRUCTION["cortex-a76"].get("int8"),
            source=_ARM64_SOURCE.format(
                "Pixel 3a (A75-class core, 2.0 GHz, 1 thread), float only: int8 estimates "
                "use the same values") + "; 33 ms: one frame at 30 frames/s"),
@@ -257,14 +274,16 @@ for _target in (
     Target("iot-cortex-a72", "Linux board, 4 x Cortex-A72 at 1.5 GHz (Raspberry Pi 4 class), "
            "LiteRT + XNNPACK, 4 threads", threads=4, ram_bytes=64 << 20,
            flash_bytes=16 << 20, latency_ms=100.0, clock_mhz=1500, core="cortex-a72",
-           cycles_per_instruction=ARM64_CYCLES_PER_INSTRUCTION["cortex-a72"],
+           cycles_per_instruction=ARM64_CYCLES_PER_INSTRUCTION["cortex-a72"]["float"],
+           int8_cycles_per_instruction=ARM64_CYCLES_PER_INSTRUCTION["cortex-a72"].get("int8"),
            source=BOARD_RAM + "; " + _ARM64_SOURCE.format(
                "Raspberry Pi 4, ARM64 build, 4 threads, float and int8")),
     Target("iot-cortex-a53", "Linux board, 4 x Cortex-A53 at 1.4 GHz (Raspberry Pi 3B+ class; "
            "the Zero 2 W runs 1.0 GHz), LiteRT + XNNPACK, 4 threads", threads=4,
            ram_bytes=64 << 20, flash_bytes=16 << 20, latency_ms=100.0, clock_mhz=1400,
            core="cortex-a53",
-           cycles_per_instruction=ARM64_CYCLES_PER_INSTRUCTION["cortex-a53"],
+           cycles_per_instruction=ARM64_CYCLES_PER_INSTRUCTION["cortex-a53"]["float"],
+           int8_cycles_per_instruction=ARM64_CYCLES_PER_INSTRUCTION["cortex-a53"].get("int8"),
            source=BOARD_RAM + "; " + _ARM64_SOURCE.format(
                "Raspberry Pi 3B+, 4 threads, float and int8, measured with a 32-bit build "
                "whose kernels differ from the ARM64 ones counted here")),

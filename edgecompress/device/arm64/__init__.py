@@ -125,7 +125,7 @@ def _which(tool: str) -> bool:
 class ArmRun:
     """What LiteRT did with a model on an emulated ARM64 CPU."""
 
-    cpu: str
+    cpu: Cpu
     threads: int
     outputs: list  # one array per output tensor, (images, *shape)
     instructions: np.ndarray  # per image, between the marks around invoke()
@@ -193,7 +193,7 @@ def run(model, inputs: np.ndarray, *, cpu: str = "cortex-a76", threads: int = 1,
     if len(instructions) != len(inputs):
         raise EmulationError(f"LiteRT on the emulated {target.name} stopped early on "
                              f"`{name}`: {len(instructions)} of {len(inputs)} images run.")
-    return ArmRun(target.name, threads, outputs, np.array(instructions, np.int64),
+    return ArmRun(target, threads, outputs, np.array(instructions, np.int64),
                   _kernels(blocks, graph["maps"]), graph["not_delegated"],
                   time.monotonic() - started)
 
@@ -205,7 +205,8 @@ def _emulate(root: Path, prefix: Path, cpu: Cpu, work: Path, timeout: float, nam
                str(prefix / "usr" / "bin" / "python3"), str(GUEST), str(work / "request.json")]
     # PYTHONPATH for this command only: exported to the host, it would break its numpy
     environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8",
-                   "PYTHONPATH": str(root / "rootfs" / "opt" / "py"), "PYTHONNOUSERSITE": "1"}
+                   "PYTHONPATH": str(root / "rootfs" / "opt" / "py"), "PYTHONNOUSERSITE": "1",
+                   "PYTHONHASHSEED": "0"}
     try:
         done = subprocess.run(command, cwd=work, env=environment, capture_output=True,
                               text=True, timeout=timeout)
