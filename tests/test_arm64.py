@@ -12,7 +12,7 @@ import pytest
 
 from conftest import shared_path
 from edgecompress import cli
-from edgecompress.device import arm64, inspect, targets, verdict
+from edgecompress.device import arm64, inspect, phones, targets, verdict
 from edgecompress.device.arm64 import install
 from edgecompress.device.cortex_m import EmulationError, EmulatorUnavailable
 from edgecompress.errors import OptionError
@@ -234,3 +234,40 @@ def _val_original(count):
     from edgecompress import data
 
     return data.load(shared_path("data", "cifar10", "val_original.npz")).take(count)
+
+
+@pytest.mark.slow
+def test_mobilenet_v2_estimate_holds_the_published_latency(emulator, tmp_path):
+    """A MobileNet v2 rebuilt here (weights do not change the speed) and counted on each
+    calibrated class: the estimated band holds the published float latency of its device
+    (XNNPACK README), so the counts still match the calibration."""
+    import keras
+    import tensorflow as tf
+
+    published = {"phone-cortex-a76": 55, "iot-cortex-a72": 46, "iot-cortex-a53": 79}
+    model = keras.applications.MobileNetV2(input_shape=(224, 224, 3), weights=None)
+    path = tmp_path / "mobilenet_v2.tflite"
+    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    for name, ms in published.items():
+        target = targets.get(name)
+        run = arm64.run(path, np.zeros((2, 224, 224, 3), np.float32), cpu=target.core)
+        low, high = target.estimate_ms_from_instructions(run.steady_instructions, "float")
+        assert low <= ms <= high, (name, low, ms, high)
+
+
+@pytest.mark.slow
+def test_compare_float_and_int8_on_boards(emulator):
+    """The documented gains: int8 runs ~3.1x fewer instructions than float on a dot-product
+    core, ~1.4x on an A53 (../shared/PHONE-EMULATION.md)."""
+    files = {"float": shared_path(*RESNET8_FLOAT), "int8": shared_path(*RESNET8)}
+    rows = phones.compare(files, ["phone-cortex-a76", "iot-cortex-a53"])
+    gain = {(r["target"], r["file"]): float(r["fewer instructions"][:-1]) for r in rows}
+    assert gain[("phone-cortex-a76", "float")] == 1.0
+    assert 2.9 < gain[("phone-cortex-a76", "int8")] < 3.3
+    assert 1.3 < gain[("iot-cortex-a53", "int8")] < 1.5
+    assert phones.fastest(rows)["phone-cortex-a76"][0] == "int8"
+
+
+def test_compare_refuses_a_target_without_a_cpu_class():
+    with pytest.raises(OptionError, match="no ARM64 CPU class"):
+        phones.compare({"x": shared_path(*RESNET8)}, ["mcu-cortex-m4"])

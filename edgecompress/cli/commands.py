@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_verify(commands)
     _add_emulator_setup(commands)
     _add_phone_setup(commands)
+    _add_compare_modes(commands)
     _add_to_c(commands)
     _add_run(commands)
     _add_sensitivity(commands)
@@ -481,6 +482,71 @@ def run_run(args) -> int:
     recipe.load(args.recipe)  # a bad file is refused before any work starts
     return run_recipe(args, lambda args, samples: recipe.load(args.recipe),
                       f"edgecompress {args.command}")
+
+
+def _add_compare_modes(commands) -> None:
+    p = commands.add_parser(
+        "compare-modes", help="which export mode runs fastest on each phone or board CPU",
+        description="Export a Keras model as fp32, fp16, dynamic and int8, then run each file "
+                    "on LiteRT's ARM64 build for each target's CPU class under qemu-aarch64: "
+                    "instructions per inference, estimated ms (the target's calibrated band), "
+                    "instructions against the first mode, the XNNPACK kernel and the operators "
+                    "left to LiteRT. With --eval-data, accuracy of each file too (this machine's "
+                    "LiteRT). Needs `edgecompress phone-setup` once.")
+    p.add_argument("model", help="the Keras model (.h5, .keras or SavedModel folder)")
+    p.add_argument("--data", required=True,
+                   help=f"calibration images for int8: {DATA_HELP}")
+    p.add_argument("--eval-data", help="labelled images for each file's accuracy (not the "
+                                       "calibration images)")
+    add_preprocess(p, default=None, why="required unless the model's first layer rescales "
+                   "its input (then raw)")
+    p.add_argument("--modes", nargs="+", default=["fp32", "fp16", "dynamic", "int8"],
+                   choices=["fp32", "fp16", "dynamic", "int8"], help="default: all four")
+    p.add_argument("--targets", nargs="+", metavar="TARGET",
+                   default=["phone-cortex-a76", "phone-i8mm", "iot-cortex-a72",
+                            "iot-cortex-a53"],
+                   help="LiteRT targets with a CPU class (default: the four built in)")
+    p.add_argument("--out", default="edgecompress-modes", metavar="DIR",
+                   help="where the .tflite files are written (default ./edgecompress-modes)")
+    p.add_argument("--cache-dir", metavar="DIR", help="the phone-setup cache, if not the "
+                                                      "default")
+    p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    add_allow_code(p)
+    p.set_defaults(run=run_compare_modes)
+
+
+def run_compare_modes(args) -> int:
+    from .. import _io, models, report
+    from ..device import arm64, phones, targets, verify
+
+    if args.json:
+        _io.writable_path(args.json)
+    for name in args.targets:
+        targets.get(name)
+    arm64.require(args.cache_dir)
+    model = models.load(args.model, allow_code=args.allow_code)
+    shape = models.input_shape(model)
+    data = load_data_for(args.data, shape)
+    say = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    files = phones.export_modes(model, args.out, data, modes=args.modes,
+                                preprocess=args.preprocess, progress=say)
+    rows = phones.compare(files, args.targets, cache=args.cache_dir, progress=say)
+    if args.eval_data:
+        evaluation = load_data_for(args.eval_data, shape)
+        accuracy = {mode: verify.evaluate(path, evaluation).accuracy
+                    for mode, path in files.items()}
+        for row in rows:
+            row["accuracy"] = f"{accuracy[row['file']]:.2%}"
+    print(report.text_table(phones.table_rows(rows)))
+    for target, (mode, how) in phones.fastest(rows).items():
+        print(f"fastest on {target}: {mode} ({how})")
+    print("instructions: counted on LiteRT's ARM64 build under QEMU, single thread; ms: "
+          "estimated from them with each target's calibration (edgecompress targets)"
+          + (f"; accuracy: {args.eval_data} on this machine's LiteRT" if args.eval_data
+             else ""))
+    if args.json:
+        report.write_json(args.json, rows)
+    return 0
 
 
 def _add_sensitivity(commands) -> None:

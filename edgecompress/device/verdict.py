@@ -292,8 +292,9 @@ def _verify_arm64(model, target, data, how, reference, min_accuracy, runner, run
                          f"{int(counted.max() - counted.min()):,}; counted by QEMU on LiteRT's "
                          f"ARM64 build, {run.threads} thread, `-cpu {cpu.qemu}`"),
               _kernel_path(cpu, kernel, precision)]
-    estimate = target.estimate_ms_from_instructions(instructions, precision)
-    checks.append(_arm64_latency(target, estimate, precision))
+    arithmetic = run.arithmetic()
+    estimate = target.estimate_ms_from_instructions(instructions, arithmetic)
+    checks.append(_arm64_latency(target, estimate, arithmetic))
     if cpu.note:
         checks.append(Check("emulation", INFO, cpu.name, note=cpu.note))
     summary["emulated"] = {
@@ -301,7 +302,8 @@ def _verify_arm64(model, target, data, how, reference, min_accuracy, runner, run
         "images": len(run.instructions), "instructions_median": instructions,
         "instructions": run.instructions.tolist(), "kernel": kernel,
         "precision": precision, "estimated_ms": list(estimate) if estimate else None,
-        "cycles_per_instruction": list(target.cycles_for(precision) or []),
+        "arithmetic": arithmetic,
+        "cycles_per_instruction": list(target.cycles_for(arithmetic) or []),
         "not_delegated": run.not_delegated, "xnnpack_share": run.xnnpack_share(),
         "functions": [{"function": name, "instructions": n} for name, n in run.kernels[:12]]}
     if data is not None:
@@ -349,7 +351,7 @@ def _kernel_path(cpu, kernel, precision) -> Check:
                  "is not this class's")
 
 
-def _arm64_latency(target, estimate, precision) -> Check:
+def _arm64_latency(target, estimate, arithmetic) -> Check:
     budget = "-" if target.latency_ms is None else f"<= {target.latency_ms} ms"
     if estimate is None:
         return Check("latency (emulated estimate)", INFO, "not estimated", budget,
@@ -358,11 +360,11 @@ def _arm64_latency(target, estimate, precision) -> Check:
     low, high = estimate
     status = INFO if target.latency_ms is None else (
         PASS if high <= target.latency_ms else FAIL)
-    lowest, highest = target.cycles_for(precision)
-    note = (f"instructions x {lowest:.2f}-{highest:.2f} cycles per instruction at "
-            f"{target.clock_mhz:g} MHz, {target.threads} thread(s), the range fitted on "
-            "published MobileNet latencies; judged on the upper end")
-    if precision == "int8" and target.int8_cycles_per_instruction is None:
+    lowest, highest = target.cycles_for(arithmetic)
+    note = (f"instructions x {lowest:.2f}-{highest:.2f} cycles per instruction ({arithmetic} "
+            f"kernels) at {target.clock_mhz:g} MHz, {target.threads} thread(s), the range "
+            "fitted on published MobileNet latencies; judged on the upper end")
+    if arithmetic == "int8" and target.int8_cycles_per_instruction is None:
         note += ("; no int8 figure calibrates this class, so these are the float values: "
                  "on the A72 and A53 boards int8 took 0.3-0.6x float's cycles per "
                  "instruction, so this estimate is likely high")

@@ -146,6 +146,13 @@ class ArmRun:
                 return name
         return None
 
+    def arithmetic(self) -> str:
+        """"int8" when the main kernel computes in integers (XNNPACK's qs8, qd8 and qu8
+        kernels: full-integer and dynamic-range models), else "float"; the latency
+        calibration differs between the two."""
+        kernel = self.gemm_kernel() or ""
+        return "int8" if kernel.startswith("xnn_q") else "float"
+
     def xnnpack_share(self) -> float:
         total = sum(n for _, n in self.kernels)
         return sum(n for name, n in self.kernels if name.startswith("xnn_")) / max(total, 1)

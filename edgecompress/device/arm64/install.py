@@ -24,7 +24,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from . import GUEST, home, litert_version
+from . import CPUS, GUEST, _prefix, home, litert_version
 from .. import cortex_m
 from ..cortex_m import EmulatorUnavailable
 
@@ -48,6 +48,8 @@ def setup(cache=None, progress=print) -> Path:
     _wheels(root / "rootfs" / "opt" / "py", progress)
     plugin = cortex_m.build_plugin(_plugin_header(root.parent, progress), cache)
     _smoke_test(root, progress)
+    for cpu in CPUS.values():  # made here, so that runs by another user need not write
+        _prefix(root, cpu)
     (root / "ready.json").write_text(json.dumps(
         {"litert": litert_version(), "plugin": str(plugin)}, indent=1))
     progress(f"ready: {root}")
@@ -87,8 +89,10 @@ def _root_filesystem(target: Path, progress) -> None:
     if (target / "usr" / "bin" / "python3.11").exists():
         return
     if os.geteuid() != 0:
-        raise EmulatorUnavailable("not root: building the arm64 root filesystem "
-                                  "(mmdebstrap --mode=root) needs root.")
+        raise EmulatorUnavailable(f"not root: building the arm64 root filesystem "
+                                  f"(mmdebstrap --mode=root) needs root: run `sudo env "
+                                  f"EDGECOMPRESS_CACHE={target.parents[2]} edgecompress "
+                                  "phone-setup`.")
     mirror = debian_mirror()
     progress(f"building the arm64 {SUITE} root filesystem from {mirror} (~76 MB)")
     partial = _fresh(target.with_name(target.name + ".partial"))
