@@ -235,6 +235,7 @@ ARM64_CYCLES_PER_INSTRUCTION = {  # cpu: {precision: (low, high)}
     "cortex-a76": {"float": (0.870, 1.016)},  # no published int8 figure
     "cortex-a72": {"float": (0.549, 0.803), "int8": (0.206, 0.224)},
     "cortex-a53": {"float": (0.481, 0.810), "int8": (0.288, 0.318)}}
+ARM64_CALIBRATION_SMALLEST = 27.5e6  # instructions of the smallest calibration model
 _ARM64_SOURCE = ("latency estimated from instructions counted on LiteRT's ARM64 build under "
                  "qemu-aarch64 (verify --emulate), with cycles per instruction fitted on "
                  "published XNNPACK latencies of MobileNets: {}")

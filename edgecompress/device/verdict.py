@@ -294,7 +294,7 @@ def _verify_arm64(model, target, data, how, reference, min_accuracy, runner, run
               _kernel_path(cpu, kernel, precision)]
     arithmetic = run.arithmetic()
     estimate = target.estimate_ms_from_instructions(instructions, arithmetic)
-    checks.append(_arm64_latency(target, estimate, arithmetic))
+    checks.append(_arm64_latency(target, estimate, arithmetic, instructions))
     if cpu.note:
         checks.append(Check("emulation", INFO, cpu.name, note=cpu.note))
     summary["emulated"] = {
@@ -351,7 +351,7 @@ def _kernel_path(cpu, kernel, precision) -> Check:
                  "is not this class's")
 
 
-def _arm64_latency(target, estimate, arithmetic) -> Check:
+def _arm64_latency(target, estimate, arithmetic, instructions) -> Check:
     budget = "-" if target.latency_ms is None else f"<= {target.latency_ms} ms"
     if estimate is None:
         return Check("latency (emulated estimate)", INFO, "not estimated", budget,
@@ -364,6 +364,11 @@ def _arm64_latency(target, estimate, arithmetic) -> Check:
     note = (f"instructions x {lowest:.2f}-{highest:.2f} cycles per instruction ({arithmetic} "
             f"kernels) at {target.clock_mhz:g} MHz, {target.threads} thread(s), the range "
             "fitted on published MobileNet latencies; judged on the upper end")
+    if instructions < targets_module.ARM64_CALIBRATION_SMALLEST:
+        note += (f"; this model runs fewer instructions than the smallest calibration model "
+                 f"({targets_module.ARM64_CALIBRATION_SMALLEST / 1e6:.1f} M): per-inference "
+                 "overheads the fit does not see, thread start-up above all, may put it above "
+                 "this band")
     if arithmetic == "int8" and target.int8_cycles_per_instruction is None:
         note += ("; no int8 figure calibrates this class, so these are the float values: "
                  "on the A72 and A53 boards int8 took 0.3-0.6x float's cycles per "
