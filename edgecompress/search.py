@@ -5,9 +5,10 @@ Each trial draws a channel ratio per prunable group, fine-tunes briefly with dis
 from the input model, trains quantisation-aware, exports full INT8 and is judged like every
 other file here: on LiteRT against the float Keras model (the paired drop), its exact
 bytes, and its latency (LiteRT on this machine for phone and Linux targets; for
-microcontrollers the calibrated MAC estimate, or with `emulate` the instructions counted on
-the target's core under QEMU, whose firmware flash and measured arena then replace the
-file's bytes and the activation estimate in the flash and RAM budgets). Objectives: bytes
+microcontrollers the calibrated MAC estimate). With `emulate`, latency comes from the
+instructions counted on the target's core or CPU class under QEMU; on microcontrollers the
+firmware's flash and measured arena then replace the file's bytes and the activation
+estimate in the flash and RAM budgets. Objectives: bytes
 and latency, both minimised (Optuna's multi-objective TPE, which learns from few trials);
 constraints (`Trial.set_constraint`): the accuracy budget and the target's flash and RAM.
 Optuna's pruners do not apply to multi-objective studies, so every trial runs its short
@@ -61,9 +62,9 @@ def run(model, train, eval_data, out: Path, *, target, max_drop: float = 1.0,
         storage: an Optuna storage URL (default: SQLite in `out`, so a search resumes).
         steps, qat_steps: fine-tuning per trial: short, for ranking; re-run the winner's
             recipe.json longer with `edgecompress run`.
-        emulate: a `verdict.Emulation`: judge microcontroller trials on the target's
-            emulated core (latency from the lowest cycles per instruction, exact flash and
-            RAM).
+        emulate: a `verdict.Emulation`: judge trials on the target's emulated core or
+            CPU class (latency from the lowest cycles per instruction; on microcontrollers
+            also the firmware's exact flash and RAM).
 
     Returns:
         {"trials": rows, "front": rows, "best": row or None, "feasible": count}.
@@ -71,9 +72,9 @@ def run(model, train, eval_data, out: Path, *, target, max_drop: float = 1.0,
     import optuna
 
     target = targets_module.get(target)
-    if emulate is not None and (target.runtime != "tflm" or not target.core):
-        raise OptionError(f"--emulate runs microcontroller targets with a core; "
-                          f"{target.name} has none.")
+    if emulate is not None and (not target.core or not target.cycles_per_instruction):
+        raise OptionError(f"--emulate needs a target with a core or a calibrated CPU class "
+                          f"(its latency is the search's objective); {target.name} has none.")
     budget.check_max_drop(max_drop)
     seconds = parse_duration(time_budget)
     out = Path(out)
@@ -171,13 +172,17 @@ class _Objective:
 
     def device_figures(self, file, result) -> tuple[float, int, int]:
         """(latency ms, flash bytes, RAM bytes) on the target: emulated when asked (the
-        lowest estimate from the counted instructions: it ranks like the count), else the
+        lowest estimate from the counted instructions: it ranks like the count; all trials
+        are int8, so one calibration band serves them), else the
         calibrated MAC estimate on microcontrollers (optimised kernels) or LiteRT's median
         here, with the file's bytes and the peak activation estimate."""
         if self.emulate is not None:
             emulated = verdict.verify_target(file, self.target, emulate=self.emulate) \
                 .figures["emulated"]
-            return emulated["estimated_ms"][0], emulated["flash_bytes"], emulated["ram_bytes"]
+            if self.target.runtime == "tflm":
+                return (emulated["estimated_ms"][0], emulated["flash_bytes"],
+                        emulated["ram_bytes"])
+            return emulated["estimated_ms"][0], result.bytes, file.peak_activation_bytes()
         if self.target.runtime == "tflm" and self.target.cycles_per_mac:
             latency = self.target.estimate_ms(file.summary()["macs"])[0]
         else:

@@ -194,7 +194,7 @@ def test_missing_tools_are_one_line_with_the_install_command(monkeypatch, int8_f
     assert error.count("\n") == 1 and "arm-none-eabi-gcc" in error and "apt-get" in error
 
 
-def test_emulate_refuses_phone_targets_and_malformed_files_before_building(
+def test_emulate_refuses_targets_without_a_core_and_malformed_files_before_building(
         int8_file, tmp_path, monkeypatch, capsys):
     from edgecompress import cli
 
@@ -202,7 +202,7 @@ def test_emulate_refuses_phone_targets_and_malformed_files_before_building(
         pytest.skip(f"needs {cortex_m.INSTALL}")
     monkeypatch.setattr(cortex_m, "_build", lambda *a: pytest.fail("built"))
     assert cli.main(["verify", str(int8_file), "--target", "phone-cpu", "--emulate"]) == 2
-    assert "--emulate runs microcontroller targets" in capsys.readouterr().err
+    assert "--emulate needs a target with a core" in capsys.readouterr().err
     half = tmp_path / "half.tflite"
     half.write_bytes(int8_file.read_bytes()[:1000])
     assert cli.main(["verify", str(half), "--target", "mcu-cortex-m4", "--emulate"]) == 2
@@ -247,7 +247,7 @@ def test_the_search_judges_trials_on_the_emulated_core(emulation, trained, train
         assert row["latency_ms"] == pytest.approx(run.instructions[0] / 100e3)  # 1 cycle each
         assert row["flash_bytes"] == run.flash_bytes(file.size) > row["bytes"]
         assert row["ram_bytes"] == run.ram_bytes
-    with pytest.raises(OptionError, match="--emulate runs microcontroller targets"):
+    with pytest.raises(OptionError, match="--emulate needs a target with a core"):
         search.run(trained[0], train_set, test_set, tmp_path, target="phone-cpu",
                    emulate=verdict.Emulation())
 

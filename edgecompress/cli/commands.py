@@ -336,7 +336,7 @@ def run_verify(args) -> int:
     data = load_data_for(args.data, model.input_shape) if args.data else None
     emulate = None
     if args.emulate:
-        _require_emulator(target, args)
+        _require_emulator(target, args.kernels, args.tflm_sources, args.cache_dir)
         emulate = verdict.Emulation(kernels=args.kernels, sources=args.tflm_sources,
                                     cache=args.cache_dir,
                                     progress=lambda line: print(line, file=sys.stderr))
@@ -364,17 +364,17 @@ def run_verify(args) -> int:
     return 0 if result.passed else 1
 
 
-def _require_emulator(target, args) -> None:
+def _require_emulator(target, kernels=None, tflm_sources=None, cache=None) -> None:
     """One line, before any work, when the target's emulator is not ready."""
     from ..device import arm64, cortex_m
 
     if target.runtime == "tflm":
         cortex_m.require_tools()
     elif target.core:
-        if args.kernels or args.tflm_sources:
+        if kernels or tflm_sources:
             raise OptionError("--kernels and --tflm-sources are for microcontroller targets; "
                               f"{target.name} runs LiteRT.")
-        arm64.require(args.cache_dir)
+        arm64.require(cache)
 
 
 def _add_phone_setup(commands) -> None:
@@ -595,7 +595,7 @@ def _add_search(commands) -> None:
                     "TPE): each trial prunes, fine-tunes briefly with distillation, trains "
                     "quantisation-aware, exports INT8 and is judged on LiteRT against the "
                     "float model (paired drop), its exact bytes and its latency on the target "
-                    "(with --emulate, on a microcontroller's emulated core). Writes trials/, "
+                    "(with --emulate, on its emulated core or CPU class). Writes trials/, "
                     "trials.json, report.md, pareto.png and best/ (the winner's .tflite and "
                     "recipe.json, for edgecompress run at full length). Trials are kept in "
                     "--storage, so the same command resumes, and several processes can share "
@@ -623,9 +623,9 @@ def _add_search(commands) -> None:
                    help="Optuna storage (default sqlite in --out); e.g. "
                         "postgresql://user@host/db to share a study across machines")
     p.add_argument("--emulate", action="store_true",
-                   help="judge each trial on the microcontroller target's core under QEMU: "
-                        "latency from counted instructions, exact firmware flash and RAM "
-                        "(see verify --emulate)")
+                   help="judge each trial on the target's core or CPU class under QEMU: "
+                        "latency from counted instructions (and on microcontrollers the "
+                        "exact firmware flash and RAM; see verify --emulate)")
     p.add_argument("--out", required=True, help="folder for the results")
     p.add_argument("--seed", type=int, default=0)
     add_allow_code(p)
@@ -634,11 +634,11 @@ def _add_search(commands) -> None:
 
 def run_search(args) -> int:
     from .. import models, search, tflite
-    from ..device import cortex_m, verdict
+    from ..device import targets, verdict
 
     emulate = None
     if args.emulate:
-        cortex_m.require_tools()
+        _require_emulator(targets.get(args.target))
         emulate = verdict.Emulation(progress=lambda line: print(line, file=sys.stderr))
     model = models.load(args.model, allow_code=args.allow_code)
     how = tflite.preprocessing_of(model, None, args.preprocess)

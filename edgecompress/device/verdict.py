@@ -339,7 +339,7 @@ def _not_delegated(model, run) -> Check:
 def _kernel_path(cpu, kernel, precision) -> Check:
     """The GEMM kernel XNNPACK chose, against the one this CPU class should get: another
     means XNNPACK did not recognise the CPU (a wrong CPU ID picks a generic kernel)."""
-    expected = cpu.kernels.get(precision)
+    expected = cpu.kernels.get("float" if precision == "fp16 weights" else precision)
     figure = kernel or "no XNNPACK matrix kernel ran"
     if expected is None:
         return Check("kernel path", INFO, figure,
