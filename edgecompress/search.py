@@ -13,15 +13,23 @@ and latency, both minimised (Optuna's multi-objective TPE, which learns from few
 constraints (`Trial.set_constraint`): the accuracy budget and the target's flash and RAM.
 Optuna's pruners do not apply to multi-objective studies, so every trial runs its short
 fine-tuning to the end. Trials live in Optuna's storage (SQLite by default), so an
-interrupted search resumes and several processes can share one study.
+interrupted search resumes and several processes can share one study: `workers` starts
+more processes on this machine, each with its own share of the trials and its own sampler
+seed (the same seed would propose the same first candidates twice). A worker that dies
+stops beating its heartbeat, and its unfinished trial is marked failed on the next start.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
+import os
+import pickle
 import re
 import shutil
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +41,7 @@ from .techniques import channels, quantize
 from .train import FitConfig
 
 RATIO_STEP = 0.125
+HEARTBEAT_SECONDS = 60  # a trial whose worker is silent for 3 beats is marked failed
 
 
 def parse_duration(text) -> float | None:
@@ -49,7 +58,7 @@ def run(model, train, eval_data, out: Path, *, target, max_drop: float = 1.0,
         trials: int = 20, time_budget=None, storage: str | None = None,
         study_name: str = "edgecompress", max_ratio: float = 0.75, divisor: int = 1,
         steps: int = 300, qat_steps: int = 100, seed: int = 0, transfer=None,
-        emulate=None) -> dict:
+        emulate=None, workers: int = 1) -> dict:
     """Runs (or resumes) a study and writes its results in `out`.
 
     Args:
@@ -60,6 +69,7 @@ def run(model, train, eval_data, out: Path, *, target, max_drop: float = 1.0,
         max_drop: accuracy budget, points of top-1 against the float model on eval_data.
         trials: trials to add in this call; time_budget: stop earlier ("2h", seconds).
         storage: an Optuna storage URL (default: SQLite in `out`, so a search resumes).
+        workers: processes on this machine that share the trials (this one included).
         steps, qat_steps: fine-tuning per trial: short, for ranking; re-run the winner's
             recipe.json longer with `edgecompress run`.
         emulate: a `verdict.Emulation`: judge trials on the target's emulated core or
@@ -69,13 +79,14 @@ def run(model, train, eval_data, out: Path, *, target, max_drop: float = 1.0,
     Returns:
         {"trials": rows, "front": rows, "best": row or None, "feasible": count}.
     """
-    import optuna
-
     target = targets_module.get(target)
     if emulate is not None and (not target.core or not target.cycles_per_instruction):
         raise OptionError(f"--emulate needs a target with a core or a calibrated CPU class "
                           f"(its latency is the search's objective); {target.name} has none.")
     budget.check_max_drop(max_drop)
+    if workers < 1 or workers > trials:
+        raise OptionError(f"`workers` must be between 1 and the number of trials ({trials}). "
+                          f"Received: workers={workers}.")
     seconds = parse_duration(time_budget)
     out = Path(out)
     (out / "trials").mkdir(parents=True, exist_ok=True)
@@ -84,19 +95,70 @@ def run(model, train, eval_data, out: Path, *, target, max_drop: float = 1.0,
         raise OptionError(f"`{model.name}` has no channel group that structured pruning can "
                           "shrink; the search has nothing to choose.")
     keras_labels = models.predict_labels(model, eval_data)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        study_name=study_name, storage=storage or f"sqlite:///{out / 'study.db'}",
-        load_if_exists=True, directions=["minimize", "minimize"],
-        sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True))
+    storage = storage or f"sqlite:///{out / 'study.db'}"
+    study = _study(storage, study_name, seed)
     objective = _Objective(model, train, eval_data, keras_labels, out, target, max_drop,
                            groups, max_ratio, divisor, steps, qat_steps, seed, transfer,
                            emulate)
     print(f"search: {len(groups)} channel groups, up to {trials} trial(s)"
           + (f" or {seconds:g} s" if seconds else "") + f", target {target.name}, budget "
-          f"{max_drop:g} points", flush=True)
-    study.optimize(objective, n_trials=trials, timeout=seconds, catch=(OptionError,))
-    return summarise(study, out)
+          f"{max_drop:g} points" + (f", {workers} workers" if workers > 1 else ""),
+          flush=True)
+    shares = [trials // workers + (i < trials % workers) for i in range(workers)]
+    children = [_start_worker(objective, storage, study_name, i, shares[i], seconds)
+                for i in range(1, workers)]
+    study.optimize(objective, n_trials=shares[0], timeout=seconds, catch=(OptionError,))
+    for number, child in enumerate(children, 1):
+        if child.wait() != 0:
+            print(f"search: worker {number} ended with exit status {child.returncode}; its "
+                  "finished trials are kept", file=sys.stderr, flush=True)
+    return summarise(_study(storage, study_name, seed), out)
+
+
+def _study(storage: str, name: str, seed: int):
+    """The study in `storage` (created if new), with heartbeats for SQL databases."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if storage.split(":", 1)[0].split("+")[0] in ("sqlite", "postgresql", "mysql"):
+        storage = optuna.storages.RDBStorage(
+            storage, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=3 * HEARTBEAT_SECONDS,
+            heartbeat_stale_trial_callback=_say_failed)
+    return optuna.create_study(
+        study_name=name, storage=storage, load_if_exists=True,
+        directions=["minimize", "minimize"],
+        sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True))
+
+
+def _say_failed(study, trial) -> None:
+    print(f"search: trial {trial.number} lost its worker (no heartbeat); marked failed",
+          flush=True)
+
+
+def _start_worker(objective, storage, study_name, index, trials, seconds):
+    """Another process running `trials` of the same study (`python -m edgecompress.search`),
+    with everything but the model pickled beside the model saved as .h5."""
+    folder = objective.out / "workers" / str(index)
+    folder.mkdir(parents=True, exist_ok=True)
+    objective.model.save(folder / "model.h5")
+    fields = {f.name: getattr(objective, f.name) for f in dataclasses.fields(objective)
+              if f.name not in ("model", "best")}
+    if fields["emulate"] is not None:  # its progress callback does not pickle
+        fields["emulate"] = dataclasses.replace(fields["emulate"], progress=None)
+    with open(folder / "request.pickle", "wb") as f:
+        pickle.dump({"fields": fields, "storage": storage, "study_name": study_name,
+                     "seed": objective.seed + index, "trials": trials, "seconds": seconds}, f)
+    return subprocess.Popen([sys.executable, "-P", "-m", __name__, str(folder)])
+
+
+def _worker(folder: Path) -> None:
+    with open(folder / "request.pickle", "rb") as f:
+        request = pickle.load(f)
+    model = models.load(folder / "model.h5")
+    objective = _Objective(model=model, **request["fields"])
+    study = _study(request["storage"], request["study_name"], request["seed"])
+    study.optimize(objective, n_trials=request["trials"], timeout=request["seconds"],
+                   catch=(OptionError,))
 
 
 @dataclass
@@ -149,6 +211,7 @@ class _Objective:
         for key, value in constraints.items():
             trial.set_constraint(key, float(value))
         trial.set_user_attr("constraints", list(constraints.values()))
+        trial.set_user_attr("process", os.getpid())
         fits = self.fits(trial)
         if fits and (self.best is None or result.bytes < self.best[1]):
             self.best = (trial.number, result.bytes)
@@ -233,3 +296,7 @@ def _front(rows: list[dict]) -> list[int]:
     return [i for i, r in enumerate(rows) if not any(
         o["bytes"] <= r["bytes"] and o["latency_ms"] <= r["latency_ms"] and
         (o["bytes"], o["latency_ms"]) != (r["bytes"], r["latency_ms"]) for o in rows)]
+
+
+if __name__ == "__main__":
+    _worker(Path(sys.argv[1]))

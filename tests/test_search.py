@@ -56,3 +56,48 @@ def test_an_impossible_budget_is_exit_1_with_the_trials_written(trained, tmp_pat
     with pytest.raises(OptionError, match="90s, 30m or 2h"):
         search.parse_duration("soon")
     assert search.parse_duration("2h") == 7200
+
+
+@pytest.mark.slow
+def test_two_workers_share_the_trials_without_repeating_one(trained, train_set, test_set,
+                                                          tmp_path):
+    import optuna
+
+    train, judge = train_set.with_preprocess("unit"), test_set.with_preprocess("unit")
+    result = search.run(trained[0], train, judge, tmp_path, target="phone-cpu-1t",
+                        max_drop=100, trials=4, workers=2, **SHORT)
+    study = optuna.load_study(study_name="edgecompress",
+                              storage=f"sqlite:///{tmp_path / 'study.db'}")
+    finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(finished) == 4 == len(result["trials"])
+    assert len({t.number for t in finished}) == 4
+    assert len({tuple(sorted(t.params.items())) for t in finished}) == 4  # no repeat
+    assert len({t.user_attrs["process"] for t in finished}) == 2
+
+
+@pytest.mark.slow
+def test_a_killed_search_loses_only_its_running_trial(trained, tmp_path, monkeypatch):
+    import optuna
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "s"
+    argv = ["search", str(trained[1]), "--data", "shapes", "--eval-data", "shapes",
+            "--preprocess", "unit", "--target", "phone-cpu-1t", "--max-drop", "100",
+            "--steps", "2", "--qat-steps", "1", "--out", str(out)]
+    process = subprocess.Popen([sys.executable, "-m", "edgecompress.cli", *argv, "--trials",
+                                "3"], stdout=subprocess.PIPE, text=True)
+    for line in process.stdout:  # kill it once trial 1 has started
+        if line.startswith("trial 0:"):
+            time.sleep(3)
+            process.send_signal(signal.SIGKILL)
+            break
+    process.wait()
+    time.sleep(4)  # past the grace period set below
+    monkeypatch.setattr(search, "HEARTBEAT_SECONDS", 1)
+    assert cli.main(argv + ["--trials", "1"]) == 0
+    study = optuna.load_study(study_name="edgecompress", storage=f"sqlite:///{out / 'study.db'}")
+    states = {t.number: t.state.name for t in study.trials}
+    assert states == {0: "COMPLETE", 1: "FAIL", 2: "COMPLETE"}, states

@@ -619,6 +619,9 @@ def _add_search(commands) -> None:
                    help="keep a multiple of this many channels (8 suits XNNPACK)")
     p.add_argument("--transfer-data", metavar="DATA",
                    help="extra images learned only through the model's predictions")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="processes on this machine that share the trials (default 1); each "
+                        "trains on its own, so give each its cores")
     p.add_argument("--storage", metavar="URL",
                    help="Optuna storage (default sqlite in --out); e.g. "
                         "postgresql://user@host/db to share a study across machines")
@@ -651,7 +654,8 @@ def run_search(args) -> int:
                         max_drop=args.max_drop, trials=args.trials,
                         time_budget=args.time_budget, storage=args.storage,
                         divisor=args.divisor, steps=args.steps, qat_steps=args.qat_steps,
-                        seed=args.seed, transfer=transfer, emulate=emulate)
+                        seed=args.seed, transfer=transfer, emulate=emulate,
+                        workers=args.workers)
     if result["best"] is None:
         print(f"edgecompress search: no candidate fit the budgets; see {args.out}/report.md",
               file=sys.stderr)
