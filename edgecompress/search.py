@@ -97,6 +97,9 @@ def run(model, train, eval_data, out: Path, *, target, max_drop: float = 1.0,
     keras_labels = models.predict_labels(model, eval_data)
     storage = storage or f"sqlite:///{out / 'study.db'}"
     study = _study(storage, study_name, seed)
+    _same_settings(study, {"target": target.name, "max_drop": max_drop,
+                           "max_ratio": max_ratio, "divisor": divisor, "steps": steps,
+                           "qat_steps": qat_steps, "groups": groups})
     objective = _Objective(model, train, eval_data, keras_labels, out, target, max_drop,
                            groups, max_ratio, divisor, steps, qat_steps, seed, transfer,
                            emulate)
@@ -113,6 +116,20 @@ def run(model, train, eval_data, out: Path, *, target, max_drop: float = 1.0,
             print(f"search: worker {number} ended with exit status {child.returncode}; its "
                   "finished trials are kept", file=sys.stderr, flush=True)
     return summarise(_study(storage, study_name, seed), out)
+
+
+def _same_settings(study, settings: dict) -> None:
+    """Records what the study's trials are judged by, or refuses to resume it with other
+    settings: trials judged by other budgets would share one front."""
+    recorded = study.user_attrs.get("settings")
+    if recorded is None:
+        study.set_user_attr("settings", settings)
+        return
+    changed = [f"{key} {recorded.get(key)!r} -> {value!r}" for key, value in settings.items()
+               if recorded.get(key) != value]
+    if changed:
+        raise OptionError(f"This study was run with other settings ({'; '.join(changed)}): "
+                          "give another --out (or --storage), or the same settings.")
 
 
 def _study(storage: str, name: str, seed: int):

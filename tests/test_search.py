@@ -40,6 +40,8 @@ def test_the_winner_meets_the_budget_and_the_study_resumes(trained, train_set, t
     again = search.run(model, train, judge, out, target=board, max_drop=100, trials=1,
                        **SHORT)
     assert len(again["trials"]) == 5  # the four kept in the study, and one more
+    with pytest.raises(OptionError, match="max_drop 100 -> 50"):
+        search.run(model, train, judge, out, target=board, max_drop=50, trials=1, **SHORT)
 
 
 def test_an_impossible_budget_is_exit_1_with_the_trials_written(trained, tmp_path, capsys,
