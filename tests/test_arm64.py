@@ -268,9 +268,12 @@ def test_compare_float_and_int8_on_boards(emulator):
     assert phones.fastest(rows)["phone-cortex-a76"][0] == "int8"
 
 
-def test_compare_refuses_a_target_without_a_cpu_class():
+def test_compare_refuses_a_target_without_a_cpu_class(trained, capsys):
     with pytest.raises(OptionError, match="no ARM64 CPU class"):
         phones.compare({"x": shared_path(*RESNET8)}, ["mcu-cortex-m4"])
+    status = cli.main(["compare-modes", str(trained[1]), "--data", "shapes", "--targets",
+                       "phone-cpu"])
+    assert status == 2 and "no ARM64 CPU class" in capsys.readouterr().err
 
 
 @pytest.mark.slow

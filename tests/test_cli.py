@@ -44,7 +44,7 @@ def test_builtin_data_for_evaluate(capsys, int8_file):
 
 
 def test_help_explains_every_command(capsys):
-    for command in ("export", "evaluate", "demo"):
+    for command in ("export", "evaluate", "demo", "phone-setup", "compare-modes"):
         with pytest.raises(SystemExit) as e:
             cli.main([command, "--help"])
         assert e.value.code == 0

@@ -517,12 +517,11 @@ def _add_compare_modes(commands) -> None:
 
 def run_compare_modes(args) -> int:
     from .. import _io, models, report
-    from ..device import arm64, phones, targets, verify
+    from ..device import arm64, phones, verify
 
     if args.json:
         _io.writable_path(args.json)
-    for name in args.targets:
-        targets.get(name)
+    phones.check_targets(args.targets)
     arm64.require(args.cache_dir)
     model = models.load(args.model, allow_code=args.allow_code)
     shape = models.input_shape(model)

@@ -31,6 +31,16 @@ def export_modes(model, folder, data, *, modes=MODES, preprocess=None, progress=
     return files
 
 
+def check_targets(target_names) -> list:
+    """The targets, if each is a LiteRT target with an ARM64 CPU class."""
+    chosen = [targets_module.get(name) for name in target_names]
+    for target in chosen:
+        if target.runtime != "litert" or target.core not in arm64.CPUS:
+            raise OptionError(f"{target.name} has no ARM64 CPU class to emulate; choose from "
+                              f"{', '.join(PHONE_TARGETS)}.")
+    return chosen
+
+
 def compare(files: dict, target_names=PHONE_TARGETS, *, cache=None, progress=None) -> list:
     """One row per (file, target): what LiteRT's ARM64 build does with the file there.
 
@@ -42,11 +52,7 @@ def compare(files: dict, target_names=PHONE_TARGETS, *, cache=None, progress=Non
     Returns:
         Rows (dicts) for `report.text_table`, target by target.
     """
-    chosen = [targets_module.get(name) for name in target_names]
-    for target in chosen:
-        if target.runtime != "litert" or target.core not in arm64.CPUS:
-            raise OptionError(f"{target.name} has no ARM64 CPU class to emulate; choose from "
-                              f"{', '.join(PHONE_TARGETS)}.")
+    chosen = check_targets(target_names)
     arm64.require(cache)
     models = {label: inspect.open(path) for label, path in files.items()}
     rows = []
