@@ -16,6 +16,7 @@ import bisect
 import json
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 import time
@@ -99,7 +100,7 @@ def home(cache=None) -> Path:
 def missing(cache=None) -> str | None:
     """Why `run` cannot work yet, or None when everything is set up."""
     for tool in ("qemu-aarch64", "readelf"):
-        if not _which(tool):
+        if shutil.which(tool) is None:
             return f"{tool} is not installed"
     if not (home(cache) / "ready.json").is_file():
         return f"the arm64 system is not set up in {home(cache)}"
@@ -111,12 +112,6 @@ def require(cache=None) -> None:
     if reason:
         raise EmulatorUnavailable(f"emulating an ARM64 CPU needs `{SETUP_COMMAND}` first "
                                   f"({reason}).")
-
-
-def _which(tool: str) -> bool:
-    import shutil
-
-    return shutil.which(tool) is not None
 
 
 # --- running -----------------------------------------------------------------------------
