@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from edgecompress.device import arm64  # noqa: E402
+from edgecompress import data, tflite
+from edgecompress.device import arm64
 
 ROOT = Path(__file__).resolve().parents[1]
 XNNPACK = "XNNPACK README, Performance section (2022-02-08)"
@@ -52,7 +50,7 @@ PUBLISHED = [
 
 
 def build(name: str):
-    import keras
+    from edgecompress._tf import keras
 
     shape = (224, 224, 3)
     if name == "mobilenet_v1":
@@ -67,22 +65,16 @@ def build(name: str):
 
 
 def export(name: str, precision: str, folder: Path) -> Path:
-    """The model as a `.tflite` (cached in `folder`)."""
-    import tensorflow as tf
-
+    """The model as a `.tflite` (cached in `folder`); int8 calibrates on 8 random images."""
     path = folder / f"{name}_{precision}.tflite"
     if path.is_file():
         return path
     print(f"exporting {path.name} ...", flush=True)
-    converter = tf.lite.TFLiteConverter.from_keras_model(build(name))
-    if precision == "int8":
-        images = np.random.default_rng(0).uniform(-1, 1, (8, 224, 224, 3)).astype(np.float32)
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = lambda: ([image[None]] for image in images)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = converter.inference_output_type = tf.int8
+    images = np.random.default_rng(0).integers(0, 256, (8, 224, 224, 3), np.uint8)
+    noise = data.Dataset(images, None, (), "random images", preprocess="symmetric")
     folder.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(converter.convert())
+    path.write_bytes(tflite.convert(build(name), mode="fp32" if precision == "float" else
+                                    "int8", data=noise, calibration_samples=len(images)))
     return path
 
 

@@ -115,7 +115,7 @@ def run(model, train, eval_data, out: Path, *, target, max_drop: float = 1.0,
         if child.wait() != 0:
             print(f"search: worker {number} ended with exit status {child.returncode}; its "
                   "finished trials are kept", file=sys.stderr, flush=True)
-    return summarise(_study(storage, study_name, seed), out)
+    return summarise(study, out)  # its trials are read from the storage, workers' too
 
 
 def _same_settings(study, settings: dict) -> None:

@@ -135,7 +135,7 @@ def test_setup_without_the_network_says_so(tmp_path, monkeypatch):
 
 
 def test_precision_of_each_export_mode(int8_file):
-    assert verdict._precision(inspect.open(int8_file)) == "int8"
+    assert verdict.precision_of(inspect.open(int8_file)) == "int8"
 
 
 # --- on the emulator --------------------------------------------------------------------
@@ -241,13 +241,13 @@ def test_mobilenet_v2_estimate_holds_the_published_latency(emulator, tmp_path):
     """A MobileNet v2 rebuilt here (weights do not change the speed) and counted on each
     calibrated class: the estimated band holds the published float latency of its device
     (XNNPACK README), so the counts still match the calibration."""
-    import keras
-    import tensorflow as tf
+    from edgecompress import tflite
+    from edgecompress._tf import keras
 
     published = {"phone-cortex-a76": 55, "iot-cortex-a72": 46, "iot-cortex-a53": 79}
     model = keras.applications.MobileNetV2(input_shape=(224, 224, 3), weights=None)
     path = tmp_path / "mobilenet_v2.tflite"
-    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    path.write_bytes(tflite.convert(model, mode="fp32"))
     for name, ms in published.items():
         target = targets.get(name)
         run = arm64.run(path, np.zeros((2, 224, 224, 3), np.float32), cpu=target.core)
@@ -288,7 +288,7 @@ def test_the_search_takes_latency_from_the_emulated_cpu(emulator, trained, train
                         emulate=verdict.Emulation())
     row = result["trials"][0]
     file = inspect.open(row["file"])
-    run = arm64.run(file, verdict._zero_point_images(file, 2), cpu="cortex-a53")
+    run = arm64.run(file, verdict.zero_point_images(file, 2), cpu="cortex-a53")
     low, _ = target.estimate_ms_from_instructions(run.steady_instructions, "int8")
     assert row["latency_ms"] == pytest.approx(low)
     with pytest.raises(OptionError, match="calibrated CPU class"):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import arm64, inspect, targets as targets_module
-from .verdict import _precision, _zero_point_images
+from .verdict import precision_of, zero_point_images
 from ..errors import OptionError
 
 PHONE_TARGETS = ("phone-cortex-a76", "phone-i8mm", "iot-cortex-a72", "iot-cortex-a53")
@@ -60,8 +60,8 @@ def compare(files: dict, target_names=PHONE_TARGETS, *, cache=None, progress=Non
         baseline = None
         for label, model in models.items():
             (progress or (lambda line: None))(f"{label} on {target.name} ({target.core}) ...")
-            run = arm64.run(model, _zero_point_images(model, 2), cpu=target.core, cache=cache)
-            precision = _precision(model)
+            run = arm64.run(model, zero_point_images(model, 2), cpu=target.core, cache=cache)
+            precision = precision_of(model)
             instructions = run.steady_instructions
             baseline = baseline or instructions
             estimate = target.estimate_ms_from_instructions(instructions, run.arithmetic())

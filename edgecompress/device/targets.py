@@ -232,7 +232,7 @@ def load_file(path) -> list[Target]:
 # only. MobileNet v3 Small, the smallest, took the most cycles per instruction everywhere:
 # models much smaller than these (a ResNet-8) may sit above the band.
 ARM64_CYCLES_PER_INSTRUCTION = {  # cpu: {precision: (low, high)}
-    "cortex-a76": {"float": (0.870, 1.016)},  # no published int8 figure
+    "cortex-a76": {"float": (0.870, 1.017)},  # no published int8 figure
     "cortex-a72": {"float": (0.549, 0.803), "int8": (0.206, 0.224)},
     "cortex-a53": {"float": (0.481, 0.810), "int8": (0.288, 0.318)}}
 ARM64_CALIBRATION_SMALLEST = 27.5e6  # instructions of the smallest calibration model

@@ -146,7 +146,7 @@ def _emulate(model, target, data, preprocess, samples, emulate: Emulation):
         how = model.preprocess(preprocess, fallback=data.preprocess)
         inputs = _quantize(model, preprocess_images(data.take(samples).x, how))
     else:  # one image at the input's zero point: footprint and instruction count only
-        inputs = _zero_point_images(model, 1)
+        inputs = zero_point_images(model, 1)
     try:
         return cortex_m.run(model, inputs, core=target.core,
                             kernels=emulate.kernels or target.kernels,
@@ -159,13 +159,14 @@ def _emulate(model, target, data, preprocess, samples, emulate: Emulation):
 def _arm64_inputs(model, data, preprocess, samples) -> np.ndarray:
     """Images in the input's type: at least two, as the first invoke is not counted."""
     if data is None:
-        return _zero_point_images(model, 2)
+        return zero_point_images(model, 2)
     how = model.preprocess(preprocess, fallback=data.preprocess)
     images = preprocess_images(data.take(max(2, min(samples, ARM64_IMAGES))).x, how)
     return _quantize(model, images if len(images) > 1 else np.concatenate([images] * 2))
 
 
-def _zero_point_images(model, count: int) -> np.ndarray:
+def zero_point_images(model, count: int) -> np.ndarray:
+    """`count` blank images: the input's zero point in its type."""
     tensor = model.tensors[model.inputs[0]]
     zero_point = tensor.zero_point[0] if tensor.zero_point else 0
     return np.full((count, *tensor.shape[1:]), zero_point, inspect._NUMPY[tensor.dtype])
@@ -284,7 +285,7 @@ def _verify_arm64(model, target, data, how, reference, min_accuracy, runner, run
     instructions = run.steady_instructions
     counted = run.instructions[1:] if len(run.instructions) > 1 else run.instructions
     kernel = run.gemm_kernel()
-    precision = _precision(model)
+    precision = precision_of(model)
     checks = [_flash(model, target), _dtypes(model, target),
               _not_delegated(model, run), _memory(model, target, None),
               Check("instructions per inference", INFO, f"{instructions:,.0f}",
@@ -313,7 +314,7 @@ def _verify_arm64(model, target, data, how, reference, min_accuracy, runner, run
     return Verdict(model.path, target.to_json(), checks, summary)
 
 
-def _precision(model) -> str:
+def precision_of(model) -> str:
     """What the model computes in: int8 (full integer), float, or the other export modes."""
     dtypes = {t.dtype for t in model.tensors}
     if "FLOAT16" in dtypes:

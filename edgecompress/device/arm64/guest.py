@@ -25,7 +25,7 @@ def mark(kind):
         pass
 
 
-def partitions(interpreter, details):
+def partitions(details):
     """The original nodes that each XNNPACK node replaced: those on a path from the
     delegate node's inputs to its outputs."""
     producers = {}
@@ -65,7 +65,7 @@ def main(request_path):
     interpreter = Interpreter(model_path=request["model"], num_threads=request["threads"])
     interpreter.allocate_tensors()
     details = interpreter._get_ops_details()
-    taken = partitions(interpreter, details)
+    taken = partitions(details)
     kept = [n["op_name"] for n in details
             if n["op_name"] != "DELEGATE" and n["index"] not in taken]
     inputs = np.load(request["inputs"])
@@ -83,9 +83,7 @@ def main(request_path):
     folder = request["results"]
     np.savez(os.path.join(folder, "outputs.npz"), *[np.stack(o) for o in outputs])
     with open(os.path.join(folder, "graph.json"), "w") as f:
-        json.dump({"not_delegated": kept, "delegate_nodes":
-                   sum(n["op_name"] == "DELEGATE" for n in details),
-                   "maps": file_maps()}, f)
+        json.dump({"not_delegated": kept, "maps": file_maps()}, f)
 
 
 if __name__ == "__main__":
