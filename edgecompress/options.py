@@ -49,6 +49,21 @@ class Mode(Choice):
     DYNAMIC = "dynamic"  # int8 weights, float activations quantised on the fly
     INT8 = "int8"  # full integer: int8 weights, activations, input and output
     INT16X8 = "int16x8"  # int8 weights, int16 activations, input and output
+    INT4W = "int4w"  # int4 weights (conv per channel, dense per tensor), int8 activations
+
+    @classmethod
+    def get(cls, name, parameter: str):
+        if name in LEFT_OUT_MODES:
+            raise OptionError(f"`{parameter}` {name}: {LEFT_OUT_MODES[name]}")
+        return super().get(name, parameter)
+
+
+LEFT_OUT_MODES = {
+    mode: "binary and ternary weights are left out: TFLite has no 1-bit tensor type, and "
+          "TFLite Micro's kernels (reference and CMSIS-NN) unpack nothing below int4; "
+          "Larq's binarised models need Larq Compute Engine, a runtime of its own. The "
+          "smallest weights edgecompress writes are int4w."
+    for mode in ("binary", "ternary")}
 
 
 class Preprocess(Choice):

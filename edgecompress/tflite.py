@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 from pathlib import Path
 
-from . import __version__, _io
+from . import __version__, _io, int4
 from .device import inspect, metadata
 from ._tf import keras, tf
 from .data import Dataset
@@ -19,7 +19,8 @@ from .options import DEFAULT_CALIBRATION_SAMPLES, Mode, Preprocess, lookup
 from . import techniques
 from .techniques import quantize
 
-CALIBRATED = (Mode.INT8, Mode.INT16X8)
+CALIBRATED = (Mode.INT8, Mode.INT16X8, Mode.INT4W)
+FULL_INTEGER = (Mode.INT8, Mode.INT4W)
 IO_TYPES = {"int8": tf.int8, "uint8": tf.uint8}
 
 
@@ -34,12 +35,14 @@ def convert(model: keras.Model, *, mode="int8", data: Dataset | None = None,
     Args:
         model: the Keras model.
         mode: a `Mode` or its name.
-        data: calibration images; required for `int8` and `int16x8` unless QAT.
+        data: calibration images; required for `int8`, `int16x8` and `int4w`, and for
+            `int8` unless the model is quantisation-aware.
         preprocess: how `data` becomes model input (`Preprocess` name); by default the
             dataset's own.
         calibration_samples: how many images of `data`, drawn at random (seed 0), calibrate.
         io_type: `int8`, or `uint8` input and output around the int8 model (cameras give
-            uint8 pixels; the converter adds the requantisation), for mode `int8` only.
+            uint8 pixels; the converter adds the requantisation), for modes `int8` and
+            `int4w`.
 
     Returns:
         The flatbuffer, without edgecompress metadata (see `export`).
@@ -51,10 +54,12 @@ def convert(model: keras.Model, *, mode="int8", data: Dataset | None = None,
     """
     mode = Mode.get(mode, "mode")
     io = lookup(IO_TYPES, io_type, "io_type")
-    if io_type != "int8" and mode is not Mode.INT8:
-        raise OptionError(f"`io_type` {io_type} is for full-integer int8 models. "
+    if io_type != "int8" and mode not in FULL_INTEGER:
+        raise OptionError(f"`io_type` {io_type} is for full-integer models (int8, int4w). "
                           f"Received: mode={mode.value}.")
     model = techniques.strip(model)
+    if mode is Mode.INT4W:
+        return _convert_int4w(model, data, preprocess, calibration_samples, io)
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     if quantize.is_wrapped(model):
         _configure_qat(converter, mode)
@@ -73,6 +78,24 @@ def convert(model: keras.Model, *, mode="int8", data: Dataset | None = None,
                          f"{message[0] if message else e.__class__.__name__}") from None
     if mode is Mode.INT8:
         _warn_if_not_integer(flatbuffer, model.name)
+    return flatbuffer
+
+
+def _convert_int4w(model, data, how, samples, io) -> bytes:
+    if data is None:
+        raise DataError("Export mode int4w needs calibration data.")
+    data.check_fits(input_shape(model))
+    calibration = [x[0] for x, in data.representative(samples, how)()]
+    flatbuffer = int4.convert(model, calibration, io)
+    if not any(w.dtype == "INT4" for _, w in inspect.read(flatbuffer).kernels()):
+        raise OptionError(f"`{model.name}` has no convolution or fully connected layer to "
+                          "take int4 weights; export it as int8.")
+    kept = int4.int8_kernels(flatbuffer)
+    if kept:
+        warnings.warn(f"int4w export of `{model.name}`: {len(kept)} kernel(s) stay int8 (int4 "
+                      f"is written for CONV_2D and FULLY_CONNECTED only): {', '.join(kept)}.",
+                      stacklevel=3)
+    _warn_if_not_integer(flatbuffer, model.name)
     return flatbuffer
 
 
@@ -144,6 +167,7 @@ def export(model: keras.Model, path, *, mode="int8", data: Dataset | None = None
     if classes is None and data is not None:
         classes = data.classes
     info = {"preprocess": how.value, "mode": mode.value, "model": model.name,
+            **({"int8_kernels": int4.int8_kernels(flatbuffer)} if mode is Mode.INT4W else {}),
             "classes": list(classes) if classes is not None else None,
             "edgecompress": __version__}
     path = _io.write_bytes(path, metadata.add(flatbuffer, info))

@@ -13,8 +13,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import OptionError
-from ..options import Mode
-from .common import (DATA_HELP, Parser, add_allow_code, add_calibration_samples,
+from .common import (DATA_HELP, Parser, add_allow_code, add_calibration_samples, add_mode,
                      add_preprocess, guarded, load_data_for)
 
 
@@ -59,12 +58,12 @@ def _add_export(commands) -> None:
                     "preprocessing and class names are stored inside the file.")
     p.add_argument("model", help="the Keras model file or SavedModel folder")
     p.add_argument("-o", "--output", required=True, help="the .tflite file to write")
-    p.add_argument("--mode", default="int8", choices=Mode.values(),
-                   help="fp32, fp16 (float16 weights), dynamic (int8 weights), int8 (full "
-                        "integer, int8 input/output), int16x8 (int16 activations); "
-                        "default int8")
-    p.add_argument("--data", help=f"calibration images: {DATA_HELP}; needed by int8 and "
-                                  "int16x8")
+    add_mode(p, default="int8",
+             help="fp32, fp16 (float16 weights), dynamic (int8 weights), int8 (full integer, "
+                  "int8 input/output), int16x8 (int16 activations), int4w (int4 weights, "
+                  "int8 activations; from a float or a 4-bit QAT model); default int8")
+    p.add_argument("--data", help=f"calibration images: {DATA_HELP}; needed by int8, "
+                                  "int16x8 and int4w")
     add_preprocess(p, default=None, why="required unless the model's first layer rescales "
                    "its input (then raw); a wrong one writes a file that predicts garbage")
     p.add_argument("--io-type", default="int8", choices=["int8", "uint8"],
@@ -195,8 +194,9 @@ def run_inspect(args) -> int:
     summary = model.summary()
     rows = [{"#": op.index, "operator": op.name,
              "output": "x".join(map(str, model.tensors[op.outputs[0]].shape)),
-             "type": model.tensors[op.outputs[0]].dtype, "parameters": model.parameters(op),
-             "macs": model.macs(op)} for op in model.operators]
+             "type": model.tensors[op.outputs[0]].dtype, "weight bits": model.weight_bits(op)
+             or "", "parameters": model.parameters(op), "macs": model.macs(op)}
+            for op in model.operators]
     print(report.text_table(rows) + "\n")
     for key in ("inputs", "outputs"):
         for t in summary[key]:

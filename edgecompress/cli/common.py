@@ -12,7 +12,7 @@ import sys
 
 from ..data import BUILTIN
 from ..errors import EdgeCompressError
-from ..options import DEFAULT_CALIBRATION_SAMPLES, Preprocess
+from ..options import DEFAULT_CALIBRATION_SAMPLES, LEFT_OUT_MODES, Mode, Preprocess
 
 DATA_HELP = (f"an .npz with x (uint8 images N x H x W x C), y (labels) and optional classes; "
              f"a folder with one sub-folder of images per class; or `{BUILTIN}` (built in)")
@@ -32,6 +32,16 @@ def add_preprocess(parser, *, default: str | None, why: str) -> None:
     file")."""
     parser.add_argument("--preprocess", default=default, choices=Preprocess.values(),
                         help=f"{PREPROCESS_HELP}; {why}")
+
+
+def add_mode(parser, *, help: str, **kwargs) -> None:
+    """`--mode`, whose error for binary or ternary weights says why they are left out."""
+    def mode_name(text):
+        if text in LEFT_OUT_MODES:
+            raise argparse.ArgumentTypeError(f"{text}: {LEFT_OUT_MODES[text]}")
+        return text
+
+    parser.add_argument("--mode", type=mode_name, choices=Mode.values(), help=help, **kwargs)
 
 
 def add_allow_code(parser, *, what: str = "the model file") -> None:

@@ -35,9 +35,14 @@ class Tensor:
     is_constant: bool = False  # no operator writes it and it is not a graph input
 
     @property
+    def bits(self) -> int:
+        """Bits per value as stored (INT4 packs two values in a byte); 0 if unknown."""
+        return 4 if self.dtype == "INT4" else \
+            8 * np.dtype(_NUMPY[self.dtype]).itemsize if self.dtype in _NUMPY else 0
+
+    @property
     def bytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(_NUMPY[self.dtype]).itemsize \
-            if self.dtype in _NUMPY else 0
+        return (int(np.prod(self.shape, dtype=np.int64)) * self.bits + 7) // 8
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,11 @@ class Model:
                 if tensor.data is not None:
                     found.append((op, tensor))
         return found
+
+    def weight_bits(self, op: Operator) -> int | None:
+        """Bits per value of a convolution's or fully connected op's weights, else None."""
+        kernels = dict((o.index, w) for o, w in self.kernels())
+        return kernels[op.index].bits if op.index in kernels else None
 
     def float_tensors(self) -> list[Tensor]:
         """Tensors of a float type (a full-integer model has none)."""
@@ -236,6 +246,13 @@ def _list(values) -> list:
     return [] if values is None else list(values)
 
 
+def _unpack_int4(raw: bytes, count: int) -> np.ndarray:
+    """Int4 values packed two per byte, the first in the low nibble (TFLite's layout)."""
+    packed = np.frombuffer(raw, np.uint8)
+    nibbles = np.stack([packed & 0x0F, packed >> 4], axis=1).reshape(-1)[:count]
+    return (nibbles.astype(np.int8) ^ 8) - 8  # sign-extend 4 bits
+
+
 def _tensor(index: int, tensor, buffers) -> Tensor:
     dtype = flatbuffer_utils.type_to_name(tensor.type)
     shape = tuple(int(v) for v in _list(tensor.shape))
@@ -249,8 +266,10 @@ def _tensor(index: int, tensor, buffers) -> Tensor:
                          f"of {len(buffers)}.")
     data = None
     buffer = buffers[tensor.buffer]
-    if buffer.data is not None and len(buffer.data) and dtype in _NUMPY:
-        data = np.frombuffer(bytes(np.asarray(buffer.data, np.uint8)), _NUMPY[dtype])
+    if buffer.data is not None and len(buffer.data) and (dtype in _NUMPY or dtype == "INT4"):
+        raw = bytes(np.asarray(buffer.data, np.uint8))
+        data = _unpack_int4(raw, int(np.prod(shape))) if dtype == "INT4" else \
+            np.frombuffer(raw, _NUMPY[dtype])
         if data.size != int(np.prod(shape)):
             raise ModelError(f"Malformed .tflite: tensor {index} holds {data.size} values "
                              f"for shape {shape}.")

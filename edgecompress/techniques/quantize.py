@@ -27,18 +27,34 @@ class Scheme(Choice):
     CLUSTER_SPARSITY_PRESERVE = "cluster-sparsity-preserve"
 
 
+WEIGHT_BITS = (8, 4)
+
+
 @dataclass(frozen=True)
 class Config:
-    """QAT settings: the `scheme`, and names of layers to keep in float (`exclude`)."""
+    """QAT settings: the `scheme`, names of layers to keep in float (`exclude`), and the
+    bits of the weights (`weight_bits`: 4 trains for the `int4w` export, activations stay
+    8-bit; tfmot's experimental n-bit scheme, with the default scheme only)."""
 
     scheme: str = "default"
     exclude: tuple[str, ...] = ()
+    weight_bits: int = 8
 
     def __post_init__(self):
-        Scheme.get(self.scheme, "scheme")
+        scheme = Scheme.get(self.scheme, "scheme")
+        if self.weight_bits not in WEIGHT_BITS:
+            raise OptionError(f"`weight_bits` must be 8 or 4. Received: "
+                              f"weight_bits={self.weight_bits!r}.")
+        if self.weight_bits == 4 and scheme is not Scheme.DEFAULT:
+            raise OptionError(f"4-bit weights train with the default scheme only; tfmot's "
+                              f"{self.scheme} scheme is 8-bit. For a clustered model, "
+                              "export it as int4w directly (16 clusters or fewer).")
 
     def tfmot_scheme(self):
         scheme = Scheme.get(self.scheme, "scheme")
+        if self.weight_bits == 4:
+            return tfmot.quantization.keras.experimental.default_n_bit.\
+                DefaultNBitQuantizeScheme(num_bits_weight=4, num_bits_activation=8)
         combine = tfmot.experimental.combine
         if scheme is Scheme.PRUNE_PRESERVE:
             return combine.Default8BitPrunePreserveQuantizeScheme()
@@ -98,8 +114,10 @@ def strip(model: keras.Model) -> keras.Model:
 
 
 def describe(config: Config) -> str:
-    return "quantisation-aware training" + (
-        f" ({config.scheme})" if config.scheme != "default" else "")
+    details = [config.scheme] if config.scheme != "default" else []
+    if config.weight_bits != 8:
+        details.append(f"{config.weight_bits}-bit weights")
+    return "quantisation-aware training" + (f" ({', '.join(details)})" if details else "")
 
 
 def _refused_layer(error: RuntimeError, model: keras.Model) -> str:
@@ -125,3 +143,10 @@ def is_wrapped(model: keras.Model) -> bool:
     """Whether `model` carries tfmot quantisation wrappers."""
     return any(isinstance(layer, tfmot.quantization.keras.QuantizeWrapper)
                or type(layer).__name__ == "QuantizeLayer" for layer in model.layers)
+
+
+def weight_bits(model: keras.Model) -> int:
+    """The bits a quantisation-aware model's kernels were trained for (8 if none says)."""
+    bits = {getattr(quantizer, "num_bits", 8) for layer in model.layers
+            for _, quantizer, _ in getattr(layer, "_weight_vars", [])}
+    return min(bits, default=8)
