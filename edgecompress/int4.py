@@ -1,11 +1,11 @@
-"""Export with int4 weights and int8 activations (mode `int4w`), written by Google's
-ai-edge-quantizer rather than by hand-packing nibbles.
+"""Post-training export with int4 weights and int8 activations (mode `int4w`) of a float
+model, written by Google's ai-edge-quantizer rather than by hand-packing nibbles. (A model
+trained with 4-bit QAT, `quantize.Config(weight_bits=4)`, needs none of this: TensorFlow's
+converter writes int4 kernels from its fake quantisation.)
 
-Two routes reach it. A float model is quantised post-training from calibration images. A
-model trained with 4-bit QAT (`quantize.Config(weight_bits=4)`) first has its fake-quantised
-kernels baked into a plain float model: they lie on the symmetric grid of 15 levels that
-the quantizer picks again (scale = max |w| / 7, per channel or per tensor as tfmot trained
-them), so the file holds the weights that were trained.
+`bake` turns a 4-bit QAT model into a float one whose kernels lie on the symmetric grid of
+15 levels that the quantizer picks again (scale = max |w| / 7), so the quantizer can write
+the trained weights too; `benchmarks/int4_resnet8.py` measures which route loses less.
 
 Which kernels take int4: the quantizer writes int4 for CONV_2D (per channel) and
 FULLY_CONNECTED (its default policy); TFLite Micro takes int4 fully connected weights per
@@ -23,31 +23,16 @@ import numpy as np
 
 from . import _io
 from ._tf import keras, tf, tfmot
-from .errors import DataError, ModelError, OptionError
-from .techniques import quantize
-
-INT4_OPS = ("CONV_2D", "FULLY_CONNECTED")
+from .errors import ModelError, OptionError
 
 
 def convert(model: keras.Model, calibration: list[np.ndarray], io_type) -> bytes:
-    """The int4w flatbuffer of `model` (float, or 4-bit QAT), with `io_type` (tf.int8 or
-    tf.uint8) input and output, calibrated on `calibration` (preprocessed inputs, one image
-    each).
+    """The int4w flatbuffer of a float `model`, with `io_type` (tf.int8 or tf.uint8) input
+    and output, calibrated on `calibration` (preprocessed inputs, one image each).
 
     Raises:
-        OptionError: an 8-bit QAT model, or a model without int4-capable kernels.
-        DataError: no calibration images.
         ModelError: the converter or the quantizer rejected the model.
     """
-    if not calibration:
-        raise DataError("Export mode int4w needs calibration data.")
-    if quantize.is_wrapped(model):
-        bits = quantize.weight_bits(model)
-        if bits != 4:
-            raise OptionError(f"`{model.name}` was trained for {bits}-bit weights; export it "
-                              "as int8, or train with quantize.Config(weight_bits=4) for "
-                              "int4w.")
-        model = bake(model)
     float_tflite = _float_tflite(model)
     flatbuffer = _quantize(float_tflite, calibration)
     try:
@@ -110,7 +95,8 @@ def _quantize(float_tflite: bytes, calibration: list[np.ndarray]) -> bytes:
     key, name = _signature(float_tflite)
     try:
         with warnings.catch_warnings(), _io.quiet_native_logs(), \
-            contextlib.redirect_stdout(io.StringIO()):  # its progress and summary
+            contextlib.redirect_stdout(io.StringIO()), \
+            contextlib.redirect_stderr(io.StringIO()):  # its progress bar and summary
             warnings.simplefilter("ignore")
             ranges = quantizer_.calibrate({key: [{name: x[None]} for x in calibration]})
             return bytes(quantizer_.quantize(ranges).quantized_model)
@@ -133,9 +119,61 @@ def _signature(flatbuffer: bytes) -> tuple[str, str]:
 
 
 def int8_kernels(flatbuffer: bytes) -> list[str]:
-    """The kernels of an int4w file that are not int4: "OP tensor-name" each."""
+    """The kernels of an int4w file that are not int4: "OP layer" each (the layer as the
+    converter named the weights: model/LAYER/...)."""
     from .device import inspect
 
-    model = inspect.read(flatbuffer)
-    return [f"{op.name} {weights.name.split(';')[0]}" for op, weights in model.kernels()
-            if weights.dtype != "INT4"]
+    def layer(tensor_name):
+        parts = tensor_name.split(";")[0].split("/")
+        return parts[1] if len(parts) > 2 else parts[0]
+
+    return [f"{op.name} {layer(weights.name)}" for op, weights
+            in inspect.read(flatbuffer).kernels() if weights.dtype != "INT4"]
+
+
+LEVELS = 15  # a symmetric int4 channel holds -7..7 times its scale
+
+
+def check_lossless(model: keras.Model, flatbuffer: bytes | None = None) -> None:
+    """Raises `OptionError` unless every int4 kernel holds its Keras layer's distinct values
+    without merging any (per output channel): the promise of a clustered model exported
+    as int4w. Without `flatbuffer`, checks only that no channel has more than `LEVELS`.
+    """
+    layers = _kernel_layers(model)
+    for name, kernel in layers:
+        most = max(len(np.unique(channel)) for channel in kernel)
+        if most > LEVELS:
+            raise OptionError(f"Layer `{name}` has {most} distinct weight values in an output "
+                              f"channel; int4 holds {LEVELS} per channel at most. Cluster it "
+                              f"to {LEVELS} or fewer (cluster.Config(clusters=...)) for a "
+                              "lossless int4w export.")
+    if flatbuffer is None:
+        return
+    from .device import inspect
+
+    stored = [w for _, w in inspect.read(flatbuffer).kernels()]
+    if [w.shape for w in stored] != [k.shape for _, k in layers]:
+        raise ModelError("int4w: the file's kernels do not match the model's layers one to "
+                         "one; cannot check that the export is lossless.")
+    for (name, kernel), weights in zip(layers, stored):
+        for channel, (before, after) in enumerate(zip(kernel, weights.data)):
+            if len(np.unique(after)) < len(np.unique(before)):
+                raise OptionError(
+                    f"int4w merged weight values of `{name}` (output channel {channel}: "
+                    f"{len(np.unique(before))} distinct values became "
+                    f"{len(np.unique(after))}): they lie closer than one int4 step "
+                    "(max |w| / 7). Fewer clusters keep them apart.")
+
+
+def _kernel_layers(model: keras.Model) -> list[tuple[str, np.ndarray]]:
+    """(layer name, kernel in TFLite's layout: output channel first) for each Conv2D and
+    Dense, in model order."""
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            continue  # stays int8 in a post-training int4w export
+        if isinstance(layer, keras.layers.Conv2D):
+            found.append((layer.name, np.transpose(layer.get_weights()[0], (3, 0, 1, 2))))
+        elif isinstance(layer, keras.layers.Dense):
+            found.append((layer.name, layer.get_weights()[0].T))
+    return found

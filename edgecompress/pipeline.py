@@ -20,6 +20,7 @@ from . import budget, models, recipe, report, tflite
 from .device import inspect, verify
 from .errors import OptionError
 from .options import DEFAULT_CALIBRATION_SAMPLES
+from .techniques import quantize
 
 CHECKPOINTS = "checkpoints"
 PACKAGES = ("tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert",
@@ -70,7 +71,8 @@ def compress(model, stages: list[recipe.Stage], train_data, eval_data, out: Path
     """Runs `stages` on `model` and compares the result with the float and PTQ INT8 baselines.
 
     Writes in `out`: `float.tflite`, `ptq_int8.tflite`, `model_int8.tflite` (the recipe's
-    result), `model.h5` (the final Keras model, stripped of pruning/clustering wrappers),
+    result; `model_int4w.tflite` after 4-bit QAT), `model.h5` (the final Keras model,
+    stripped of pruning/clustering wrappers),
     `recipe.json` (the stages, for `edgecompress run`), `report.json`, `report.md` and
     `report.html` (with plots).
 
@@ -123,24 +125,26 @@ def compress(model, stages: list[recipe.Stage], train_data, eval_data, out: Path
     models.save(final, out / "model.h5")
     if keras3:
         _save_keras3(final, out / "model.keras")
-    print("[3/4] exporting the result to INT8 ...", flush=True)
-    files["recipe INT8"] = tflite.export(final, out / "model_int8.tflite", mode="int8",
-                                         **calibration)
+    mode = "int4w" if quantize.is_wrapped(final) and quantize.weight_bits(final) == 4 \
+        else "int8"  # a 4-bit QAT model exports as int4w only
+    name, file = f"recipe {mode.upper()}", f"model_{mode}.tflite"
+    print(f"[3/4] exporting the result to {mode.upper()} ...", flush=True)
+    files[name] = tflite.export(final, out / file, mode=mode, **calibration)
     print(f"[4/4] evaluating {len(files)} files on {len(eval_data):,} images ...",
           flush=True)
     results, rows = judge(files, eval_data, keras_labels, latency_runs=latency_runs)
     keras_correct = keras_labels == eval_data.y
     drops = {name: budget.Drop(**r.drop) for name, r in results.items()}
-    judged = budget.verdict(drops["recipe INT8"], max_drop)
-    failures, warnings = suspicious(results["recipe INT8"], files["recipe INT8"], keras_labels)
-    warnings = failures + warnings + learning_warnings(results["recipe INT8"], records)
+    judged = budget.verdict(drops[name], max_drop)
+    failures, warnings = suspicious(results[name], files[name], keras_labels)
+    warnings = failures + warnings + learning_warnings(results[name], records)
     if failures and judged["passed"]:
         judged = {**judged, "passed": False,
                   "text": f"FAIL: {failures[0]} ({judged['text'][len('PASS: '):]})"}
     result = {"rows": rows, "warnings": warnings, "stages": prepared + records,
               "training_seconds": round(training_seconds, 1),
               "keras_accuracy": float(np.mean(keras_correct)),
-              "budget": {**judged, "file": "model_int8.tflite"},
+              "budget": {**judged, "file": file},
               "drops": {name: d.to_json() for name, d in drops.items()},
               "train_data": train_data.source, "eval_data": eval_data.source,
               "transfer_data": transfer.source if transfer is not None else None,
@@ -155,7 +159,7 @@ def compress(model, stages: list[recipe.Stage], train_data, eval_data, out: Path
     print(f"\non {eval_data.source} ({len(eval_data):,} images); drop and agreement against "
           f"the float Keras model\n" + report.text_table(rows) + "\n\n" +
           "".join(f"warning: {w}\n" for w in warnings) +
-          f"model_int8.tflite: {judged['text']}\nwrote {out}/", flush=True)
+          f"{file}: {judged['text']}\nwrote {out}/", flush=True)
     return result
 
 
@@ -203,11 +207,9 @@ def learning_warnings(evaluation, records: list[dict]) -> list[str]:
 
 def _save_keras3(model, path: Path) -> None:
     from .models import bridge
-    from .techniques import quantize
-
     if quantize.is_wrapped(model):
         print(f"note: {path.name} (Keras 3) not written: a quantisation-aware model lives on "
-              "as model_int8.tflite; Keras 3 cannot hold tfmot's wrappers", flush=True)
+              "as its .tflite; Keras 3 cannot hold tfmot's wrappers", flush=True)
         return
     bridge.save_keras3(model, path)
 
@@ -240,7 +242,7 @@ def markdown(result: dict) -> str:
     transfer = f" and, through the teacher only, `{result['transfer_data']}`" \
         if result["transfer_data"] else ""
     lines = ["# Compression report", "",
-             f"**model_int8.tflite: {result['budget']['text']}.**", ""]
+             f"**{result['budget']['file']}: {result['budget']['text']}.**", ""]
     lines += [f"Warning: {w}." for w in result["warnings"]] + [""] * bool(result["warnings"])
     lines += [f"Accuracy and agreement on `{result['eval_data']}`; fine-tuning on "
               f"`{result['train_data']}`{transfer}. Drop: points of top-1 accuracy lost "

@@ -26,23 +26,27 @@ IO_TYPES = {"int8": tf.int8, "uint8": tf.uint8}
 
 def convert(model: keras.Model, *, mode="int8", data: Dataset | None = None,
             preprocess=None, calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
-            io_type: str = "int8") -> bytes:
+            io_type: str = "int8", lossless: bool = False) -> bytes:
     """Converts a Keras model to `.tflite` bytes.
 
     Training wrappers (pruning, clustering) are stripped first. A quantisation-aware
-    trained model exports as int8 from its learned ranges, without calibration data.
+    trained model exports from its learned ranges, without calibration data: as int8, or as
+    int4w when it was trained with 4-bit weights. A float model exports as int4w through
+    ai-edge-quantizer (`int4`).
 
     Args:
         model: the Keras model.
         mode: a `Mode` or its name.
-        data: calibration images; required for `int8`, `int16x8` and `int4w`, and for
-            `int8` unless the model is quantisation-aware.
+        data: calibration images; required for `int16x8`, and for `int8` and `int4w`
+            unless the model is quantisation-aware.
         preprocess: how `data` becomes model input (`Preprocess` name); by default the
             dataset's own.
         calibration_samples: how many images of `data`, drawn at random (seed 0), calibrate.
         io_type: `int8`, or `uint8` input and output around the int8 model (cameras give
             uint8 pixels; the converter adds the requantisation), for modes `int8` and
             `int4w`.
+        lossless: int4w of a float model only: fail unless every kernel's distinct values
+            survive, per output channel (a model clustered to few values, `int4`).
 
     Returns:
         The flatbuffer, without edgecompress metadata (see `export`).
@@ -58,16 +62,26 @@ def convert(model: keras.Model, *, mode="int8", data: Dataset | None = None,
         raise OptionError(f"`io_type` {io_type} is for full-integer models (int8, int4w). "
                           f"Received: mode={mode.value}.")
     model = techniques.strip(model)
-    if mode is Mode.INT4W:
-        return _convert_int4w(model, data, preprocess, calibration_samples, io)
+    qat = quantize.is_wrapped(model)
+    if lossless and (mode is not Mode.INT4W or qat):
+        raise OptionError("`lossless` is for the int4w export of a float (e.g. clustered) "
+                          f"model. Received: mode={mode.value}"
+                          f"{', a quantisation-aware model' if qat else ''}.")
+    if mode is Mode.INT4W and not qat:
+        if lossless:
+            int4.check_lossless(model)
+        flatbuffer = _quantize_int4w(model, data, preprocess, calibration_samples, io)
+        if lossless:
+            int4.check_lossless(model, flatbuffer)
+        return _checked_int4w(flatbuffer, model.name)
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    if quantize.is_wrapped(model):
-        _configure_qat(converter, mode)
+    if qat:
+        _configure_qat(converter, mode, quantize.weight_bits(model))
     else:
         _configure(converter, mode, model, data, preprocess, calibration_samples)
-    if mode is Mode.INT8:
+    if mode in FULL_INTEGER:
         converter.inference_input_type = converter.inference_output_type = io
-        # (QAT models need this too: their learned ranges make every op int8)
+        # (QAT models need this too: their learned ranges make every op integer)
     try:
         with warnings.catch_warnings(), _io.quiet_native_logs():  # MLIR dumps, statistics
             warnings.simplefilter("ignore", UserWarning)  # "Statistics for quantized inputs"
@@ -76,26 +90,32 @@ def convert(model: keras.Model, *, mode="int8", data: Dataset | None = None,
         message = str(e).strip().splitlines()
         raise ModelError(f"TFLite conversion ({mode.value}) of `{model.name}` failed: "
                          f"{message[0] if message else e.__class__.__name__}") from None
+    if mode is Mode.INT4W:
+        return _checked_int4w(flatbuffer, model.name)
     if mode is Mode.INT8:
         _warn_if_not_integer(flatbuffer, model.name)
     return flatbuffer
 
 
-def _convert_int4w(model, data, how, samples, io) -> bytes:
+def _quantize_int4w(model, data, how, samples, io) -> bytes:
+    """Post-training int4w of a float model (ai-edge-quantizer)."""
     if data is None:
-        raise DataError("Export mode int4w needs calibration data.")
+        raise DataError("Export mode int4w needs calibration data (or a model trained with "
+                        "4-bit QAT).")
     data.check_fits(input_shape(model))
-    calibration = [x[0] for x, in data.representative(samples, how)()]
-    flatbuffer = int4.convert(model, calibration, io)
+    return int4.convert(model, [x[0] for x, in data.representative(samples, how)()], io)
+
+
+def _checked_int4w(flatbuffer: bytes, name: str) -> bytes:
+    """The int4w file, or an error when nothing in it is int4; warns of int8 kernels."""
     if not any(w.dtype == "INT4" for _, w in inspect.read(flatbuffer).kernels()):
-        raise OptionError(f"`{model.name}` has no convolution or fully connected layer to "
-                          "take int4 weights; export it as int8.")
+        raise OptionError(f"`{name}` has no convolution or fully connected layer that takes "
+                          "int4 weights; export it as int8.")
     kept = int4.int8_kernels(flatbuffer)
     if kept:
-        warnings.warn(f"int4w export of `{model.name}`: {len(kept)} kernel(s) stay int8 (int4 "
-                      f"is written for CONV_2D and FULLY_CONNECTED only): {', '.join(kept)}.",
-                      stacklevel=3)
-    _warn_if_not_integer(flatbuffer, model.name)
+        warnings.warn(f"int4w export of `{name}`: {len(kept)} kernel(s) stay int8: "
+                      f"{', '.join(kept)}.", stacklevel=3)
+    _warn_if_not_integer(flatbuffer, name)
     return flatbuffer
 
 
@@ -128,18 +148,20 @@ def _configure(converter, mode, model, data, how, samples) -> None:
         converter.inference_input_type = converter.inference_output_type = tf.int16
 
 
-def _configure_qat(converter, mode) -> None:
+def _configure_qat(converter, mode, weight_bits: int) -> None:
     # Setting supported_ops to INT8 here would demand a representative dataset (STACK.md);
-    # the learned ranges already make every op int8.
-    if mode is not Mode.INT8:
-        raise OptionError(f"A quantisation-aware trained model exports as int8 only. "
-                          f"Received: mode={mode.value}.")
+    # the learned ranges already make every op integer. The converter writes int4 kernels
+    # from 4-bit fake quantisation (TF 2.21), so the weights' bits decide the mode.
+    trained_for = Mode.INT4W if weight_bits == 4 else Mode.INT8
+    if mode is not trained_for:
+        raise OptionError(f"A model trained with {weight_bits}-bit QAT exports as "
+                          f"{trained_for.value} only. Received: mode={mode.value}.")
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
 
 
 def export(model: keras.Model, path, *, mode="int8", data: Dataset | None = None,
            preprocess=None, calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
-           classes=None, io_type: str = "int8") -> Path:
+           classes=None, io_type: str = "int8", lossless: bool = False) -> Path:
     """Converts `model` and writes the `.tflite` atomically, with its metadata inside.
 
     The metadata records the preprocessing and class names, so that `evaluate` needs no
@@ -150,7 +172,7 @@ def export(model: keras.Model, path, *, mode="int8", data: Dataset | None = None
     Args:
         model: the Keras model.
         path: the output file; its folder must exist.
-        mode, data, preprocess, calibration_samples, io_type: as for `convert`.
+        mode, data, preprocess, calibration_samples, io_type, lossless: as for `convert`.
         classes: class names; by default those of `data`.
 
     Returns:
@@ -163,7 +185,8 @@ def export(model: keras.Model, path, *, mode="int8", data: Dataset | None = None
     path = _io.writable_path(path)
     mode, how = Mode.get(mode, "mode"), preprocessing_of(model, data, preprocess)
     flatbuffer = convert(model, mode=mode, data=data, preprocess=how,
-                         calibration_samples=calibration_samples, io_type=io_type)
+                         calibration_samples=calibration_samples, io_type=io_type,
+                         lossless=lossless)
     if classes is None and data is not None:
         classes = data.classes
     info = {"preprocess": how.value, "mode": mode.value, "model": model.name,

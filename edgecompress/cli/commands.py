@@ -69,6 +69,9 @@ def _add_export(commands) -> None:
     p.add_argument("--io-type", default="int8", choices=["int8", "uint8"],
                    help="input and output type of an int8 model: int8 (default) or uint8, "
                         "as cameras give pixels")
+    p.add_argument("--lossless", action="store_true",
+                   help="int4w of a clustered model: fail unless every kernel keeps its "
+                        "distinct values (at most 15 per output channel)")
     add_calibration_samples(p)
     add_allow_code(p)
     p.set_defaults(run=run_export)
@@ -82,7 +85,8 @@ def run_export(args) -> int:
     data = load_data_for(args.data, models.input_shape(model)) if args.data else None
     print(f"converting {model.name} to {args.mode} ...", file=sys.stderr)
     path = tflite.export(model, output, mode=args.mode, data=data, preprocess=args.preprocess,
-                         calibration_samples=args.calibration_samples, io_type=args.io_type)
+                         calibration_samples=args.calibration_samples, io_type=args.io_type,
+                         lossless=args.lossless)
     print(f"wrote {path} ({path.stat().st_size:,} bytes)")
     return 0
 
