@@ -491,7 +491,8 @@ def run_run(args) -> int:
 def _add_compare_modes(commands) -> None:
     p = commands.add_parser(
         "compare-modes", help="which export mode runs fastest on each phone or board CPU",
-        description="Export a Keras model as fp32, fp16, dynamic and int8, then run each file "
+        description="Export a Keras model as fp32, fp16, dynamic and int8 (or int4w), then run "
+                    "each file "
                     "on LiteRT's ARM64 build for each target's CPU class under qemu-aarch64: "
                     "instructions per inference, estimated ms (the target's calibrated band), "
                     "instructions against the first mode, the XNNPACK kernel and the operators "
@@ -505,7 +506,9 @@ def _add_compare_modes(commands) -> None:
     add_preprocess(p, default=None, why="required unless the model's first layer rescales "
                    "its input (then raw)")
     p.add_argument("--modes", nargs="+", default=["fp32", "fp16", "dynamic", "int8"],
-                   choices=["fp32", "fp16", "dynamic", "int8"], help="default: all four")
+                   choices=["fp32", "fp16", "dynamic", "int8", "int4w"],
+                   help="default: the first four; int4w (int4 weights, post-training) runs "
+                        "beside its int8 twin in the same run")
     p.add_argument("--targets", nargs="+", metavar="TARGET",
                    default=["phone-cortex-a76", "phone-i8mm", "iot-cortex-a72",
                             "iot-cortex-a53"],

@@ -76,6 +76,8 @@ class Target:
         runtime: `litert` (phones, Linux boards) or `tflm` (microcontrollers).
         threads: interpreter threads (LiteRT).
         int8_only: weights, activations, input and output must all be integer.
+        int4_weights: its runtime takes int4 weight tensors (TFLite Micro's reference and
+            CMSIS-NN kernels and LiteRT 2.x do; older runtimes and some NPUs do not).
         ops: the operators the target's runtime provides, or None for all of LiteRT's.
         flash_bytes: budget for the model file.
         ram_bytes: budget for tensors in use (TFLM arena, or peak activations on LiteRT).
@@ -101,6 +103,7 @@ class Target:
     runtime: str = "litert"
     threads: int = 1
     int8_only: bool = False
+    int4_weights: bool = True
     ops: frozenset | None = None
     flash_bytes: int | None = None
     ram_bytes: int | None = None

@@ -315,12 +315,13 @@ def _verify_arm64(model, target, data, how, reference, min_accuracy, runner, run
 
 
 def precision_of(model) -> str:
-    """What the model computes in: int8 (full integer), float, or the other export modes."""
+    """What the model computes in: int8 (full integer), float, or the other export modes
+    (int4w: int4 weights, int8 arithmetic)."""
     dtypes = {t.dtype for t in model.tensors}
     if "FLOAT16" in dtypes:
         return "fp16 weights"
     if not model.float_tensors():
-        return "int16x8" if "INT16" in dtypes else "int8"
+        return "int16x8" if "INT16" in dtypes else "int4w" if "INT4" in dtypes else "int8"
     return "dynamic range" if dtypes & {"INT8", "UINT8"} else "float"
 
 
@@ -450,7 +451,12 @@ def _flash(model, target) -> Check:
 def _dtypes(model, target) -> Check:
     io = [model.tensors[i].dtype for i in model.inputs + model.outputs]
     floats = len(model.float_tensors())
-    figure = f"input/output {'/'.join(sorted(set(io)))}, {floats} float tensor(s)"
+    int4 = sum(w.dtype == "INT4" for _, w in model.kernels())
+    figure = f"input/output {'/'.join(sorted(set(io)))}, {floats} float tensor(s)" + (
+        f", {int4} int4 kernel(s)" if int4 else "")
+    if int4 and not target.int4_weights:
+        return Check("number types", FAIL, figure, "no int4 weights",
+                     f"{target.name} does not run int4 weights: export with --mode int8")
     if not target.int8_only:
         return Check("number types", INFO, figure)
     ok = floats == 0 and all(t in ("INT8", "UINT8") for t in io)
