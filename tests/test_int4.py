@@ -132,3 +132,16 @@ def test_cli_explains_binary_weights_and_inspect_shows_int4(capsys, qat4, tmp_pa
     assert "weight bits" in out and "metadata" in out and "'mode': 'int4w'" in out
     rows = [line.split() for line in out.splitlines() if line.split()[1:2] == ["CONV_2D"]]
     assert rows and all("4" in row[3:5] for row in rows)
+
+
+def test_verify_knows_int4_weights(qat4, tmp_path):
+    from edgecompress.device import targets, verdict
+
+    path = tflite.export(qat4, tmp_path / "int4.tflite", mode="int4w", preprocess="unit")
+    old = targets.Target(name="old-runtime", description="no int4", int4_weights=False)
+    checks = {c.name: c for c in verdict.verify_target(path, old, latency_runs=5).checks}
+    assert checks["number types"].status == "fail" and "int4 kernel" in \
+        checks["number types"].figure
+    phone = verdict.verify_target(path, "phone-cpu", latency_runs=5)
+    note = {c.name: c for c in phone.checks}["number types"].note
+    assert "saves bytes, not time" in note

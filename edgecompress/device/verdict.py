@@ -448,6 +448,13 @@ def _flash(model, target) -> Check:
                  "" if ok else "the file does not fit the target's flash")
 
 
+# benchmarks/results/int4_phone_modes_resnet8.json (edgecompress compare-modes)
+INT4_ON_LITERT = (
+    "LiteRT 2.3's XNNPACK leaves int4 convolutions to LiteRT's own kernels: the ResNet-8 "
+    "int4w file took 1.79x its int8 twin's instructions on a Cortex-A76 and 1.22x on an "
+    "A53; int4w saves bytes, not time, on phones (compare-modes --modes int8 int4w)")
+
+
 def _dtypes(model, target) -> Check:
     io = [model.tensors[i].dtype for i in model.inputs + model.outputs]
     floats = len(model.float_tensors())
@@ -457,6 +464,8 @@ def _dtypes(model, target) -> Check:
     if int4 and not target.int4_weights:
         return Check("number types", FAIL, figure, "no int4 weights",
                      f"{target.name} does not run int4 weights: export with --mode int8")
+    if int4 and target.runtime == "litert":
+        return Check("number types", INFO, figure, note=INT4_ON_LITERT)
     if not target.int8_only:
         return Check("number types", INFO, figure)
     ok = floats == 0 and all(t in ("INT8", "UINT8") for t in io)
