@@ -1,5 +1,10 @@
 """Int4 weights (mode int4w): the values in the file, TFLite Micro, clustering, refusals."""
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -10,7 +15,7 @@ from edgecompress.device.verify import LiteRTModel
 from edgecompress.errors import OptionError
 from edgecompress.options import Mode
 from edgecompress.techniques import cluster, quantize
-from conftest import IMAGE
+from conftest import IMAGE, write_npz
 
 
 def small(train_set, depthwise=False) -> keras.Model:
@@ -145,3 +150,25 @@ def test_verify_knows_int4_weights(qat4, tmp_path):
     phone = verdict.verify_target(path, "phone-cpu", latency_runs=5)
     note = {c.name: c for c in phone.checks}["number types"].note
     assert "saves bytes, not time" in note
+
+
+@pytest.mark.slow
+def test_int4_recipe_writes_and_judges_the_int4w_file(trained, train_set, test_set, tmp_path):
+    classes = np.array(train_set.classes)
+    train_npz = write_npz(tmp_path / "train.npz", x=train_set.x, y=train_set.y, classes=classes)
+    test_npz = write_npz(tmp_path / "test.npz", x=test_set.x[:100], y=test_set.y[:100],
+                         classes=classes)
+    out = tmp_path / "run"
+    script = Path(__file__).resolve().parents[1] / "recipes" / "resnet8_qat_int4.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--model", str(trained[1]), "--train-data", str(train_npz),
+         "--eval-data", str(test_npz), "--preprocess", "unit", "--out", str(out), "--steps", "20",
+         "--calibration-samples", "50", "--quiet", "--max-drop", "100"],
+        capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "quantisation-aware training (4-bit weights)" in done.stdout
+    report = json.loads((out / "report.json").read_text())
+    assert report["budget"]["file"] == "model_int4w.tflite"
+    assert [r["variant"] for r in report["rows"]] == ["float", "PTQ INT8", "recipe INT4W"]
+    assert {w.dtype for _, w in inspect.open(out / "model_int4w.tflite").kernels()} == {"INT4"}
+    assert report["rows"][2]["bytes"] < report["rows"][1]["bytes"]
