@@ -88,24 +88,43 @@ def arguments() -> argparse.ArgumentParser:
     return parser
 
 
+class Setting:
+    """What every ResNet-8 benchmark on original pixels starts from, loaded once."""
+
+    def __init__(self, shared: Path):
+        cifar, model_dir = shared / "data" / "cifar10", shared / "models" / \
+            "mlperf_tiny_resnet8"
+        self.cifar, self.h5 = cifar, model_dir / "pretrainedResnet.h5"
+        self.train = data.load(cifar / "train_original.npz")
+        self.judged = {"val_original": data.load(cifar / "val_original.npz"),
+                       "JPEG test": data.load(cifar / "test.npz")}
+        self.float_model = models.load(self.h5)
+        self.keras_labels = {name: models.predict_labels(self.float_model, d, "raw")
+                             for name, d in self.judged.items()}
+        self.calibration = self.train.take(500, seed=0)
+        self.files = {"float (reference .tflite)": model_dir / "pretrainedResnet.tflite",
+                      "reference INT8": model_dir / "pretrainedResnet_quant.tflite"}
+
+    @classmethod
+    def load(cls, shared: Path):
+        """The setting, or None after saying on stderr what is missing."""
+        needed = [shared / "data" / "cifar10", shared / "models" / "mlperf_tiny_resnet8"]
+        absent = [str(p) for p in needed if not p.is_dir()]
+        if absent:
+            print(f"needs {' and '.join(absent)}: see ../shared/DATA.md", file=sys.stderr)
+            return None
+        return cls(shared)
+
+
 def main(argv=None) -> int:
     args = arguments().parse_args(argv)
-    cifar, model_dir = args.shared / "data" / "cifar10", args.shared / "models" / \
-        "mlperf_tiny_resnet8"
-    if not cifar.is_dir() or not model_dir.is_dir():
-        print(f"needs {cifar} and {model_dir}: see ../shared/DATA.md", file=sys.stderr)
+    setting = Setting.load(args.shared)
+    if setting is None:
         return 2
-    h5 = model_dir / "pretrainedResnet.h5"
-    train = data.load(cifar / "train_original.npz")
-    transfer = data.load(cifar / "train.npz")
-    judged = {"val_original": data.load(cifar / "val_original.npz"),
-              "JPEG test": data.load(cifar / "test.npz")}
-    float_model = models.load(h5)
-    keras_labels = {name: models.predict_labels(float_model, d, "raw")
-                    for name, d in judged.items()}
-    calibration = train.take(500, seed=0)
-    files = {"float (reference .tflite)": model_dir / "pretrainedResnet.tflite",
-             "reference INT8": model_dir / "pretrainedResnet_quant.tflite"}
+    h5, train, judged = setting.h5, setting.train, setting.judged
+    keras_labels, calibration, files = setting.keras_labels, setting.calibration, setting.files
+    float_model = setting.float_model
+    transfer = data.load(setting.cifar / "train.npz")
     minutes = {}
     chosen = {name: v for name, v in variants(len(train), args.steps_scale).items()
               if not args.only or any(text in name for text in args.only)}

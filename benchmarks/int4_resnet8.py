@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fidelity_resnet8 import arguments, measure
+from fidelity_resnet8 import Setting, arguments, measure
 from edgecompress import data, distill, int4, models, recipe, report, tflite
 from edgecompress.device import micro
 from edgecompress.device.verify import LiteRTModel
@@ -60,27 +60,17 @@ def on_micro(path: Path, images: data.Dataset | None) -> dict:
 
 def main(argv=None) -> int:
     args = arguments().parse_args(argv)
-    cifar = args.shared / "data" / "cifar10"
-    model_dir = args.shared / "models" / "mlperf_tiny_resnet8"
-    if not cifar.is_dir() or not model_dir.is_dir():
-        print(f"needs {cifar} and {model_dir}: see ../shared/DATA.md", file=sys.stderr)
+    setting = Setting.load(args.shared)
+    if setting is None:
         return 2
-    h5 = model_dir / "pretrainedResnet.h5"
-    train = data.load(cifar / "train_original.npz")
-    judged = {"val_original": data.load(cifar / "val_original.npz"),
-              "JPEG test": data.load(cifar / "test.npz")}
-    float_model = models.load(h5)
-    keras_labels = {name: models.predict_labels(float_model, d, "raw")
-                    for name, d in judged.items()}
-    calibration = train.take(500, seed=0)
-    files = {"float (reference .tflite)": model_dir / "pretrainedResnet.tflite",
-             "reference INT8": model_dir / "pretrainedResnet_quant.tflite"}
+    h5, train, judged = setting.h5, setting.train, setting.judged
+    calibration, files = setting.calibration, setting.files
     minutes = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(args.keep or tmp)
         folder.mkdir(parents=True, exist_ok=True)
         for mode in ("int8", "int4w"):
-            files[f"PTQ {mode}"] = tflite.export(float_model, folder / f"ptq_{mode}.tflite",
+            files[f"PTQ {mode}"] = tflite.export(setting.float_model, folder / f"ptq_{mode}.tflite",
                                                  mode=mode, data=calibration, preprocess="raw")
         for i, (name, stages) in enumerate(variants(args.steps_scale).items()):
             print(f"\n=== {name} ===", flush=True)
@@ -93,7 +83,7 @@ def main(argv=None) -> int:
             files[f"{name}, baked, quantizer"] = tflite.export(
                 int4.bake(final), folder / f"qat4_{i}_quantizer.tflite", mode="int4w",
                 data=calibration, preprocess="raw")
-        rows = measure(files, judged, keras_labels, minutes)
+        rows = measure(files, judged, setting.keras_labels, minutes)
         print("\nTFLite Micro: arenas, and int4w files against LiteRT's reference kernels on "
               "val_original ...", flush=True)
         for row in rows:
