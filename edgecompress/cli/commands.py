@@ -234,7 +234,8 @@ def run_targets(args) -> int:
         targets.load_file(args.targets_file)
     profiles = [targets.get(name) for name in targets.names()]
     rows = [{"target": t.name, "runtime": t.runtime, "threads": t.threads,
-             "int8 only": "yes" if t.int8_only else "no", "flash": _size(t.flash_bytes),
+             "int8 only": "yes" if t.int8_only else "no",
+             "int4 weights": "yes" if t.int4_weights else "no", "flash": _size(t.flash_bytes),
              "RAM": _size(t.ram_bytes),
              "latency": f"{t.latency_ms:g} ms" if t.latency_ms else "-",
              "--emulate": (f"{t.core}, {t.kernels}" if t.runtime == "tflm" else t.core)
