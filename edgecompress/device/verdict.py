@@ -464,13 +464,13 @@ def _dtypes(model, target) -> Check:
     if int4 and not target.int4_weights:
         return Check("number types", FAIL, figure, "no int4 weights",
                      f"{target.name} does not run int4 weights: export with --mode int8")
-    if int4 and target.runtime == "litert":
-        return Check("number types", INFO, figure, note=INT4_ON_LITERT)
+    note = INT4_ON_LITERT if int4 and target.runtime == "litert" else ""
     if not target.int8_only:
-        return Check("number types", INFO, figure)
+        return Check("number types", INFO, figure, note=note)
     ok = floats == 0 and all(t in ("INT8", "UINT8") for t in io)
-    note = "" if ok else (f"{target.name} runs integer models only: export with --mode int8 "
-                          "(full integer, int8 or uint8 input and output)")
+    if not ok:
+        note = (f"{target.name} runs integer models only: export with --mode int8 "
+                "(full integer, int8 or uint8 input and output)")
     return Check("number types", PASS if ok else FAIL, figure, "int8 only", note)
 
 
