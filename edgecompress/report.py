@@ -271,14 +271,28 @@ def html_report(results: dict, path, *, title: str = "edgecompress report",
                ("Accuracy per class", per_class_plot(results))]
     last = list(results)[-1]
     figures.append((f"Confusion matrix: {last}", confusion_plot(results[last])))
-    header = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row.values())
-                   + "</tr>" for row in rows)
-    images = "".join(f"<h2>{html.escape(t)}</h2><img src='data:image/png;base64,"
-                     f"{_png_base64(f)}'>" for t, f in figures)
+    return html_page(path, title, notes, [("", rows)] + figures)
+
+
+def html_page(path, title: str, notes: str, sections: list) -> Path:
+    """Writes one self-contained HTML page: `notes`, then each (heading, content) of
+    `sections`, where content is a list of rows (a table) or a Figure (embedded PNG)."""
+    parts = []
+    for heading, content in sections:
+        parts.append(f"<h2>{html.escape(heading)}</h2>" if heading else "")
+        if isinstance(content, list):
+            header = "".join(f"<th>{html.escape(c)}</th>" for c in content[0]) \
+                if content else ""
+            body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>"
+                                            for v in row.values()) + "</tr>"
+                           for row in content)
+            parts.append(f"<table><tr>{header}</tr>{body}</table>" if content else
+                         "<p>(none)</p>")
+        else:
+            parts.append(f"<img src='data:image/png;base64,{_png_base64(content)}'>")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
             "</title><style>body{font-family:sans-serif;margin:2em}table{border-collapse:"
             "collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}</style>"
             f"</head><body><h1>{html.escape(title)}</h1><p>{html.escape(notes)}</p>"
-            f"<table><tr>{header}</tr>{body}</table>{images}</body></html>")
+            f"{''.join(parts)}</body></html>")
     return _io.write_text(path, page)

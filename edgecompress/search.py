@@ -276,8 +276,8 @@ class _Objective:
 
 def summarise(study, out: Path) -> dict:
     """The trials, the Pareto front of those that fit, and the best (fewest bytes, then
-    lowest latency) copied to out/best with its recipe.json; also trials.json, report.md
-    and pareto.png."""
+    lowest latency) copied to out/best with its recipe.json; also trials.json, report.md,
+    pareto.png and report.html (all of it on one page)."""
     done = [t for t in study.trials if "row" in t.user_attrs]
     rows = [{**t.user_attrs["row"], "fits": _Objective.fits(t)} for t in done]
     feasible = [r for r in rows if r["fits"]]
@@ -285,8 +285,8 @@ def summarise(study, out: Path) -> dict:
     best = min(feasible, key=lambda r: (r["bytes"], r["latency_ms"])) if feasible else None
     result = {"trials": rows, "front": front, "best": best, "feasible": len(feasible)}
     report.write_json(out / "trials.json", result)
-    lines = ["# Search", "", f"{len(rows)} trial(s), {len(feasible)} within every budget.",
-             ""]
+    headline = f"{len(rows)} trial(s), {len(feasible)} within every budget."
+    lines = ["# Search", "", headline, ""]
     if best is not None:
         shutil.rmtree(out / "best", ignore_errors=True)
         (out / "best").mkdir()
@@ -302,9 +302,17 @@ def summarise(study, out: Path) -> dict:
         lines += ["No candidate fit every budget.", ""]
     lines += ["## All trials", "", report.markdown_table(rows) if rows else "(none)", ""]
     report.write_text(out / "report.md", "\n".join(lines))
+    sections = [("Pareto front of the trials within every budget", front)]
     if rows:
-        report.pareto_plot([{**r, "variant": f"trial {r['trial']}"} for r in rows],
-                           out / "pareto.png", title="Search: every trial")
+        sections.append(("Every trial", report.pareto_plot(
+            [{**r, "variant": f"trial {r['trial']}"} for r in rows], out / "pareto.png",
+            title="Search: every trial")))
+    sections.append(("All trials", rows))
+    best_text = "" if best is None else (
+        f" Best: trial {best['trial']}, {best['bytes']:,} bytes, {best['latency_ms']:.3g} ms, "
+        f"drop {best['drop_points']:+.2f} points ({best['drop_95']}), in best/.")
+    report.html_page(out / "report.html", "Search", headline + (
+        best_text or " No candidate fit every budget."), sections)
     return result
 
 

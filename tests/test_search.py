@@ -37,6 +37,9 @@ def test_the_winner_meets_the_budget_and_the_study_resumes(trained, train_set, t
     assert (out / "best" / "model_int8.tflite").read_bytes() == open(best["file"], "rb").read()
     assert json.loads((out / "best" / "recipe.json").read_text())["stages"][0][
         "technique"] == "channels"
+    page = (out / "report.html").read_text()
+    assert f"Best: trial {best['trial']}" in page and page.count("<img") == 1
+    assert page.count("<tr>") == 1 + len(front) + 1 + 4  # header and rows of both tables
     again = search.run(model, train, judge, out, target=board, max_drop=100, trials=1,
                        **SHORT)
     assert len(again["trials"]) == 5  # the four kept in the study, and one more
@@ -54,6 +57,7 @@ def test_an_impossible_budget_is_exit_1_with_the_trials_written(trained, tmp_pat
     assert cli.main(argv + ["--target", "no-flash", "--out", str(tmp_path / "s")]) == 1
     assert "no candidate fit" in capsys.readouterr().err
     assert "No candidate fit every budget" in (tmp_path / "s" / "report.md").read_text()
+    assert "No candidate fit every budget" in (tmp_path / "s" / "report.html").read_text()
     assert cli.main(argv + ["--target", "arduino", "--out", str(tmp_path / "t")]) == 2
     with pytest.raises(OptionError, match="90s, 30m or 2h"):
         search.parse_duration("soon")
