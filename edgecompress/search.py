@@ -58,7 +58,8 @@ def run(model, train, eval_data, out: Path, *, target, max_drop: float = 1.0,
         trials: int = 20, time_budget=None, storage: str | None = None,
         study_name: str = "edgecompress", max_ratio: float = 0.75, divisor: int = 1,
         steps: int = 300, qat_steps: int = 100, seed: int = 0, transfer=None,
-        emulate=None, workers: int = 1) -> dict:
+        emulate=None, workers: int = 1, finalists: int = 0, final_steps: int = 3000,
+        final_qat_steps: int = 500) -> dict:
     """Runs (or resumes) a study and writes its results in `out`.
 
     Args:
@@ -70,14 +71,19 @@ def run(model, train, eval_data, out: Path, *, target, max_drop: float = 1.0,
         trials: trials to add in this call; time_budget: stop earlier ("2h", seconds).
         storage: an Optuna storage URL (default: SQLite in `out`, so a search resumes).
         workers: processes on this machine that share the trials (this one included).
-        steps, qat_steps: fine-tuning per trial: short, for ranking; re-run the winner's
-            recipe.json longer with `edgecompress run`.
+        steps, qat_steps: fine-tuning per trial: short, for ranking.
+        finalists: after the trials (and beyond `time_budget`), train this many of the
+            best again with `final_steps` and `final_qat_steps` and judge them the same
+            way; the best is then the smallest finalist within every budget. The best:
+            the trials within every budget by bytes, then those that broke only the
+            accuracy budget, by drop (full-length training may bring them within it).
         emulate: a `verdict.Emulation`: judge trials on the target's emulated core or
             CPU class (latency from the lowest cycles per instruction; on microcontrollers
             also the firmware's exact flash and RAM).
 
     Returns:
-        {"trials": rows, "front": rows, "best": row or None, "feasible": count}.
+        {"trials": rows, "front": rows, "best": row or None, "feasible": count,
+         "finalists": rows}.
     """
     target = targets_module.get(target)
     if emulate is not None and (not target.core or not target.cycles_per_instruction):
@@ -115,7 +121,35 @@ def run(model, train, eval_data, out: Path, *, target, max_drop: float = 1.0,
         if child.wait() != 0:
             print(f"search: worker {number} ended with exit status {child.returncode}; its "
                   "finished trials are kept", file=sys.stderr, flush=True)
-    return summarise(study, out)  # its trials are read from the storage, workers' too
+    finals = _finalists(objective, study, finalists, final_steps, final_qat_steps)
+    return summarise(study, out, finals)  # trials are read from the storage, workers' too
+
+
+def _finalists(objective, study, count: int, steps: int, qat_steps: int) -> list[dict]:
+    """The `count` best trials (see `run`) trained again at full length and judged."""
+    def rank(trial):
+        row = trial.user_attrs["row"]
+        return (0, row["bytes"]) if _Objective.fits(trial) else (1, row["drop_points"])
+
+    device_fits = [t for t in study.trials if "row" in t.user_attrs
+                   and all(c <= 0 for c in t.user_attrs["constraints"][1:])]
+    rows = []
+    (objective.out / "finalists").mkdir(exist_ok=True)
+    for trial in sorted(device_fits, key=rank)[:count]:
+        started = time.perf_counter()
+        print(f"finalist: trial {trial.number} again at {steps} + {qat_steps} steps ...",
+              flush=True)
+        ratios = {g: trial.params[f"ratio {g}"] for g in objective.groups}
+        row, constraints = objective.build(
+            objective.stages(ratios, steps, qat_steps),
+            objective.out / "finalists" / f"trial_{trial.number}.tflite")
+        fits = all(v <= 0 for v in constraints.values())
+        rows.append({"trial": trial.number, **row, "fits": fits,
+                     "seconds": round(time.perf_counter() - started, 1)})
+        print(f"finalist: trial {trial.number}: {row['bytes']:,} bytes, drop "
+              f"{row['drop_points']:+.2f} points (was {trial.user_attrs['row']['drop_points']:+.2f}"
+              f"), {'fits' if fits else 'breaks'} the budgets", flush=True)
+    return rows
 
 
 def _same_settings(study, settings: dict) -> None:
@@ -203,51 +237,58 @@ class _Objective:
         started = time.perf_counter()
         ratios = {g: trial.suggest_float(f"ratio {g}", 0.0, self.max_ratio, step=RATIO_STEP)
                   for g in self.groups}
-        stages = self.stages(ratios)
-        with contextlib.redirect_stdout(io.StringIO()):  # one line per trial, below
-            final, _ = recipe.run(models.copy(self.model), stages, self.train,
-                                  seed=self.seed, verbose=0, transfer=self.transfer)
-        path = tflite.export(final, self.out / "trials" / f"trial_{trial.number}.tflite",
-                             mode="int8", data=self.train)
-        recipe.save(stages, path.with_suffix(".json"))
-        result = verify.evaluate(path, self.eval_data, reference=self.keras_labels,
-                                 latency_runs=50)
-        drop = budget.Drop(**result.drop)
-        latency, flash, ram = self.device_figures(inspect.open(path), result)
-        trial.set_user_attr("row", {
-            "trial": trial.number, "bytes": result.bytes, "latency_ms": latency,
-            "flash_bytes": flash,
-            "accuracy": result.accuracy, "agreement": result.agreement,
-            "drop_points": drop.points, "drop_95": f"{drop.low:+.2f} to {drop.high:+.2f}",
-            "ram_bytes": ram, "seconds": round(time.perf_counter() - started, 1),
-            "file": str(path)})
-        constraints = {  # feasible when every value is <= 0
-            "accuracy drop": drop.points - self.max_drop,
-            "flash": flash - self.target.flash_bytes if self.target.flash_bytes else -1,
-            "RAM": ram - self.target.ram_bytes if self.target.ram_bytes else -1}
+        row, constraints = self.build(
+            self.stages(ratios), self.out / "trials" / f"trial_{trial.number}.tflite")
+        row = {"trial": trial.number, **row,
+               "seconds": round(time.perf_counter() - started, 1)}
+        trial.set_user_attr("row", row)
         for key, value in constraints.items():
             trial.set_constraint(key, float(value))
         trial.set_user_attr("constraints", list(constraints.values()))
         trial.set_user_attr("process", os.getpid())
         fits = self.fits(trial)
-        if fits and (self.best is None or result.bytes < self.best[1]):
-            self.best = (trial.number, result.bytes)
-        print(f"trial {trial.number}: {result.bytes:,} bytes, {latency:.3g} ms, drop "
-              f"{drop.points:+.2f} points, {'fits' if fits else 'breaks'} the budgets "
-              f"({time.perf_counter() - started:.0f} s); best so far: " +
+        if fits and (self.best is None or row["bytes"] < self.best[1]):
+            self.best = (trial.number, row["bytes"])
+        print(f"trial {trial.number}: {row['bytes']:,} bytes, {row['latency_ms']:.3g} ms, "
+              f"drop {row['drop_points']:+.2f} points, {'fits' if fits else 'breaks'} the "
+              f"budgets ({row['seconds']:.0f} s); best so far: " +
               (f"trial {self.best[0]}, {self.best[1]:,} bytes" if self.best else "none"),
               flush=True)
-        return float(result.bytes), float(latency)
+        return float(row["bytes"]), float(row["latency_ms"])
 
-    def stages(self, ratios: dict) -> list[recipe.Stage]:
+    def build(self, stages: list[recipe.Stage], path: Path) -> tuple[dict, dict]:
+        """Compresses a copy of the model with `stages`, exports `path` (and its recipe
+        beside it) and judges it: (row, constraints, each feasible when <= 0)."""
+        with contextlib.redirect_stdout(io.StringIO()):  # one line per trial, by the caller
+            final, _ = recipe.run(models.copy(self.model), stages, self.train,
+                                  seed=self.seed, verbose=0, transfer=self.transfer)
+        path = tflite.export(final, path, mode="int8", data=self.train)
+        recipe.save(stages, path.with_suffix(".json"))
+        result = verify.evaluate(path, self.eval_data, reference=self.keras_labels,
+                                 latency_runs=50)
+        drop = budget.Drop(**result.drop)
+        latency, flash, ram = self.device_figures(inspect.open(path), result)
+        row = {"bytes": result.bytes, "latency_ms": latency, "flash_bytes": flash,
+               "accuracy": result.accuracy, "agreement": result.agreement,
+               "drop_points": drop.points, "drop_95": f"{drop.low:+.2f} to {drop.high:+.2f}",
+               "ram_bytes": ram, "file": str(path)}
+        constraints = {
+            "accuracy drop": drop.points - self.max_drop,
+            "flash": flash - self.target.flash_bytes if self.target.flash_bytes else -1,
+            "RAM": ram - self.target.ram_bytes if self.target.ram_bytes else -1}
+        return row, constraints
+
+    def stages(self, ratios: dict, steps: int | None = None, qat_steps: int | None = None
+               ) -> list[recipe.Stage]:
+        """The trial's recipe; `steps` and `qat_steps` lengthen it for a finalist."""
         teach = distill.Config(alpha=0.1)
         shrink = channels.Config(ratio=0.0, ratios={g: r for g, r in ratios.items() if r},
                                  divisor=self.divisor)
         return [recipe.Stage("channels", shrink, FitConfig(
-                    steps=self.steps, batch_size=64, learning_rate=1e-3, schedule="cosine",
-                    augment=True), teach),
+                    steps=steps or self.steps, batch_size=64, learning_rate=1e-3,
+                    schedule="cosine", augment=True), teach),
                 recipe.Stage("qat", quantize.Config(), FitConfig(
-                    steps=self.qat_steps, batch_size=64, learning_rate=1e-4,
+                    steps=qat_steps or self.qat_steps, batch_size=64, learning_rate=1e-4,
                     schedule="cosine", augment=True), teach)]
 
     def device_figures(self, file, result) -> tuple[float, int, int]:
@@ -274,16 +315,20 @@ class _Objective:
         return all(c <= 0 for c in trial.user_attrs["constraints"])
 
 
-def summarise(study, out: Path) -> dict:
+def summarise(study, out: Path, finals: list[dict] = ()) -> dict:
     """The trials, the Pareto front of those that fit, and the best (fewest bytes, then
-    lowest latency) copied to out/best with its recipe.json; also trials.json, report.md,
-    pareto.png and report.html (all of it on one page)."""
+    lowest latency; among the full-length `finals` when one of them fits) copied to
+    out/best with its recipe.json; also trials.json, report.md, pareto.png and
+    report.html (all of it on one page)."""
     done = [t for t in study.trials if "row" in t.user_attrs]
     rows = [{**t.user_attrs["row"], "fits": _Objective.fits(t)} for t in done]
     feasible = [r for r in rows if r["fits"]]
     front = [feasible[i] for i in _front(feasible)]
-    best = min(feasible, key=lambda r: (r["bytes"], r["latency_ms"])) if feasible else None
-    result = {"trials": rows, "front": front, "best": best, "feasible": len(feasible)}
+    fitting_finals = [r for r in finals if r["fits"]]
+    best = min(fitting_finals or feasible, key=lambda r: (r["bytes"], r["latency_ms"])) \
+        if fitting_finals or feasible else None
+    result = {"trials": rows, "front": front, "best": best, "feasible": len(feasible),
+              "finalists": list(finals)}
     report.write_json(out / "trials.json", result)
     headline = f"{len(rows)} trial(s), {len(feasible)} within every budget."
     lines = ["# Search", "", headline, ""]
@@ -295,11 +340,15 @@ def summarise(study, out: Path) -> dict:
         shutil.copy(source.with_suffix(".json"), out / "best" / "recipe.json")
         lines += [f"Best: trial {best['trial']}, {best['bytes']:,} bytes, "
                   f"{best['latency_ms']:.3g} ms, drop {best['drop_points']:+.2f} points "
-                  f"({best['drop_95']}); `best/recipe.json` re-runs it at full length with "
-                  "`edgecompress run`.", "", "## Pareto front", "",
+                  f"({best['drop_95']})" + (" after full-length training" if fitting_finals
+                                             else "") + "; `best/recipe.json` re-runs it "
+                  "with `edgecompress run`.", "", "## Pareto front", "",
                   report.markdown_table(front), ""]
     else:
         lines += ["No candidate fit every budget.", ""]
+    if finals:
+        lines += ["## Finalists, trained again at full length", "",
+                  report.markdown_table(list(finals)), ""]
     lines += ["## All trials", "", report.markdown_table(rows) if rows else "(none)", ""]
     report.write_text(out / "report.md", "\n".join(lines))
     sections = [("Pareto front of the trials within every budget", front)]
@@ -307,10 +356,13 @@ def summarise(study, out: Path) -> dict:
         sections.append(("Every trial", report.pareto_plot(
             [{**r, "variant": f"trial {r['trial']}"} for r in rows], out / "pareto.png",
             title="Search: every trial")))
+    if finals:
+        sections.append(("Finalists, trained again at full length", list(finals)))
     sections.append(("All trials", rows))
     best_text = "" if best is None else (
         f" Best: trial {best['trial']}, {best['bytes']:,} bytes, {best['latency_ms']:.3g} ms, "
-        f"drop {best['drop_points']:+.2f} points ({best['drop_95']}), in best/.")
+        f"drop {best['drop_points']:+.2f} points ({best['drop_95']})"
+        + (" after full-length training" if fitting_finals else "") + ", in best/.")
     report.html_page(out / "report.html", "Search", headline + (
         best_text or " No candidate fit every budget."), sections)
     return result

@@ -26,11 +26,13 @@ def test_the_winner_meets_the_budget_and_the_study_resumes(trained, train_set, t
     model, out = trained[0], tmp_path / "search"
     train, judge = train_set.with_preprocess("unit"), test_set.with_preprocess("unit")
     result = search.run(model, train, judge, out, target=board, max_drop=100, trials=4,
-                        **SHORT)
+                        finalists=1, final_steps=6, final_qat_steps=2, **SHORT)
     assert len(result["trials"]) == 4 and 0 < result["feasible"] < 4, result["trials"]
+    smallest = min((r for r in result["trials"] if r["fits"]), key=lambda r: r["bytes"])
+    (final,) = result["finalists"]  # the smallest trial within budget, trained longer
     best = result["best"]
-    assert best["bytes"] <= 6_100 and best["fits"]
-    assert min(r["bytes"] for r in result["trials"] if r["fits"]) == best["bytes"]
+    assert final["trial"] == smallest["trial"] and final["fits"] and best is final
+    assert best["bytes"] <= 6_100 and "finalists" in best["file"]
     front = result["front"]
     assert not [a for a in front for b in front if b is not a and b["bytes"] <= a["bytes"]
                 and b["latency_ms"] <= a["latency_ms"]]  # non-dominated
@@ -39,7 +41,8 @@ def test_the_winner_meets_the_budget_and_the_study_resumes(trained, train_set, t
         "technique"] == "channels"
     page = (out / "report.html").read_text()
     assert f"Best: trial {best['trial']}" in page and page.count("<img") == 1
-    assert page.count("<tr>") == 1 + len(front) + 1 + 4  # header and rows of both tables
+    assert "after full-length training" in page
+    assert page.count("<tr>") == (1 + len(front)) + (1 + 1) + (1 + 4)  # front, finalist, all
     again = search.run(model, train, judge, out, target=board, max_drop=100, trials=1,
                        **SHORT)
     assert len(again["trials"]) == 5  # the four kept in the study, and one more

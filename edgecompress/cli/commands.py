@@ -622,6 +622,14 @@ def _add_search(commands) -> None:
                    help="fine-tuning steps per trial (default 300)")
     p.add_argument("--qat-steps", type=int, default=100,
                    help="QAT steps per trial (default 100)")
+    p.add_argument("--finalists", type=int, default=0, metavar="N",
+                   help="after the trials, train the N best again at full length and pick "
+                        "the winner among them (default 0: the short trials decide); their "
+                        "time comes after --time-budget")
+    p.add_argument("--final-steps", type=int, default=3000,
+                   help="a finalist's fine-tuning steps (default 3000)")
+    p.add_argument("--final-qat-steps", type=int, default=500,
+                   help="a finalist's QAT steps (default 500)")
     p.add_argument("--divisor", type=int, default=1,
                    help="keep a multiple of this many channels (8 suits XNNPACK)")
     p.add_argument("--transfer-data", metavar="DATA",
@@ -662,7 +670,8 @@ def run_search(args) -> int:
                         time_budget=args.time_budget, storage=args.storage,
                         divisor=args.divisor, steps=args.steps, qat_steps=args.qat_steps,
                         seed=args.seed, transfer=transfer, emulate=emulate,
-                        workers=args.workers)
+                        workers=args.workers, finalists=args.finalists,
+                        final_steps=args.final_steps, final_qat_steps=args.final_qat_steps)
     if result["best"] is None:
         print(f"edgecompress search: no candidate fit the budgets; see {args.out}/report.md",
               file=sys.stderr)
