@@ -149,9 +149,14 @@ def test_verify_knows_int4_weights(qat4, tmp_path):
     checks = {c.name: c for c in verdict.verify_target(path, old, latency_runs=5).checks}
     assert checks["number types"].status == "fail" and "int4 kernel" in \
         checks["number types"].figure
-    phone = verdict.verify_target(path, "phone-cpu", latency_runs=5)
-    note = {c.name: c for c in phone.checks}["number types"].note
-    assert "saves bytes, not time" in note
+    phone = {c.name: c for c in verdict.verify_target(path, "phone-cpu", latency_runs=5).checks}
+    assert "saves bytes, not time" in phone["number types"].note
+    assert "for the same weights as int8" in phone["int4 against int8 (this machine)"].figure
+    twin = inspect.read(inspect.int8_twin(path.read_bytes()))
+    for (_, int4_weights), (_, int8_weights) in zip(inspect.open(path).kernels(),
+                                                    twin.kernels()):
+        assert int8_weights.dtype == "INT8"
+        np.testing.assert_array_equal(int8_weights.data, int4_weights.data)
 
 
 @pytest.mark.slow

@@ -246,11 +246,28 @@ def _list(values) -> list:
     return [] if values is None else list(values)
 
 
-def _unpack_int4(raw: bytes, count: int) -> np.ndarray:
+def unpack_int4(raw: bytes, count: int) -> np.ndarray:
     """Int4 values packed two per byte, the first in the low nibble (TFLite's layout)."""
     packed = np.frombuffer(raw, np.uint8)
     nibbles = np.stack([packed & 0x0F, packed >> 4], axis=1).reshape(-1)[:count]
     return (nibbles.astype(np.int8) ^ 8) - 8  # sign-extend 4 bits
+
+
+def int8_twin(flatbuffer: bytes) -> bytes:
+    """The same model with its int4 weights stored as int8 (the same values): what the
+    runtime does with these weights through its int8 kernels, to time an int4 file
+    against in the same run."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = flatbuffer_utils.read_model_from_bytearray(flatbuffer)
+    for graph in model.subgraphs:
+        for tensor in graph.tensors:
+            if tensor.type == schema.TensorType.INT4:
+                buffer = model.buffers[tensor.buffer]
+                count = int(np.prod(tensor.shape))
+                buffer.data = unpack_int4(bytes(buffer.data), count).view(np.uint8)
+                tensor.type = schema.TensorType.INT8
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 def _tensor(index: int, tensor, buffers) -> Tensor:
@@ -268,7 +285,7 @@ def _tensor(index: int, tensor, buffers) -> Tensor:
     buffer = buffers[tensor.buffer]
     if buffer.data is not None and len(buffer.data) and (dtype in _NUMPY or dtype == "INT4"):
         raw = bytes(np.asarray(buffer.data, np.uint8))
-        data = _unpack_int4(raw, int(np.prod(shape))) if dtype == "INT4" else \
+        data = unpack_int4(raw, int(np.prod(shape))) if dtype == "INT4" else \
             np.frombuffer(raw, _NUMPY[dtype])
         if data.size != int(np.prod(shape)):
             raise ModelError(f"Malformed .tflite: tensor {index} holds {data.size} values "

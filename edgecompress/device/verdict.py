@@ -207,9 +207,29 @@ def _verify(model, target, data, preprocess, reference, min_accuracy, micro_samp
     if emulated is not None:
         checks = _with_emulation_finding(checks, emulated, target)
     checks += _latency(runner, target, data, how, latency_runs, summary)
+    if target.runtime == "litert" and any(w.dtype == "INT4" for _, w in model.kernels()):
+        checks.append(_int4_against_int8(runner, model, data, how, latency_runs))
     if data is not None:
         checks += _accuracy(runner, target, data, how, reference, min_accuracy, micro_run)
     return Verdict(model.path, target.to_json(), checks, summary)
+
+
+def _int4_against_int8(runner, model, data, how, runs) -> Check:
+    """The int4 file's LiteRT latency against its int8 twin's (the same weights stored as
+    int8), both measured here in this run."""
+    twin = verify.LiteRTModel(inspect.read(inspect.int8_twin(model.content)),
+                              threads=runner.threads)
+    image = data.x[0] if data is not None else np.zeros(model.input_shape[1:], np.uint8)
+    mine, theirs = (float(np.median(r.latency_ms(image, how, runs=runs)))
+                    for r in (runner, twin))
+    slower = mine > 1.1 * theirs
+    return Check("int4 against int8 (this machine)", INFO,
+                 f"{mine:.3f} ms against {theirs:.3f} ms for the same weights as int8 "
+                 f"({mine / theirs:.2f}x)",
+                 note="LiteRT runs the int4 file slower: --mode int8 for speed, int4w for "
+                      "bytes (on ARM64 too: compare-modes --modes int8 int4w)" if slower else
+                      "no slower than int8 here; on ARM64 compare-modes --modes int8 int4w "
+                      "measures the phone's kernels")
 
 
 def _with_emulation_finding(checks, error, target) -> list[Check]:
