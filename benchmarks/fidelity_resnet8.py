@@ -146,17 +146,22 @@ def main(argv=None) -> int:
             minutes[name] = (time.perf_counter() - started) / 60
             tflite.export(final, files[name], data=calibration, preprocess="raw")
         rows = measure(files, judged, keras_labels, minutes)
-    print(f"\nfine-tuned on {train.source}; JPEG transfer: {transfer.source} (teacher's "
-          "predictions only). Drop: points lost against the float Keras model on the same "
-          "images, 95 % interval in brackets; speed-up against the reference INT8.\n")
-    print(report.text_table(rows))
-    if args.json:
-        report.write_json(args.json, {"rows": rows, "steps_scale": args.steps_scale,
-                                      "seed": args.seed})
+    publish(rows, args, f"fine-tuned on {train.source}; JPEG transfer: {transfer.source} "
+            "(teacher's predictions only). Drop: points lost against the float Keras model on "
+            "the same images, 95 % interval in brackets; speed-up against the reference INT8.")
     if args.plot:
         report.pareto_plot([{**row, "accuracy": row["val_original accuracy"]} for row in rows],
                            args.plot, title="ResNet-8 on original pixels (val_original)")
     return 0
+
+
+def publish(rows: list[dict], args, caption: str) -> None:
+    """Prints the caption and the table; writes them as JSON when --json asks."""
+    print(f"\n{caption}\n")
+    print(report.text_table(rows))
+    if args.json:
+        report.write_json(args.json, {"rows": rows, "steps_scale": args.steps_scale,
+                                      "seed": args.seed})
 
 
 def measure(files: dict, judged: dict, keras_labels: dict, minutes: dict) -> list[dict]:

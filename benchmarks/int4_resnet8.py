@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fidelity_resnet8 import Setting, arguments, measure
-from edgecompress import data, distill, int4, models, recipe, report, tflite
+from fidelity_resnet8 import Setting, arguments, measure, publish
+from edgecompress import data, distill, int4, models, recipe, tflite
 from edgecompress.device import micro
 from edgecompress.device.verify import LiteRTModel
 from edgecompress.techniques import quantize
@@ -92,13 +92,9 @@ def main(argv=None) -> int:
             row.update(on_micro(files[row["variant"]], judged["val_original"]
                                 if "int4" in row["variant"] or "bit" in row["variant"]
                                 else None))
-    print(f"\nfine-tuned and calibrated on {train.source}. Drop: points lost against the "
-          "float Keras model on the same images, 95 % interval in brackets; speed-up against "
-          "the reference INT8 (LiteRT on this x86 machine).\n")
-    print(report.text_table(rows))
-    if args.json:
-        report.write_json(args.json, {"rows": rows, "steps_scale": args.steps_scale,
-                                      "seed": args.seed})
+    publish(rows, args, f"fine-tuned and calibrated on {train.source}. Drop: points lost "
+            "against the float Keras model on the same images, 95 % interval in brackets; "
+            "speed-up against the reference INT8 (LiteRT on this x86 machine).")
     return 0
 
 
