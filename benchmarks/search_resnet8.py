@@ -7,6 +7,10 @@ then measures the winner and the reference INT8 side by side: bytes, accuracy an
 drop on val_original and on the JPEG test set, the MCU latency estimate, and LiteRT's
 median latency on this machine.
 
+`--finalists N` trains the N best trials again at full length (`--final-steps`), and
+`--trials 0` with the same `--out`, `--steps` and `--qat-steps` does only that for a study
+already run.
+
 Search-issue targets (val_original): <= 41,952 bytes, >= 1.7x faster than the reference
 INT8, within 1.0 point of float, in a 2-hour budget.
 
@@ -34,6 +38,13 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--trials", type=int, default=1000)
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--qat-steps", type=int, default=200)
+    parser.add_argument("--finalists", type=int, default=0,
+                        help="train this many of the best again at full length")
+    parser.add_argument("--final-steps", type=int, default=3000)
+    parser.add_argument("--final-qat-steps", type=int, default=500)
+    parser.add_argument("--transfer", action="store_true",
+                        help="the 50k JPEG-decoded train images as transfer data (through "
+                             "the float model's predictions only)")
     parser.add_argument("--max-drop", type=float, default=1.0)
     parser.add_argument("--json", type=Path, help="also write the table as JSON")
     return parser
@@ -50,19 +61,25 @@ def main(argv=None) -> int:
     train = data.load(cifar / "train_original.npz", preprocess="raw")
     judged = {"val_original": data.load(cifar / "val_original.npz", preprocess="raw"),
               "JPEG test": data.load(cifar / "test.npz", preprocess="raw")}
+    transfer = data.load(cifar / "train.npz", preprocess="raw") if args.transfer else None
     result = search.run(model, train, judged["val_original"], args.out,
                         target="mcu-cortex-m4", max_drop=args.max_drop, trials=args.trials,
                         time_budget=args.time_budget, steps=args.steps,
-                        qat_steps=args.qat_steps)
+                        qat_steps=args.qat_steps, finalists=args.finalists,
+                        final_steps=args.final_steps, final_qat_steps=args.final_qat_steps,
+                        transfer=transfer)
     files = {"reference INT8": model_dir / "pretrainedResnet_quant.tflite"}
     if result["best"] is not None:
         files[f"search winner (trial {result['best']['trial']})"] = Path(result["best"]["file"])
+    for final in result["finalists"]:
+        files[f"finalist (trial {final['trial']}, full length)"] = Path(final["file"])
     rows = measure(model, files, judged)
     print(f"\n{len(result['trials'])} trials, {result['feasible']} within the budget.\n")
     print(report.text_table(rows))
     if args.json:
         report.write_json(args.json, {"rows": rows, "trials": len(result["trials"]),
                                       "feasible": result["feasible"],
+                                      "finalists": result["finalists"],
                                       "settings": vars(args) | {"shared": str(args.shared),
                                                                 "out": str(args.out),
                                                                 "json": str(args.json)}})

@@ -68,7 +68,8 @@ def run(model, train, eval_data, out: Path, *, target, max_drop: float = 1.0,
         out: folder for trials/, trials.json, report.md, pareto.png and best/.
         target: a `Target` or its name: flash, RAM and latency come from it.
         max_drop: accuracy budget, points of top-1 against the float model on eval_data.
-        trials: trials to add in this call; time_budget: stop earlier ("2h", seconds).
+        trials: trials to add in this call (0: only the finalists of a study already run);
+            time_budget: stop earlier ("2h", seconds).
         storage: an Optuna storage URL (default: SQLite in `out`, so a search resumes).
         workers: processes on this machine that share the trials (this one included).
         steps, qat_steps: fine-tuning per trial: short, for ranking.
@@ -90,9 +91,12 @@ def run(model, train, eval_data, out: Path, *, target, max_drop: float = 1.0,
         raise OptionError(f"--emulate needs a target with a core or a calibrated CPU class "
                           f"(its latency is the search's objective); {target.name} has none.")
     budget.check_max_drop(max_drop)
-    if workers < 1 or workers > trials:
+    if workers < 1 or workers > max(trials, 1):
         raise OptionError(f"`workers` must be between 1 and the number of trials ({trials}). "
                           f"Received: workers={workers}.")
+    if trials < 0 or finalists < 0:
+        raise OptionError(f"`trials` and `finalists` count; they cannot be negative. "
+                          f"Received: trials={trials}, finalists={finalists}.")
     seconds = parse_duration(time_budget)
     out = Path(out)
     (out / "trials").mkdir(parents=True, exist_ok=True)
