@@ -169,7 +169,8 @@ def test_int4_recipe_writes_and_judges_the_int4w_file(trained, train_set, test_s
     script = Path(__file__).resolve().parents[1] / "recipes" / "resnet8_qat_int4.py"
     done = subprocess.run(
         [sys.executable, str(script), "--model", str(trained[1]), "--train-data", str(train_npz),
-         "--eval-data", str(test_npz), "--preprocess", "unit", "--out", str(out), "--steps", "10", "--eval-samples", "50",
+         "--eval-data", str(test_npz), "--preprocess", "unit", "--out", str(out),
+         "--steps", "10", "--eval-samples", "50",
          "--calibration-samples", "50", "--quiet", "--max-drop", "100"],
         capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-2000:]
