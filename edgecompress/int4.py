@@ -22,18 +22,18 @@ import warnings
 import numpy as np
 
 from . import _io
-from ._tf import keras, tf, tfmot
+from ._tf import keras, tfmot
 from .errors import ModelError, OptionError
 
 
-def convert(model: keras.Model, calibration: list[np.ndarray], io_type) -> bytes:
-    """The int4w flatbuffer of a float `model`, with `io_type` (tf.int8 or tf.uint8) input
-    and output, calibrated on `calibration` (preprocessed inputs, one image each).
+def convert(float_tflite: bytes, calibration: list[np.ndarray], io_type) -> bytes:
+    """The int4w flatbuffer of a float `.tflite` (converted with its signature), with
+    `io_type` (tf.int8 or tf.uint8) input and output, calibrated on `calibration`
+    (preprocessed inputs, one image each).
 
     Raises:
-        ModelError: the converter or the quantizer rejected the model.
+        ModelError: the quantizer rejected the model.
     """
-    float_tflite = _float_tflite(model)
     flatbuffer = _quantize(float_tflite, calibration)
     try:
         from tensorflow.lite.python import util
@@ -70,18 +70,6 @@ def bake(qat: keras.Model) -> keras.Model:
             values[weight.name] = quantizer(weight, training=False, weights=variables).numpy()
         target.set_weights([values[w.name] for w in target.weights])
     return model
-
-
-def _float_tflite(model: keras.Model) -> bytes:
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)  # with a signature: the
-    try:                                                          # quantizer needs one
-        with warnings.catch_warnings(), _io.quiet_native_logs():
-            warnings.simplefilter("ignore", UserWarning)
-            return converter.convert()
-    except Exception as e:  # the converter raises ConverterError, ValueError, ...
-        message = str(e).strip().splitlines()
-        raise ModelError(f"TFLite conversion (int4w) of `{model.name}` failed: "
-                         f"{message[0] if message else e.__class__.__name__}") from None
 
 
 def _quantize(float_tflite: bytes, calibration: list[np.ndarray]) -> bytes:

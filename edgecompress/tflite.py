@@ -103,7 +103,8 @@ def _quantize_int4w(model, data, how, samples, io) -> bytes:
         raise DataError("Export mode int4w needs calibration data (or a model trained with "
                         "4-bit QAT).")
     data.check_fits(input_shape(model))
-    return int4.convert(model, [x[0] for x, in data.representative(samples, how)()], io)
+    calibration = [x[0] for x, in data.representative(samples, how)()]
+    return int4.convert(convert(model, mode=Mode.FP32), calibration, io)
 
 
 def _checked_int4w(flatbuffer: bytes, name: str) -> bytes:

@@ -89,18 +89,18 @@ class Model:
 
     def kernels(self) -> list[tuple[Operator, Tensor]]:
         """(operator, weight tensor) for each convolution and fully connected operator."""
-        found = []
-        for op in self.operators:
-            if op.name in KERNEL_OPS and len(op.inputs) > 1 and op.inputs[1] >= 0:
-                tensor = self.tensors[op.inputs[1]]
-                if tensor.data is not None:
-                    found.append((op, tensor))
-        return found
+        return [(op, self._kernel(op)) for op in self.operators if self._kernel(op)]
+
+    def _kernel(self, op: Operator) -> Tensor | None:
+        if op.name in KERNEL_OPS and len(op.inputs) > 1 and op.inputs[1] >= 0:
+            tensor = self.tensors[op.inputs[1]]
+            return tensor if tensor.data is not None else None
+        return None
 
     def weight_bits(self, op: Operator) -> int | None:
         """Bits per value of a convolution's or fully connected op's weights, else None."""
-        kernels = dict((o.index, w) for o, w in self.kernels())
-        return kernels[op.index].bits if op.index in kernels else None
+        kernel = self._kernel(op)
+        return kernel.bits if kernel is not None else None
 
     def float_tensors(self) -> list[Tensor]:
         """Tensors of a float type (a full-integer model has none)."""
