@@ -9,6 +9,7 @@ resolved once. Nothing here imports TensorFlow.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import warnings
 import zipfile
@@ -106,6 +107,13 @@ class Dataset:
             self, x=self.x[mask], y=labels[mask], source=f"{self.source} ({name})")
         return part(~held, "train split"), part(held, "held-out split")
 
+    def shared_with(self, other: "Dataset") -> int:
+        """How many of this dataset's images also appear, pixel for pixel, in `other`."""
+        if self.image_shape != other.image_shape:
+            return 0
+        theirs = set(_fingerprints(other.x))
+        return sum(f in theirs for f in _fingerprints(self.x))
+
     def with_preprocess(self, how) -> "Dataset":
         """The same images, fed to a model with the preprocessing `how` (a `Preprocess` or
         its name)."""
@@ -166,6 +174,24 @@ class Dataset:
             raise DataError(
                 f"Images in {self.source} are {_shape_text(self.image_shape)} but the model "
                 f"takes {_shape_text(expected)}. Resize the data or choose a matching model.")
+
+
+def leak_warning(eval_data: Dataset, **learned_from: Dataset | None) -> str | None:
+    """A warning when evaluation images also appear in data a model learned from (given by
+    role, e.g. `training=...`, `transfer=...`): its accuracy on them is optimistic."""
+    shared = {role: eval_data.shared_with(d) for role, d in learned_from.items()
+              if d is not None}
+    shared = {role: count for role, count in shared.items() if count}
+    if not shared:
+        return None
+    where = " and ".join(f"{count:,} in the {role} data" for role, count in shared.items())
+    return (f"{where} of the {len(eval_data):,} evaluation images ({eval_data.source}) are "
+            "also learned from: the accuracy on them is optimistic. Evaluate on images kept "
+            "out of fine-tuning")
+
+
+def _fingerprints(x: np.ndarray) -> list[bytes]:
+    return [hashlib.blake2b(image.tobytes(), digest_size=16).digest() for image in x]
 
 
 def _shape_text(shape) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import budget, models, recipe, report, tflite
+from . import budget, data, models, recipe, report, tflite
 from .device import inspect, verify
 from .errors import OptionError
 from .options import DEFAULT_CALIBRATION_SAMPLES
@@ -99,6 +99,9 @@ def compress(model, stages: list[recipe.Stage], train_data, eval_data, out: Path
     recipe.check_order(stages)
     budget.check_max_drop(max_drop)
     preprocess = train_data.resolve(preprocess)
+    leak = data.leak_warning(eval_data, training=train_data, transfer=transfer)
+    if leak:
+        print(f"warning: {leak}", file=sys.stderr, flush=True)
     recipe.save(stages, out / "recipe.json")
     prepare, stages = split_preparation(stages)
     prepared = []
@@ -137,7 +140,8 @@ def compress(model, stages: list[recipe.Stage], train_data, eval_data, out: Path
     drops = {name: budget.Drop(**r.drop) for name, r in results.items()}
     judged = budget.verdict(drops[name], max_drop)
     failures, warnings = suspicious(results[name], files[name], keras_labels)
-    warnings = failures + warnings + learning_warnings(results[name], records)
+    warnings = failures + warnings + learning_warnings(results[name], records) + \
+        ([leak] if leak else [])
     if failures and judged["passed"]:
         judged = {**judged, "passed": False,
                   "text": f"FAIL: {failures[0]} ({judged['text'][len('PASS: '):]})"}

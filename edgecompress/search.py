@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import budget, distill, models, recipe, report, tflite
+from . import budget, data, distill, models, recipe, report, tflite
 from .device import inspect, targets as targets_module, verdict, verify
 from .errors import OptionError
 from .techniques import channels, quantize
@@ -104,6 +104,9 @@ def run(model, train, eval_data, out: Path, *, target, max_drop: float = 1.0,
     if not groups:
         raise OptionError(f"`{model.name}` has no channel group that structured pruning can "
                           "shrink; the search has nothing to choose.")
+    leak = data.leak_warning(eval_data, training=train, transfer=transfer)
+    if leak:
+        print(f"search: warning: {leak}", file=sys.stderr, flush=True)
     keras_labels = models.predict_labels(model, eval_data)
     storage = storage or f"sqlite:///{out / 'study.db'}"
     study = _study(storage, study_name, seed)

@@ -120,3 +120,16 @@ def test_take_and_representative(train_set):
 def test_check_fits_explains_mismatch(train_set):
     with pytest.raises(DataError, match="16x16 with 3 channels but the model takes 32x32"):
         train_set.check_fits((None, 32, 32, 3))
+
+
+def test_leak_warning_counts_evaluation_images_learned_from():
+    images = data.shapes(40, size=(16, 16), seed=5)
+    eval_data = images.take(10)
+    rest = data.Dataset(images.x[10:], images.y[10:], images.classes, "rest")
+    shifted = data.Dataset(eval_data.x[:3].copy(), None, (), "copies")
+    shifted.x[1, 0, 0, 0] ^= 1  # one pixel differs: not the same image
+    assert data.leak_warning(eval_data, training=rest, transfer=None) is None
+    message = data.leak_warning(eval_data, training=images, transfer=shifted)
+    assert message.startswith("10 in the training data and 2 in the transfer data of the 10 "
+                              "evaluation images")
+    assert eval_data.shared_with(data.shapes(5, size=(8, 8))) == 0  # other shape
