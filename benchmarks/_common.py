@@ -87,3 +87,15 @@ def evaluate_all(inputs: Inputs, files: dict, latency_runs: int) -> dict:
     print(f"\nevaluating {len(files)} files on {len(inputs.test):,} images ...", flush=True)
     return pipeline.judge(files, inputs.test, inputs.keras_labels, latency_runs=latency_runs,
                           preprocess="raw")[0]
+
+
+def jpeg_transfer(cifar: Path) -> data.Dataset:
+    """The JPEG-decoded train set as transfer data, without the JPEG copies of
+    `val_original.npz`'s images: through them a student would learn what the float model
+    memorised about the very images it is judged on."""
+    jpeg = data.load(cifar / "train.npz", preprocess="raw")
+    keep = np.ones(len(jpeg), bool)
+    keep[np.load(cifar / "val_original.npz")["train_index"]] = False
+    return data.Dataset(jpeg.x[keep], None, jpeg.classes,
+                        f"{jpeg.source} without val_original's {int((~keep).sum()):,} images",
+                        jpeg.preprocess)

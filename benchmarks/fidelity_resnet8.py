@@ -5,10 +5,12 @@ The float model was trained on original pixels; the big JPEG-decoded sets in ../
 another domain (../shared/DATA.md, "Two domains"). So every variant fine-tunes and
 calibrates on `train_original.npz` (4,085 images) and distils from the float model;
 variants marked "+ JPEG transfer" also learn the float model's predictions (never the
-labels) on the 50k JPEG-decoded train images. Each file is judged on `val_original.npz`
-(1,000 original-pixel images the float model was trained on, so absolute figures are
-optimistic: read differences) with the paired drop against the float Keras model and its
-95 % interval, and on the 10k JPEG-decoded test images for a large-sample comparison.
+labels) on the JPEG-decoded train images, less the copies of val_original's 1,000 (through
+them a student would learn what the float model memorised about the images it is judged
+on). Each file is judged on `val_original.npz` (1,000 original-pixel images the float
+model was trained on, so absolute figures are optimistic: read differences) with the paired
+drop against the float Keras model and its 95 % interval, and on the 10k JPEG-decoded
+test images for a large-sample comparison.
 Speed-up: median single-image latency (LiteRT, XNNPACK, 1 thread) against the reference
 INT8 file's, measured in the same run.
 
@@ -32,6 +34,7 @@ from pathlib import Path
 from edgecompress import budget, data, distill, models, pipeline, recipe, report, tflite
 from edgecompress.techniques import channels, quantize
 from edgecompress.train import FitConfig
+from _common import jpeg_transfer
 
 ROOT = Path(__file__).resolve().parents[1]
 # channels per stage 8/16/40 (multiples of 8 for XNNPACK; benchmarks/structured_resnet8.py)
@@ -55,7 +58,7 @@ def variants(samples: int, scale: float) -> dict[str, tuple[list[recipe.Stage], 
         return recipe.Stage("qat", quantize.Config(scheme="prune-preserve"), fit(500, 1e-4),
                             kd(label_weight))
 
-    with_transfer = samples + 50_000
+    with_transfer = samples + 49_000
     return {
         "QAT, labels only": ([recipe.Stage("qat", quantize.Config(), fit(1000, 1e-4))], False),
         "QAT + KD a=0.5": ([qat(0.5)], False),
@@ -124,7 +127,7 @@ def main(argv=None) -> int:
     h5, train, judged = setting.h5, setting.train, setting.judged
     keras_labels, calibration, files = setting.keras_labels, setting.calibration, setting.files
     float_model = setting.float_model
-    transfer = data.load(setting.cifar / "train.npz")
+    transfer = jpeg_transfer(setting.cifar)
     minutes = {}
     chosen = {name: v for name, v in variants(len(train), args.steps_scale).items()
               if not args.only or any(text in name for text in args.only)}

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from edgecompress import data, models, pipeline, report, search
 from edgecompress.device import inspect, targets
+from _common import jpeg_transfer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,8 +44,9 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--final-steps", type=int, default=3000)
     parser.add_argument("--final-qat-steps", type=int, default=500)
     parser.add_argument("--transfer", action="store_true",
-                        help="the 50k JPEG-decoded train images as transfer data (through "
-                             "the float model's predictions only)")
+                        help="the JPEG-decoded train images as transfer data (through "
+                             "the float model's predictions only; val_original's copies "
+                             "left out)")
     parser.add_argument("--max-drop", type=float, default=1.0)
     parser.add_argument("--json", type=Path, help="also write the table as JSON")
     return parser
@@ -61,7 +63,7 @@ def main(argv=None) -> int:
     train = data.load(cifar / "train_original.npz", preprocess="raw")
     judged = {"val_original": data.load(cifar / "val_original.npz", preprocess="raw"),
               "JPEG test": data.load(cifar / "test.npz", preprocess="raw")}
-    transfer = data.load(cifar / "train.npz", preprocess="raw") if args.transfer else None
+    transfer = jpeg_transfer(cifar) if args.transfer else None
     result = search.run(model, train, judged["val_original"], args.out,
                         target="mcu-cortex-m4", max_drop=args.max_drop, trials=args.trials,
                         time_budget=args.time_budget, steps=args.steps,
