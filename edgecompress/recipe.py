@@ -53,13 +53,15 @@ class Stage:
 
 
 def pruning(fit_config: FitConfig, samples: int, *, sparsity: float = 0.5,
-            pattern: str = "unstructured", distill: distill.Config | None = None) -> Stage:
+            pattern: str = "unstructured", allocation: str = "uniform",
+            distill: distill.Config | None = None) -> Stage:
     """A pruning stage whose polynomial schedule reaches `sparsity` two thirds of the way
     through its fine-tuning (of `samples` images a pass), leaving the last third to recover
     at full sparsity."""
     steps = max(2, fit_config.total_steps(samples))
     end = max(1, 2 * steps // 3)
-    config = prune.Config(sparsity=sparsity, pattern=pattern, schedule="polynomial",
+    config = prune.Config(sparsity=sparsity, pattern=pattern, allocation=allocation,
+                          schedule="polynomial",
                           begin_step=0, end_step=end, frequency=max(1, end // 10))
     return Stage("prune", config, fit_config, distill)
 

@@ -66,6 +66,28 @@ def test_pruning_holds_in_the_tflite(trained, train_set, tmp_path):
         verify.evaluate(dense_path, train_set.take(50), latency_runs=5).gzip_bytes
 
 
+def test_global_allocation_prunes_small_weights_wherever_they_are(trained, train_set):
+    model = keras.models.clone_model(trained[0])
+    model.set_weights(trained[0].get_weights())
+    large = model.layers[1]  # the first convolution, its weights made large
+    large.set_weights([w * 10 if w.ndim > 1 else w for w in large.get_weights()])
+    config = prune.Config(sparsity=0.75, schedule="constant", frequency=1,
+                          allocation="global")
+    wanted = prune.allocate(model, config)
+    pruned = prune.strip(_fit(prune.apply(model, config), train_set.take(64),
+                              callbacks=prune.callbacks(), learning_rate=1e-12))
+    report = {r.layer: r for r in prune.report(pruned, config)}
+    assert {name: round(r.sparsity, 2) for name, r in report.items()} == \
+        {name: round(s, 2) for name, s in wanted.items()}
+    assert report[large.name].sparsity < 0.2 < 0.7 < min(
+        r.sparsity for name, r in report.items() if name != large.name)
+    overall = sum(r.zeros for r in report.values()) / sum(r.weights for r in report.values())
+    assert abs(overall - 0.75) < 0.01
+    assert set(prune.allocate(model, prune.Config(sparsity=0.75)).values()) == {0.75}
+    with pytest.raises(OptionError, match="unstructured pruning only"):
+        prune.Config(pattern="2:4", allocation="global")
+
+
 def test_two_four_holds_along_input_channels(trained, train_set, tmp_path):
     config = prune.Config(pattern="2:4", schedule="constant", frequency=1)
     first_conv = trained[0].layers[1].name
