@@ -58,15 +58,15 @@ def variants(samples: int, scale: float) -> dict[str, tuple[list[recipe.Stage], 
         return recipe.Stage("qat", quantize.Config(scheme="prune-preserve"), fit(500, 1e-4),
                             kd(label_weight))
 
-    with_transfer = samples + 49_000
     return {
         "QAT, labels only": ([recipe.Stage("qat", quantize.Config(), fit(1000, 1e-4))], False),
         "QAT + KD a=0.5": ([qat(0.5)], False),
         "QAT + KD a=0.1": ([qat(0.1)], False),
         "QAT + KD a=0.1 + JPEG transfer": ([qat(0.1)], True),
-        "prune 75% + KD a=0.1 + JPEG transfer, PQAT": ([
-            recipe.pruning(fit(3000, 5e-4), with_transfer, sparsity=0.75, distill=kd(0.1)),
-            pqat(0.1)], True),
+        "prune 75% (global) + KD a=0.1, PQAT": ([
+            recipe.pruning(fit(3000, 2e-3), samples, sparsity=0.75, allocation="global",
+                           distill=kd(0.1)),
+            pqat(0.1)], False),
         "channels 8/16/40 + KD a=0.1 + JPEG transfer, QAT": ([
             recipe.Stage("channels", CHANNELS_8_16_40, fit(4000, 1e-3), kd(0.1)),
             qat(0.1, 500)], True),

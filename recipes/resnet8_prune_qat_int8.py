@@ -17,8 +17,12 @@ from edgecompress.cli import recipes as cli
 
 def arguments(parser):
     parser.add_argument("--sparsity", type=float, default=0.75,
-                        help="fraction of each kernel pruned (default 0.75)")
-    parser.set_defaults(steps=3000, learning_rate=5e-4)
+                        help="fraction of the weights pruned (default 0.75)")
+    parser.add_argument("--allocation", choices=["global", "uniform"], default="global",
+                        help="global (default): one magnitude threshold over all kernels, so "
+                             "layers with small weights lose more and sensitive small layers "
+                             "less; uniform: every kernel to --sparsity")
+    parser.set_defaults(steps=3000, learning_rate=2e-3)
 
 
 def stages(args, samples):
@@ -28,7 +32,8 @@ def stages(args, samples):
 
     fit = cli.fit_config(args)
     teach = cli.distill_config(args)
-    return [recipe.pruning(fit, samples, sparsity=args.sparsity, distill=teach),
+    return [recipe.pruning(fit, samples, sparsity=args.sparsity, allocation=args.allocation,
+                           distill=teach),
             recipe.Stage("qat", quantize.Config(scheme="prune-preserve"),
                          cli.qat_fit_config(args), teach)]
 
