@@ -61,8 +61,8 @@ def pruning(fit_config: FitConfig, samples: int, *, sparsity: float = 0.5,
     steps = max(2, fit_config.total_steps(samples))
     end = max(1, 2 * steps // 3)
     config = prune.Config(sparsity=sparsity, pattern=pattern, allocation=allocation,
-                          schedule="polynomial",
-                          begin_step=0, end_step=end, frequency=max(1, end // 10))
+                          schedule="polynomial", begin_step=0, end_step=end,
+                          frequency=max(1, end // 10))
     return Stage("prune", config, fit_config, distill)
 
 

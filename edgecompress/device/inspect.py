@@ -89,7 +89,8 @@ class Model:
 
     def kernels(self) -> list[tuple[Operator, Tensor]]:
         """(operator, weight tensor) for each convolution and fully connected operator."""
-        return [(op, self._kernel(op)) for op in self.operators if self._kernel(op)]
+        return [(op, kernel) for op in self.operators
+                if (kernel := self._kernel(op)) is not None]
 
     def _kernel(self, op: Operator) -> Tensor | None:
         if op.name in KERNEL_OPS and len(op.inputs) > 1 and op.inputs[1] >= 0:
