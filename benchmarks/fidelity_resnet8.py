@@ -48,15 +48,15 @@ def variants(samples: int, scale: float) -> dict[str, tuple[list[recipe.Stage], 
         return FitConfig(steps=max(1, round(steps * scale)), batch_size=64,
                          learning_rate=learning_rate, schedule="cosine", augment=True)
 
-    def kd(label_weight):
-        return distill.Config(temperature=4.0, alpha=label_weight)
+    def kd(label_weight, features=0.0):
+        return distill.Config(temperature=4.0, alpha=label_weight, features=features)
 
     def qat(label_weight, steps=1000):
         return recipe.Stage("qat", quantize.Config(), fit(steps, 1e-4), kd(label_weight))
 
-    def pqat(label_weight):
+    def pqat(label_weight, features=0.0):
         return recipe.Stage("qat", quantize.Config(scheme="prune-preserve"), fit(500, 1e-4),
-                            kd(label_weight))
+                            kd(label_weight, features))
 
     return {
         "QAT, labels only": ([recipe.Stage("qat", quantize.Config(), fit(1000, 1e-4))], False),
@@ -67,6 +67,10 @@ def variants(samples: int, scale: float) -> dict[str, tuple[list[recipe.Stage], 
             recipe.pruning(fit(3000, 2e-3), samples, sparsity=0.75, allocation="global",
                            distill=kd(0.1)),
             pqat(0.1)], False),
+        "prune 75% (global) + KD a=0.1 + feature maps x10, PQAT": ([
+            recipe.pruning(fit(3000, 2e-3), samples, sparsity=0.75, allocation="global",
+                           distill=kd(0.1, features=10.0)),
+            pqat(0.1, features=10.0)], False),
         "channels 8/16/40 + KD a=0.1 + JPEG transfer, QAT": ([
             recipe.Stage("channels", CHANNELS_8_16_40, fit(4000, 1e-3), kd(0.1)),
             qat(0.1, 500)], True),

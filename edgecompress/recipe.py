@@ -49,7 +49,10 @@ class Stage:
     def describe(self) -> str:
         text = "fine-tuning" if self.technique == "finetune" else \
             techniques.get(self.technique).describe(self.config)
-        return text + (f", distilled at T={self.distill.temperature}" if self.distill else "")
+        if self.distill is None:
+            return text
+        return text + f", distilled at T={self.distill.temperature}" + (
+            f" and feature maps x{self.distill.features:g}" if self.distill.features else "")
 
 
 def pruning(fit_config: FitConfig, samples: int, *, sparsity: float = 0.5,

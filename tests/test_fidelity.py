@@ -169,6 +169,44 @@ def test_hard_loss_leaves_out_transfer_images():
     assert labelled == pytest.approx(-math.log(0.9), rel=1e-5)  # the second image left out
 
 
+def _stage_maps(model, names, x):
+    maps = keras.Model(model.inputs, [model.get_layer(n).output for n in names])
+    return maps.predict(x, verbose=0)
+
+
+def test_feature_matching_adds_the_normalised_distance_of_the_stage_maps(trained, test_set):
+    teacher, student = trained[0], models.load(trained[1])
+    student.set_weights([w + 0.05 for w in student.get_weights()])  # maps now differ
+    x, y = test_set.x[:32].astype("float32") / 255, test_set.y[:32]
+    names = distill.stage_outputs(teacher)
+    assert [teacher.get_layer(n).output_shape[1] for n in names] == [16, 8, 4]
+    losses = {}
+    for features in (0.0, 2.0):
+        trainer = distill.Distiller(student=student, teacher=teacher,
+                                    config=distill.Config(features=features))
+        trainer.compile(weighted_metrics=["accuracy"])
+        losses[features] = trainer.evaluate(x, y, batch_size=32, verbose=0,
+                                            return_dict=True)["loss"]
+    distance = np.mean([np.mean((s - t) ** 2) / np.mean(t ** 2) for s, t in
+                        zip(_stage_maps(student, names, x), _stage_maps(teacher, names, x))])
+    assert distance > 0.01
+    assert losses[2.0] == pytest.approx(losses[0.0] + 2.0 * distance, rel=1e-4)
+
+
+def test_feature_matching_finds_wrapped_layers_and_refuses_other_shapes(trained):
+    from edgecompress.techniques import channels, prune
+
+    teacher = trained[0]
+    pruned = prune.apply(models.load(trained[1]), prune.Config(sparsity=0.5))
+    student_maps, teacher_maps = distill.feature_models(pruned, teacher)
+    assert len(student_maps.outputs) == len(teacher_maps.outputs) == 4  # 3 maps + predictions
+    thinner = channels.apply(models.load(trained[1]), channels.Config(ratio=0.5))
+    with pytest.raises(OptionError, match="feature maps"):
+        distill.Distiller(student=thinner, teacher=teacher, config=distill.Config(features=1))
+    with pytest.raises(OptionError, match="features"):
+        distill.Config(features=-1)
+
+
 def _softmax_model():
     inputs = keras.Input((2,))
     return keras.Model(inputs, keras.layers.Softmax()(inputs))

@@ -20,7 +20,7 @@ from . import common
 DEFAULT_LABEL_WEIGHT = 0.1
 # Options that build the stages; a recipe file carries its own.
 STAGE_OPTIONS = ("steps", "epochs", "qat_steps", "qat_learning_rate", "batch_size", "augment",
-                 "learning_rate", "schedule", "temperature", "label_weight")
+                 "learning_rate", "schedule", "temperature", "label_weight", "feature_weight")
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -85,6 +85,10 @@ def parser(description: str) -> argparse.ArgumentParser:
                         f"(default {DEFAULT_LABEL_WEIGHT}: the input model is the best "
                         "description of what the compressed one should do; 1 trains on "
                         "labels alone)")
+    p.add_argument("--feature-weight", type=float, default=0.0,
+                   help="distillation: weight of matching the input model's feature maps at "
+                        "the end of each resolution, for students that keep its layers "
+                        "(pruning, clustering, QAT); default %(default)s, none")
     p.add_argument("--strategy", default="none", choices=STRATEGIES,
                    help="distribution strategy for fine-tuning (default none)")
     p.add_argument("--seed", type=int, default=0)
@@ -124,7 +128,8 @@ def distill_config(args):
 
     if args.label_weight == 1:
         return None
-    return distill.Config(temperature=args.temperature, alpha=args.label_weight)
+    return distill.Config(temperature=args.temperature, alpha=args.label_weight,
+                          features=args.feature_weight)
 
 
 def load_inputs(args):
