@@ -88,7 +88,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--feature-weight", type=float, default=0.0,
                    help="distillation: weight of matching the input model's feature maps at "
                         "the end of each resolution, for students that keep its layers "
-                        "(pruning, clustering, QAT); default %(default)s, none")
+                        "(pruning, clustering, QAT); default %(default)s: none")
     p.add_argument("--strategy", default="none", choices=STRATEGIES,
                    help="distribution strategy for fine-tuning (default none)")
     p.add_argument("--seed", type=int, default=0)
