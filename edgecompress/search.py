@@ -1,8 +1,9 @@
 """The budgeted search: the smallest and fastest `.tflite` for a target that keeps within an
 accuracy budget, found by Optuna instead of by hand.
 
-Each trial draws a channel ratio per prunable group, fine-tunes briefly with distillation
-from the input model, trains quantisation-aware, exports full INT8 and is judged like every
+Each trial draws a channel ratio per prunable group (and, when asked, 8- or 4-bit
+weights), fine-tunes briefly with distillation from the input model, trains
+quantisation-aware, exports full INT8 (int4w for 4-bit weights) and is judged like every
 other file here: on LiteRT against the float Keras model (the paired drop), its exact
 bytes, and its latency (LiteRT on this machine for phone and Linux targets; for
 microcontrollers the calibrated MAC estimate). With `emulate`, latency comes from the
@@ -59,7 +60,7 @@ def run(model, train, eval_data, out: Path, *, target, max_drop: float = 1.0,
         study_name: str = "edgecompress", max_ratio: float = 0.75, divisor: int = 1,
         steps: int = 300, qat_steps: int = 100, seed: int = 0, transfer=None,
         emulate=None, workers: int = 1, finalists: int = 0, final_steps: int = 3000,
-        final_qat_steps: int = 500) -> dict:
+        final_qat_steps: int = 500, weight_bits=(8,)) -> dict:
     """Runs (or resumes) a study and writes its results in `out`.
 
     Args:
@@ -81,6 +82,8 @@ def run(model, train, eval_data, out: Path, *, target, max_drop: float = 1.0,
         emulate: a `verdict.Emulation`: judge trials on the target's emulated core or
             CPU class (latency from the lowest cycles per instruction; on microcontrollers
             also the firmware's exact flash and RAM).
+        weight_bits: the weights' bits the trials choose from: (8,), (4,) or (8, 4). 4-bit
+            weights train quantisation-aware at 4 bits and export as int4w.
 
     Returns:
         {"trials": rows, "front": rows, "best": row or None, "feasible": count,
@@ -97,6 +100,7 @@ def run(model, train, eval_data, out: Path, *, target, max_drop: float = 1.0,
     if trials < 0 or finalists < 0:
         raise OptionError(f"`trials` and `finalists` count; they cannot be negative. "
                           f"Received: trials={trials}, finalists={finalists}.")
+    weight_bits = _check_weight_bits(weight_bits, target, emulate)
     seconds = parse_duration(time_budget)
     out = Path(out)
     (out / "trials").mkdir(parents=True, exist_ok=True)
@@ -112,10 +116,11 @@ def run(model, train, eval_data, out: Path, *, target, max_drop: float = 1.0,
     study = _study(storage, study_name, seed)
     _same_settings(study, {"target": target.name, "max_drop": max_drop,
                            "max_ratio": max_ratio, "divisor": divisor, "steps": steps,
-                           "qat_steps": qat_steps, "groups": groups})
+                           "qat_steps": qat_steps, "groups": groups}
+                   | ({"weight_bits": list(weight_bits)} if weight_bits != (8,) else {}))
     objective = _Objective(model, train, eval_data, keras_labels, out, target, max_drop,
                            groups, max_ratio, divisor, steps, qat_steps, seed, transfer,
-                           emulate)
+                           weight_bits, emulate)
     print(f"search: {len(groups)} channel groups, up to {trials} trial(s)"
           + (f" or {seconds:g} s" if seconds else "") + f", target {target.name}, budget "
           f"{max_drop:g} points" + (f", {workers} workers" if workers > 1 else ""),
@@ -130,6 +135,19 @@ def run(model, train, eval_data, out: Path, *, target, max_drop: float = 1.0,
                   "finished trials are kept", file=sys.stderr, flush=True)
     finals = _finalists(objective, study, finalists, final_steps, final_qat_steps)
     return summarise(study, out, finals)  # trials are read from the storage, workers' too
+
+
+def _check_weight_bits(weight_bits, target, emulate) -> tuple[int, ...]:
+    bits = tuple(dict.fromkeys(int(b) for b in weight_bits))
+    if not bits or not set(bits) <= {4, 8}:
+        raise OptionError(f"`weight_bits` must be 8, 4 or both. Received: {weight_bits!r}.")
+    if 4 in bits and not target.int4_weights:
+        raise OptionError(f"{target.name} does not run int4 weights; search 8-bit weights.")
+    if 4 in bits and target.runtime == "tflm" and emulate is None:
+        raise OptionError("4-bit weights on a microcontroller need --emulate: the MAC "
+                          "estimate cannot see the cost of unpacking them, the emulated "
+                          "instruction count does.")
+    return bits
 
 
 def _finalists(objective, study, count: int, steps: int, qat_steps: int) -> list[dict]:
@@ -147,8 +165,9 @@ def _finalists(objective, study, count: int, steps: int, qat_steps: int) -> list
         print(f"finalist: trial {trial.number} again at {steps} + {qat_steps} steps ...",
               flush=True)
         ratios = {g: trial.params[f"ratio {g}"] for g in objective.groups}
+        bits = trial.params.get("weight bits", objective.weight_bits[0])
         row, constraints = objective.build(
-            objective.stages(ratios, steps, qat_steps),
+            objective.stages(ratios, bits, steps, qat_steps),
             objective.out / "finalists" / f"trial_{trial.number}.tflite")
         fits = all(v <= 0 for v in constraints.values())
         rows.append({"trial": trial.number, **row, "fits": fits,
@@ -166,8 +185,9 @@ def _same_settings(study, settings: dict) -> None:
     if recorded is None:
         study.set_user_attr("settings", settings)
         return
-    changed = [f"{key} {recorded.get(key)!r} -> {value!r}" for key, value in settings.items()
-               if recorded.get(key) != value]
+    changed = [f"{key} {recorded.get(key)!r} -> {settings.get(key)!r}"
+               for key in dict.fromkeys([*recorded, *settings])
+               if recorded.get(key) != settings.get(key)]
     if changed:
         raise OptionError(f"This study was run with other settings ({'; '.join(changed)}): "
                           "give another --out (or --storage), or the same settings.")
@@ -237,6 +257,7 @@ class _Objective:
     qat_steps: int
     seed: int
     transfer: object
+    weight_bits: tuple = (8,)
     emulate: object = None
     best: tuple | None = None  # (trial, bytes) of this process's smallest fitting trial
 
@@ -244,8 +265,10 @@ class _Objective:
         started = time.perf_counter()
         ratios = {g: trial.suggest_float(f"ratio {g}", 0.0, self.max_ratio, step=RATIO_STEP)
                   for g in self.groups}
+        bits = trial.suggest_categorical("weight bits", self.weight_bits) \
+            if len(self.weight_bits) > 1 else self.weight_bits[0]
         row, constraints = self.build(
-            self.stages(ratios), self.out / "trials" / f"trial_{trial.number}.tflite")
+            self.stages(ratios, bits), self.out / "trials" / f"trial_{trial.number}.tflite")
         row = {"trial": trial.number, **row,
                "seconds": round(time.perf_counter() - started, 1)}
         trial.set_user_attr("row", row)
@@ -269,13 +292,15 @@ class _Objective:
         with contextlib.redirect_stdout(io.StringIO()):  # one line per trial, by the caller
             final, _ = recipe.run(models.copy(self.model), stages, self.train,
                                   seed=self.seed, verbose=0, transfer=self.transfer)
-        path = tflite.export(final, path, mode="int8", data=self.train)
+        mode = "int4w" if stages[-1].config.weight_bits == 4 else "int8"
+        path = tflite.export(final, path, mode=mode, data=self.train)
         recipe.save(stages, path.with_suffix(".json"))
         result = verify.evaluate(path, self.eval_data, reference=self.keras_labels,
                                  latency_runs=50)
         drop = budget.Drop(**result.drop)
         latency, flash, ram = self.device_figures(inspect.open(path), result)
-        row = {"bytes": result.bytes, "latency_ms": latency, "flash_bytes": flash,
+        row = {"weight_bits": stages[-1].config.weight_bits,
+               "bytes": result.bytes, "latency_ms": latency, "flash_bytes": flash,
                "accuracy": result.accuracy, "agreement": result.agreement,
                "drop_points": drop.points, "drop_95": f"{drop.low:+.2f} to {drop.high:+.2f}",
                "ram_bytes": ram, "file": str(path)}
@@ -285,8 +310,8 @@ class _Objective:
             "RAM": ram - self.target.ram_bytes if self.target.ram_bytes else -1}
         return row, constraints
 
-    def stages(self, ratios: dict, steps: int | None = None, qat_steps: int | None = None
-               ) -> list[recipe.Stage]:
+    def stages(self, ratios: dict, weight_bits: int = 8, steps: int | None = None,
+               qat_steps: int | None = None) -> list[recipe.Stage]:
         """The trial's recipe; `steps` and `qat_steps` lengthen it for a finalist."""
         teach = distill.Config(alpha=0.1)
         shrink = channels.Config(ratio=0.0, ratios={g: r for g, r in ratios.items() if r},
@@ -294,14 +319,14 @@ class _Objective:
         return [recipe.Stage("channels", shrink, FitConfig(
                     steps=steps or self.steps, batch_size=64, learning_rate=1e-3,
                     schedule="cosine", augment=True), teach),
-                recipe.Stage("qat", quantize.Config(), FitConfig(
+                recipe.Stage("qat", quantize.Config(weight_bits=weight_bits), FitConfig(
                     steps=qat_steps or self.qat_steps, batch_size=64, learning_rate=1e-4,
                     schedule="cosine", augment=True), teach)]
 
     def device_figures(self, file, result) -> tuple[float, int, int]:
         """(latency ms, flash bytes, RAM bytes) on the target: emulated when asked (the
-        lowest estimate from the counted instructions: it ranks like the count; all trials
-        are int8, so one calibration band serves them), else the
+        lowest estimate from the counted instructions: it ranks like the count; int4w files
+        run the int8 kernels after unpacking, counted too, so one calibration band serves), else the
         calibrated MAC estimate on microcontrollers (optimised kernels) or LiteRT's median
         here, with the file's bytes and the peak activation estimate."""
         if self.emulate is not None:
@@ -343,7 +368,8 @@ def summarise(study, out: Path, finals: list[dict] = ()) -> dict:
         shutil.rmtree(out / "best", ignore_errors=True)
         (out / "best").mkdir()
         source = Path(best["file"])
-        shutil.copy(source, out / "best" / "model_int8.tflite")
+        mode = "int4w" if best.get("weight_bits") == 4 else "int8"
+        shutil.copy(source, out / "best" / f"model_{mode}.tflite")
         shutil.copy(source.with_suffix(".json"), out / "best" / "recipe.json")
         lines += [f"Best: trial {best['trial']}, {best['bytes']:,} bytes, "
                   f"{best['latency_ms']:.3g} ms, drop {best['drop_points']:+.2f} points "

@@ -67,6 +67,29 @@ def test_an_impossible_budget_is_exit_1_with_the_trials_written(trained, tmp_pat
     assert search.parse_duration("2h") == 7200
 
 
+def test_4_bit_trials_export_int4_weights(trained, train_set, test_set, tmp_path, board):
+    from edgecompress.device import inspect
+
+    train, judge = train_set.with_preprocess("unit"), test_set.with_preprocess("unit")
+    result = search.run(trained[0], train, judge, tmp_path, target="phone-cpu-1t",
+                        max_drop=100, trials=1, weight_bits=(4,), **SHORT)
+    (row,) = result["trials"]
+    assert row["weight_bits"] == 4
+    assert "INT4" in {t.dtype for t in inspect.open(row["file"]).tensors}
+    assert (tmp_path / "best" / "model_int4w.tflite").exists()
+    both = search.run(trained[0], train, judge, tmp_path / "both", target="phone-cpu-1t",
+                      max_drop=100, trials=1, weight_bits=(8, 4), **SHORT)
+    chosen = json.loads((tmp_path / "both" / "trials" / "trial_0.json").read_text())
+    bits = chosen["stages"][-1]["config"]["weight_bits"]
+    assert both["trials"][0]["weight_bits"] == bits in (8, 4)
+    with pytest.raises(OptionError, match="need --emulate"):
+        search.run(trained[0], train, judge, tmp_path / "mcu", target=board, weight_bits=(8, 4),
+                   **SHORT)
+    with pytest.raises(OptionError, match="8, 4 or both"):
+        search.run(trained[0], train, judge, tmp_path / "x", target="phone-cpu-1t",
+                   weight_bits=(2,), **SHORT)
+
+
 @pytest.mark.slow
 def test_two_workers_share_the_trials_without_repeating_one(trained, train_set, test_set,
                                                           tmp_path):
