@@ -325,10 +325,10 @@ class _Objective:
 
     def device_figures(self, file, result) -> tuple[float, int, int]:
         """(latency ms, flash bytes, RAM bytes) on the target: emulated when asked (the
-        lowest estimate from the counted instructions: it ranks like the count; int4w files
-        run the int8 kernels after unpacking, counted too, so one calibration band serves), else the
-        calibrated MAC estimate on microcontrollers (optimised kernels) or LiteRT's median
-        here, with the file's bytes and the peak activation estimate."""
+        lowest estimate from the counted instructions: it ranks like the count, and the
+        count covers whatever the int4 kernels do), else the calibrated MAC estimate on
+        microcontrollers (optimised kernels) or LiteRT's median here, with the file's bytes
+        and the peak activation estimate."""
         if self.emulate is not None:
             emulated = verdict.verify_target(file, self.target, emulate=self.emulate) \
                 .figures["emulated"]
