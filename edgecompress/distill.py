@@ -118,9 +118,9 @@ class Distiller(keras.Model):
         if student.output_shape != teacher.output_shape:
             raise OptionError(f"The student's output {student.output_shape} differs from the "
                               f"teacher's {teacher.output_shape}.")
+        self.maps = feature_models(student, teacher) if config.features > 0 else None
         self.student, self.teacher, self.config = student, teacher, config
         self.teacher.trainable = False
-        self.maps = feature_models(student, teacher) if config.features > 0 else None
         self.soft_loss = keras.losses.KLDivergence()
         self.loss_tracker = keras.metrics.Mean(name="loss")
 

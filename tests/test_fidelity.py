@@ -175,7 +175,8 @@ def _stage_maps(model, names, x):
 
 
 def test_feature_matching_adds_the_normalised_distance_of_the_stage_maps(trained, test_set):
-    teacher, student = trained[0], models.load(trained[1])
+    # a Distiller freezes its teacher: a copy, not the session's model
+    teacher, student = models.load(trained[1]), models.load(trained[1])
     student.set_weights([w + 0.05 for w in student.get_weights()])  # maps now differ
     x, y = test_set.x[:32].astype("float32") / 255, test_set.y[:32]
     names = distill.stage_outputs(teacher)
@@ -196,13 +197,14 @@ def test_feature_matching_adds_the_normalised_distance_of_the_stage_maps(trained
 def test_feature_matching_finds_wrapped_layers_and_refuses_other_shapes(trained):
     from edgecompress.techniques import channels, prune
 
-    teacher = trained[0]
+    teacher = models.load(trained[1])
     pruned = prune.apply(models.load(trained[1]), prune.Config(sparsity=0.5))
     student_maps, teacher_maps = distill.feature_models(pruned, teacher)
     assert len(student_maps.outputs) == len(teacher_maps.outputs) == 4  # 3 maps + predictions
     thinner = channels.apply(models.load(trained[1]), channels.Config(ratio=0.5))
     with pytest.raises(OptionError, match="feature maps"):
         distill.Distiller(student=thinner, teacher=teacher, config=distill.Config(features=1))
+    assert teacher.trainable  # refused before it touched the teacher
     with pytest.raises(OptionError, match="features"):
         distill.Config(features=-1)
 
