@@ -142,20 +142,16 @@ class Distiller(keras.Model):
         hard = tf.reduce_sum(per_image * labelled) / tf.maximum(tf.reduce_sum(labelled), 1.0)
         return self.config.alpha * hard + (1 - self.config.alpha) * soft
 
-    def _forward(self, model_index, x, training):
-        """(feature maps, predictions) of the student (0) or the teacher (1)."""
-        if self.maps is None:
-            return [], (self.student, self.teacher)[model_index](x, training=training)
-        *maps, outputs = self.maps[model_index](x, training=training)
-        return maps, outputs
-
     def _total_loss(self, x, y, training):
-        teacher_maps, teacher_outputs = self._forward(1, x, False)
-        student_maps, student_outputs = self._forward(0, x, training)
+        if self.maps is None:
+            student_outputs = self.student(x, training=training)
+            return self._loss(y, student_outputs, self.teacher(x, training=False)), \
+                student_outputs
+        *student_maps, student_outputs = self.maps[0](x, training=training)
+        *teacher_maps, teacher_outputs = self.maps[1](x, training=False)
         loss = self._loss(y, student_outputs, teacher_outputs)
-        if self.maps is not None:
-            loss += self.config.features * _feature_loss(student_maps, teacher_maps)
-        return loss, student_outputs
+        return loss + self.config.features * _feature_loss(student_maps, teacher_maps), \
+            student_outputs
 
     def train_step(self, data):
         x, y = data

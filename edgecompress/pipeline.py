@@ -128,8 +128,7 @@ def compress(model, stages: list[recipe.Stage], train_data, eval_data, out: Path
     models.save(final, out / "model.h5")
     if keras3:
         _save_keras3(final, out / "model.keras")
-    mode = "int4w" if quantize.is_wrapped(final) and quantize.weight_bits(final) == 4 \
-        else "int8"  # a 4-bit QAT model exports as int4w only
+    mode = quantize.export_mode(final)
     name, file = f"recipe {mode.upper()}", f"model_{mode}.tflite"
     print(f"[3/4] exporting the result to {mode.upper()} ...", flush=True)
     files[name] = tflite.export(final, out / file, mode=mode, **calibration)

@@ -292,8 +292,7 @@ class _Objective:
         with contextlib.redirect_stdout(io.StringIO()):  # one line per trial, by the caller
             final, _ = recipe.run(models.copy(self.model), stages, self.train,
                                   seed=self.seed, verbose=0, transfer=self.transfer)
-        mode = "int4w" if stages[-1].config.weight_bits == 4 else "int8"
-        path = tflite.export(final, path, mode=mode, data=self.train)
+        path = tflite.export(final, path, mode=quantize.export_mode(final), data=self.train)
         recipe.save(stages, path.with_suffix(".json"))
         result = verify.evaluate(path, self.eval_data, reference=self.keras_labels,
                                  latency_runs=50)

@@ -603,8 +603,8 @@ def _add_search(commands) -> None:
                     "quantisation-aware, exports INT8 (int4w with --weight-bits 4) and is "
                     "judged on LiteRT against the float model (paired drop), its exact bytes "
                     "and its latency on the target (with --emulate, on its emulated core or "
-                    "CPU class). Writes trials/, "
-                    "trials.json, report.md, pareto.png and best/ (the winner's .tflite and "
+                    "CPU class). Writes trials/, trials.json, report.md, pareto.png and "
+                    "best/ (the winner's .tflite and "
                     "recipe.json, for edgecompress run at full length). Trials are kept in "
                     "--storage, so the same command resumes, and several processes can share "
                     "one study. Exit status 0, 1 when no candidate fits, 2 for bad input.")

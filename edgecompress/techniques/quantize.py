@@ -145,6 +145,11 @@ def is_wrapped(model: keras.Model) -> bool:
                or type(layer).__name__ == "QuantizeLayer" for layer in model.layers)
 
 
+def export_mode(model: keras.Model) -> str:
+    """The full-integer export a trained model needs: int4w after 4-bit QAT, else int8."""
+    return "int4w" if is_wrapped(model) and weight_bits(model) == 4 else "int8"
+
+
 def weight_bits(model: keras.Model) -> int:
     """The bits a quantisation-aware model's kernels were trained for (8 if none says)."""
     bits = {getattr(quantizer, "num_bits", 8) for layer in model.layers
