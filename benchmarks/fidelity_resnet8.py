@@ -40,6 +40,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # channels per stage 8/16/40 (multiples of 8 for XNNPACK; benchmarks/structured_resnet8.py)
 CHANNELS_8_16_40 = channels.Config(ratio=0.5, divisor=8,
                                    ratios={"conv2d_6": 0.375, "conv2d_7": 0.375})
+# the same with the first stage whole: its 3x3 convolutions hold few weights
+CHANNELS_16_16_40 = channels.Config(ratio=0.5, divisor=8, ratios={
+    "conv2d": 0.0, "conv2d_1": 0.0, "conv2d_6": 0.375, "conv2d_7": 0.375})
 
 
 def variants(samples: int, scale: float) -> dict[str, tuple[list[recipe.Stage], bool]]:
@@ -72,8 +75,11 @@ def variants(samples: int, scale: float) -> dict[str, tuple[list[recipe.Stage], 
                            distill=kd(0.1, features=10.0)),
             pqat(0.1, features=10.0)], False),
         "channels 8/16/40 + KD a=0.1 + JPEG transfer, QAT": ([
-            recipe.Stage("channels", CHANNELS_8_16_40, fit(4000, 1e-3), kd(0.1)),
-            qat(0.1, 500)], True),
+            recipe.Stage("channels", CHANNELS_8_16_40, fit(10000, 1e-3), kd(0.1)),
+            qat(0.1, 1250)], True),
+        "channels 16/16/40 + KD a=0.1 + JPEG transfer, QAT": ([
+            recipe.Stage("channels", CHANNELS_16_16_40, fit(10000, 1e-3), kd(0.1)),
+            qat(0.1, 1250)], True),
     }
 
 
