@@ -66,10 +66,6 @@ def variants(samples: int, scale: float) -> dict[str, tuple[list[recipe.Stage], 
         "QAT + KD a=0.5": ([qat(0.5)], False),
         "QAT + KD a=0.1": ([qat(0.1)], False),
         "QAT + KD a=0.1 + JPEG transfer": ([qat(0.1)], True),
-        "prune 75% (global) + KD a=0.1, PQAT": ([
-            recipe.pruning(fit(3000, 2e-3), samples, sparsity=0.75, allocation="global",
-                           distill=kd(0.1)),
-            pqat(0.1)], False),
         "prune 75% (global) + KD a=0.1 + feature maps x10, PQAT": ([
             recipe.pruning(fit(3000, 2e-3), samples, sparsity=0.75, allocation="global",
                            distill=kd(0.1, features=10.0)),
