@@ -26,6 +26,7 @@ within 1.5 points.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 import time
@@ -41,8 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CHANNELS_8_16_40 = channels.Config(ratio=0.5, divisor=8,
                                    ratios={"conv2d_6": 0.375, "conv2d_7": 0.375})
 # the same with the first stage whole: its 3x3 convolutions hold few weights
-CHANNELS_16_16_40 = channels.Config(ratio=0.5, divisor=8, ratios={
-    "conv2d": 0.0, "conv2d_1": 0.0, "conv2d_6": 0.375, "conv2d_7": 0.375})
+CHANNELS_16_16_40 = dataclasses.replace(
+    CHANNELS_8_16_40, ratios={**CHANNELS_8_16_40.ratios, "conv2d": 0.0, "conv2d_1": 0.0})
 
 
 def variants(samples: int, scale: float) -> dict[str, tuple[list[recipe.Stage], bool]]:
@@ -57,6 +58,9 @@ def variants(samples: int, scale: float) -> dict[str, tuple[list[recipe.Stage], 
     def qat(label_weight, steps=1000):
         return recipe.Stage("qat", quantize.Config(), fit(steps, 1e-4), kd(label_weight))
 
+    def channel_student(config):
+        return [recipe.Stage("channels", config, fit(10000, 1e-3), kd(0.1)), qat(0.1, 1250)]
+
     def pqat(label_weight, features=0.0):
         return recipe.Stage("qat", quantize.Config(scheme="prune-preserve"), fit(500, 1e-4),
                             kd(label_weight, features))
@@ -70,12 +74,10 @@ def variants(samples: int, scale: float) -> dict[str, tuple[list[recipe.Stage], 
             recipe.pruning(fit(3000, 2e-3), samples, sparsity=0.75, allocation="global",
                            distill=kd(0.1, features=10.0)),
             pqat(0.1, features=10.0)], False),
-        "channels 8/16/40 + KD a=0.1 + JPEG transfer, QAT": ([
-            recipe.Stage("channels", CHANNELS_8_16_40, fit(10000, 1e-3), kd(0.1)),
-            qat(0.1, 1250)], True),
-        "channels 16/16/40 + KD a=0.1 + JPEG transfer, QAT": ([
-            recipe.Stage("channels", CHANNELS_16_16_40, fit(10000, 1e-3), kd(0.1)),
-            qat(0.1, 1250)], True),
+        "channels 8/16/40 + KD a=0.1 + JPEG transfer, QAT": (
+            channel_student(CHANNELS_8_16_40), True),
+        "channels 16/16/40 + KD a=0.1 + JPEG transfer, QAT": (
+            channel_student(CHANNELS_16_16_40), True),
     }
 
 
