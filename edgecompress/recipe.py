@@ -52,7 +52,8 @@ class Stage:
         if self.distill is None:
             return text
         return text + f", distilled at T={self.distill.temperature}" + (
-            f" and feature maps x{self.distill.features:g}" if self.distill.features else "")
+            f" and feature maps x{self.distill.features:g}" if self.distill.features else "") + (
+            " on mixup blends" if self.distill.mixup else "")
 
 
 def pruning(fit_config: FitConfig, samples: int, *, sparsity: float = 0.5,
