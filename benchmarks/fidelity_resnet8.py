@@ -52,16 +52,14 @@ def variants(samples: int, scale: float) -> dict[str, tuple[list[recipe.Stage], 
         return FitConfig(steps=max(1, round(steps * scale)), batch_size=64,
                          learning_rate=learning_rate, schedule="cosine", augment=True)
 
-    def kd(label_weight, features=0.0, mixup=False):
-        return distill.Config(temperature=4.0, alpha=label_weight, features=features,
-                              mixup=mixup)
+    def kd(label_weight, features=0.0):
+        return distill.Config(temperature=4.0, alpha=label_weight, features=features)
 
     def qat(label_weight, steps=1000):
         return recipe.Stage("qat", quantize.Config(), fit(steps, 1e-4), kd(label_weight))
 
-    def channel_student(config, mixup=False):
-        return [recipe.Stage("channels", config, fit(10000, 1e-3), kd(0.1, mixup=mixup)),
-                recipe.Stage("qat", quantize.Config(), fit(1250, 1e-4), kd(0.1, mixup=mixup))]
+    def channel_student(config):
+        return [recipe.Stage("channels", config, fit(10000, 1e-3), kd(0.1)), qat(0.1, 1250)]
 
     def pqat(label_weight, features=0.0):
         return recipe.Stage("qat", quantize.Config(scheme="prune-preserve"), fit(500, 1e-4),
@@ -80,8 +78,6 @@ def variants(samples: int, scale: float) -> dict[str, tuple[list[recipe.Stage], 
             channel_student(CHANNELS_8_16_40), True),
         "channels 16/16/40 + KD a=0.1 + JPEG transfer, QAT": (
             channel_student(CHANNELS_16_16_40), True),
-        "channels 16/16/40 + KD a=0.1 + mixup + JPEG transfer, QAT": (
-            channel_student(CHANNELS_16_16_40, mixup=True), True),
     }
 
 

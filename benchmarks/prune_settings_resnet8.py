@@ -1,6 +1,6 @@
 """Which pruning settings keep the MLPerf Tiny ResNet-8 faithful: allocation, learning rate,
-transfer images, feature-map distillation and mixup for 75 % magnitude pruning, on the Keras
-model (no QAT, no export), one run.
+transfer images and feature-map distillation for 75 % magnitude pruning, on the Keras model
+(no QAT, no export), one run.
 
 Each setting prunes the float model for `--steps` steps on `train_original.npz`, distilling
 from it (label weight 0.1, T=4, flips and shifts), and is judged on the images it learned
@@ -26,15 +26,14 @@ from edgecompress import distill, models, recipe, report
 from edgecompress.train import FitConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-# name -> (allocation, learning rate, JPEG transfer, weight of the feature maps, mixup)
+# name -> (allocation, learning rate, JPEG transfer, weight of the feature maps)
 SETTINGS = {
-    "uniform, 5e-4": ("uniform", 5e-4, False, 0.0, False),
-    "uniform, 2e-3": ("uniform", 2e-3, False, 0.0, False),
-    "global, 5e-4": ("global", 5e-4, False, 0.0, False),
-    "global, 2e-3": ("global", 2e-3, False, 0.0, False),
-    "global, 2e-3, JPEG transfer": ("global", 2e-3, True, 0.0, False),
-    "global, 2e-3, feature maps x10": ("global", 2e-3, False, 10.0, False),
-    "global, 2e-3, feature maps x10, mixup": ("global", 2e-3, False, 10.0, True),
+    "uniform, 5e-4": ("uniform", 5e-4, False, 0.0),
+    "uniform, 2e-3": ("uniform", 2e-3, False, 0.0),
+    "global, 5e-4": ("global", 5e-4, False, 0.0),
+    "global, 2e-3": ("global", 2e-3, False, 0.0),
+    "global, 2e-3, JPEG transfer": ("global", 2e-3, True, 0.0),
+    "global, 2e-3, feature maps x10": ("global", 2e-3, False, 10.0),
 }
 
 
@@ -62,7 +61,7 @@ def main(argv=None) -> int:
                for name, d in judged.items()}
     transfer = jpeg_transfer(setting.cifar)
     rows = []
-    for name, (allocation, learning_rate, uses_transfer, features, mixup) in SETTINGS.items():
+    for name, (allocation, learning_rate, uses_transfer, features) in SETTINGS.items():
         if args.only and not any(text in name for text in args.only):
             continue
         print(f"\n=== {name} ===", flush=True)
@@ -72,7 +71,7 @@ def main(argv=None) -> int:
                         schedule="cosine", augment=True)
         stage = recipe.pruning(fit, samples, sparsity=args.sparsity, allocation=allocation,
                                distill=distill.Config(temperature=4.0, alpha=0.1,
-                                                      features=features, mixup=mixup))
+                                                      features=features))
         started = time.perf_counter()
         pruned, _ = recipe.run(models.load(setting.h5), [stage], setting.train,
                                preprocess="raw", verbose=2, transfer=extra, seed=args.seed)

@@ -12,12 +12,6 @@ attention transfer, Zagoruyko & Komodakis 2017): `features * mean over those map
 |student - teacher|^2 / |teacher|^2`. Each image then teaches thousands of numbers instead
 of ten, which helps when fine-tuning images are few. It needs a student with the teacher's
 layers and shapes (pruned, clustered, quantisation-aware), not a channel-pruned one.
-
-With `mixup` each training image is blended with another of its batch, `lam * a + (1 - lam)
-* b` with `lam` uniform in [0, 1] per image, and teacher and student see the same blend
-("function matching", Beyer et al. 2022, "Knowledge distillation: A good teacher is patient
-and consistent"): the student learns the teacher's function between the images as well as
-on them. The hard-label term weighs both labels by their share (Zhang et al. 2018, mixup).
 """
 
 from __future__ import annotations
@@ -37,7 +31,6 @@ class Config:
     temperature: float = 4.0
     alpha: float = 0.1
     features: float = 0.0
-    mixup: bool = False
 
     def __post_init__(self):
         if not self.temperature > 0:
@@ -47,8 +40,6 @@ class Config:
             raise OptionError(f"`alpha` must be in [0, 1]. Received: alpha={self.alpha}.")
         if not self.features >= 0:
             raise OptionError(f"`features` must be >= 0. Received: features={self.features}.")
-        if not isinstance(self.mixup, bool):
-            raise OptionError(f"`mixup` must be true or false. Received: mixup={self.mixup!r}.")
 
 
 def _log_probabilities(outputs):
@@ -111,27 +102,6 @@ def _labelled(y):
     return tf.cast(tf.not_equal(tf.reshape(y, [-1]), NO_LABEL), tf.float32)
 
 
-def _mixed(x, y):
-    """Each image blended with another of the batch: the images, and for the hard-label
-    term (label, share) pairs for both sources."""
-    others = tf.random.shuffle(tf.range(tf.shape(x)[0]))
-    share = tf.random.uniform(tf.shape(x)[:1])
-    blend = tf.reshape(share, [-1, 1, 1, 1])
-    x = tf.cast(x, tf.float32)
-    images = blend * x + (1 - blend) * tf.gather(x, others)
-    return images, [(y, share), (tf.gather(y, others), 1 - share)]
-
-
-def _unmixed(y):
-    return [(y, tf.ones_like(y, tf.float32))]
-
-
-def _dominant(labels):
-    """Per image, the label of the source with the larger share (what accuracy counts)."""
-    (first, share), (second, _) = labels[0], labels[-1]
-    return tf.where(share >= 0.5, first, second)
-
-
 class Distiller(keras.Model):
     """A Keras trainer: fitting it trains `student` (in place) against a frozen `teacher`.
 
@@ -161,48 +131,40 @@ class Distiller(keras.Model):
     def call(self, x, training=False):
         return self.student(x, training=training)
 
-    def _loss(self, labels, student_outputs, teacher_outputs):
-        """`labels`: (label, share) pairs, one per source image of each input image."""
+    def _loss(self, y, student_outputs, teacher_outputs):
         t = self.config.temperature
         soft_teacher = tf.nn.softmax(_log_probabilities(teacher_outputs) / t)
         soft_student = tf.nn.softmax(_log_probabilities(student_outputs) / t)
         soft = self.soft_loss(soft_teacher, soft_student) * t * t
-        hard, weight = 0.0, 0.0
-        for y, share in labels:
-            labelled = _labelled(y) * share
-            per_image = keras.losses.sparse_categorical_crossentropy(
-                tf.maximum(y, 0), student_outputs)
-            hard += tf.reduce_sum(per_image * labelled)
-            weight += tf.reduce_sum(labelled)
-        hard /= tf.maximum(weight, 1.0)
+        labelled = _labelled(y)
+        per_image = keras.losses.sparse_categorical_crossentropy(
+            tf.maximum(y, 0), student_outputs)
+        hard = tf.reduce_sum(per_image * labelled) / tf.maximum(tf.reduce_sum(labelled), 1.0)
         return self.config.alpha * hard + (1 - self.config.alpha) * soft
 
-    def _total_loss(self, x, labels, training):
+    def _total_loss(self, x, y, training):
         if self.maps is None:
             student_outputs = self.student(x, training=training)
-            return self._loss(labels, student_outputs, self.teacher(x, training=False)), \
+            return self._loss(y, student_outputs, self.teacher(x, training=False)), \
                 student_outputs
         *student_maps, student_outputs = self.maps[0](x, training=training)
         *teacher_maps, teacher_outputs = self.maps[1](x, training=False)
-        loss = self._loss(labels, student_outputs, teacher_outputs)
+        loss = self._loss(y, student_outputs, teacher_outputs)
         return loss + self.config.features * _feature_loss(student_maps, teacher_maps), \
             student_outputs
 
     def train_step(self, data):
         x, y = data
-        y = tf.reshape(y, [-1])
-        x, labels = _mixed(x, y) if self.config.mixup else (x, _unmixed(y))
         with tf.GradientTape() as tape:
-            loss, student_outputs = self._total_loss(x, labels, training=True)
+            loss, student_outputs = self._total_loss(x, y, training=True)
             loss += sum(self.student.losses)  # the student's regularisers
         variables = self.student.trainable_variables
         self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-        return self._update_metrics(loss, _dominant(labels), student_outputs)
+        return self._update_metrics(loss, y, student_outputs)
 
     def test_step(self, data):
         x, y = data
-        y = tf.reshape(y, [-1])
-        loss, student_outputs = self._total_loss(x, _unmixed(y), training=False)
+        loss, student_outputs = self._total_loss(x, y, training=False)
         return self._update_metrics(loss, y, student_outputs)
 
     def _update_metrics(self, loss, y, student_outputs):

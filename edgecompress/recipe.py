@@ -52,8 +52,7 @@ class Stage:
         if self.distill is None:
             return text
         return text + f", distilled at T={self.distill.temperature}" + (
-            f" and feature maps x{self.distill.features:g}" if self.distill.features else "") + (
-            " on mixup blends" if self.distill.mixup else "")
+            f" and feature maps x{self.distill.features:g}" if self.distill.features else "")
 
 
 def pruning(fit_config: FitConfig, samples: int, *, sparsity: float = 0.5,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from edgecompress import budget, cli, data, distill, models, pipeline, recipe, train
-from edgecompress._tf import keras, tf
+from edgecompress._tf import keras
 from edgecompress.errors import OptionError
 from edgecompress.techniques import quantize
 from conftest import write_npz
@@ -165,56 +165,8 @@ def test_hard_loss_leaves_out_transfer_images():
     trainer = distill.Distiller(student=_softmax_model(), teacher=_softmax_model(),
                                 config=distill.Config(alpha=1.0))
     outputs = np.array([[0.9, 0.1], [0.2, 0.8]], np.float32)
-    labels = distill._unmixed(tf.constant([0, -1]))
-    labelled = trainer._loss(labels, outputs, outputs).numpy()
+    labelled = trainer._loss(np.array([0, -1]), outputs, outputs).numpy()
     assert labelled == pytest.approx(-math.log(0.9), rel=1e-5)  # the second image left out
-
-
-# --- mixup: teacher and student see the same blends ----------------------------------------
-
-def test_mixup_blends_images_and_shares_their_labels():
-    x = np.random.default_rng(0).random((8, 4, 4, 3)).astype("float32")
-    y = np.arange(8)
-    images, [(first, share), (second, rest)] = distill._mixed(tf.constant(x), tf.constant(y))
-    images, share, rest, second = images.numpy(), share.numpy(), rest.numpy(), second.numpy()
-    np.testing.assert_array_equal(first, y)
-    assert sorted(second) == list(y)  # each image is a partner once
-    expected = share[:, None, None, None] * x + rest[:, None, None, None] * x[second]
-    np.testing.assert_allclose(images, expected, rtol=1e-5)
-    np.testing.assert_allclose(share + rest, 1.0)
-
-
-def test_mixup_hard_loss_weighs_both_labels_by_their_share():
-    trainer = distill.Distiller(student=_softmax_model(), teacher=_softmax_model(),
-                                config=distill.Config(alpha=1.0, mixup=True))
-    outputs = np.array([[0.9, 0.1], [0.2, 0.8]], np.float32)
-    share = tf.constant([0.3, 1.0])
-    labels = [(tf.constant([0, -1]), share), (tf.constant([1, 1]), 1 - share)]
-    hand = (0.3 * -math.log(0.9) + 0.7 * -math.log(0.1)) / (0.3 + 0.7)  # image 2: no label
-    assert trainer._loss(labels, outputs, outputs).numpy() == pytest.approx(hand, rel=1e-5)
-    with pytest.raises(OptionError, match="mixup"):
-        distill.Config(mixup="yes")
-
-
-def test_mixup_shows_the_teacher_the_students_blend():
-    """A student equal to its teacher has nothing to learn from the teacher on the same
-    blends: with labels weighted 0 its loss is 0, which it would not be if the teacher saw
-    the unblended images."""
-    inputs = keras.Input((4, 4, 3))
-    logits = keras.layers.Dense(3)(keras.layers.Flatten()(inputs))
-    teacher = keras.Model(inputs, keras.layers.Softmax()(logits))
-    student = keras.models.clone_model(teacher)
-    student.set_weights(teacher.get_weights())
-    x = np.random.default_rng(1).random((32, 4, 4, 3)).astype("float32") * 4
-    y = np.arange(32) % 3
-    def first_loss(alpha, mixup):
-        trainer = distill.Distiller(student=student, teacher=teacher,
-                                    config=distill.Config(alpha=alpha, mixup=mixup))
-        trainer.compile(optimizer=keras.optimizers.SGD(0.0), weighted_metrics=["accuracy"])
-        return trainer.fit(x, y, batch_size=32, epochs=1, verbose=0).history["loss"][0]
-
-    assert first_loss(0.0, mixup=True) == pytest.approx(0.0, abs=1e-5)
-    assert abs(first_loss(1.0, mixup=True) - first_loss(1.0, mixup=False)) > 1e-3  # blended
 
 
 def _stage_maps(model, names, x):

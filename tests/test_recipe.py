@@ -188,7 +188,7 @@ def test_a_recipe_round_trips_through_json_and_bad_files_are_refused(tmp_path):
     from edgecompress.techniques import channels, quantize
 
     fit = train.FitConfig(steps=10, augment=True)
-    teach = distill.Config(alpha=0.2, features=3.0, mixup=True)
+    teach = distill.Config(alpha=0.2, features=3.0)
     stages = [recipe.pruning(fit, 100, sparsity=0.5, distill=teach),
               recipe.Stage("qat", quantize.Config(scheme="prune-preserve"), fit)]
     assert recipe.load(recipe.save(stages, tmp_path / "r.json")) == stages
