@@ -99,3 +99,14 @@ def jpeg_transfer(cifar: Path) -> data.Dataset:
     return data.Dataset(jpeg.x[keep], None, jpeg.classes,
                         f"{jpeg.source} without val_original's {int((~keep).sum()):,} images",
                         jpeg.preprocess)
+
+
+def jpeg_copies_of_val_original(cifar: Path) -> data.Dataset:
+    """The JPEG-decoded copies of `val_original.npz`'s 1,000 images, with their labels: the
+    float model was trained on the originals, so against the JPEG test set they show how
+    much it remembers of its training images."""
+    jpeg = data.load(cifar / "train.npz", preprocess="raw")
+    index = np.load(cifar / "val_original.npz")["train_index"]
+    return data.Dataset(jpeg.x[index], jpeg.y[index], jpeg.classes,
+                        f"{jpeg.source}, the JPEG copies of val_original's images",
+                        jpeg.preprocess)

@@ -10,7 +10,9 @@ them a student would learn what the float model memorised about the images it is
 on). Each file is judged on `val_original.npz` (1,000 original-pixel images the float
 model was trained on, so absolute figures are optimistic: read differences) with the paired
 drop against the float Keras model and its 95 % interval, and on the 10k JPEG-decoded
-test images for a large-sample comparison.
+test images for a large-sample comparison. The JPEG copies of val_original's images measure
+what memorisation adds: a student that never saw those images loses more to the float model
+on them than on the JPEG test images by about what the float model remembers of them.
 Speed-up: median single-image latency (LiteRT, XNNPACK, 1 thread) against the reference
 INT8 file's, measured in the same run.
 
@@ -35,7 +37,7 @@ from pathlib import Path
 from edgecompress import budget, data, distill, models, pipeline, recipe, report, tflite
 from edgecompress.techniques import channels, quantize
 from edgecompress.train import FitConfig
-from _common import jpeg_transfer
+from _common import jpeg_copies_of_val_original, jpeg_transfer
 
 ROOT = Path(__file__).resolve().parents[1]
 # channels per stage 8/16/40 (multiples of 8 for XNNPACK; benchmarks/structured_resnet8.py)
@@ -108,6 +110,7 @@ class Setting:
         self.cifar, self.h5 = cifar, model_dir / "pretrainedResnet.h5"
         self.train = data.load(cifar / "train_original.npz")
         self.judged = {"val_original": data.load(cifar / "val_original.npz"),
+                       "val_original as JPEG": jpeg_copies_of_val_original(cifar),
                        "JPEG test": data.load(cifar / "test.npz")}
         self.float_model = models.load(self.h5)
         self.keras_labels = {name: models.predict_labels(self.float_model, d, "raw")
