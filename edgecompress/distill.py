@@ -10,8 +10,9 @@ With `features` > 0 the student also matches the teacher's feature maps at the e
 spatial resolution (the stage outputs of a CNN, as in FitNets, Romero et al. 2015, and
 attention transfer, Zagoruyko & Komodakis 2017): `features * mean over those maps of
 |student - teacher|^2 / |teacher|^2`. Each image then teaches thousands of numbers instead
-of ten, which helps when fine-tuning images are few. It needs a student with the teacher's
-layers and shapes (pruned, clustered, quantisation-aware), not a channel-pruned one.
+of ten, which helps when fine-tuning images are few. Only the maps the student still has
+under the teacher's layer name and shape are matched: all of them in a pruned, clustered or
+quantisation-aware student, some or none in a channel-pruned one (none is an error).
 """
 
 from __future__ import annotations

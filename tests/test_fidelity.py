@@ -205,6 +205,10 @@ def test_feature_matching_finds_wrapped_layers_and_refuses_other_shapes(trained)
     with pytest.raises(OptionError, match="feature maps"):
         distill.Distiller(student=thinner, teacher=teacher, config=distill.Config(features=1))
     assert teacher.trainable  # refused before it touched the teacher
+    first_kept = channels.apply(models.load(trained[1]),
+                                channels.Config(ratio=0.5, ratios={"conv2d": 0.0}))
+    student_maps, _ = distill.feature_models(first_kept, teacher)
+    assert len(student_maps.outputs) == 2  # the first stage's map only, then predictions
     with pytest.raises(OptionError, match="features"):
         distill.Config(features=-1)
 
