@@ -10,9 +10,10 @@ them a student would learn what the float model memorised about the images it is
 on). Each file is judged on `val_original.npz` (1,000 original-pixel images the float
 model was trained on, so absolute figures are optimistic: read differences) with the paired
 drop against the float Keras model and its 95 % interval, and on the 10k JPEG-decoded
-test images for a large-sample comparison. The JPEG copies of val_original's images measure
-what memorisation adds: a student that never saw those images loses more to the float model
-on them than on the JPEG test images by about what the float model remembers of them.
+test images for a large-sample comparison. The JPEG copies of val_original's images
+separate the two reasons a student loses more on val_original: compared with the JPEG test
+images they show what the float model remembers of images it saw, compared with the
+originals what it does better with original pixels.
 Speed-up: median single-image latency (LiteRT, XNNPACK, 1 thread) against the reference
 INT8 file's, measured in the same run.
 
