@@ -89,24 +89,22 @@ def evaluate_all(inputs: Inputs, files: dict, latency_runs: int) -> dict:
                           preprocess="raw")[0]
 
 
-def jpeg_transfer(cifar: Path) -> data.Dataset:
-    """The JPEG-decoded train set as transfer data, without the JPEG copies of
-    `val_original.npz`'s images: through them a student would learn what the float model
-    memorised about the very images it is judged on."""
-    jpeg = data.load(cifar / "train.npz", preprocess="raw")
-    keep = np.ones(len(jpeg), bool)
-    keep[np.load(cifar / "val_original.npz")["train_index"]] = False
-    return data.Dataset(jpeg.x[keep], None, jpeg.classes,
-                        f"{jpeg.source} without val_original's {int((~keep).sum()):,} images",
-                        jpeg.preprocess)
+def jpeg_split(cifar: Path) -> tuple[data.Dataset, data.Dataset]:
+    """The JPEG-decoded train set, read once and split in two:
 
-
-def jpeg_copies_of_val_original(cifar: Path) -> data.Dataset:
-    """The JPEG-decoded copies of `val_original.npz`'s 1,000 images, with their labels: the
-    float model was trained on the originals, so against the JPEG test set they show how
-    much it remembers of its training images."""
+    - transfer data: every image but the JPEG copies of `val_original.npz`'s (through them
+      a student would learn what the float model memorised about the very images it is
+      judged on);
+    - those copies, with their labels: the same images as val_original in the other domain.
+    """
     jpeg = data.load(cifar / "train.npz", preprocess="raw")
     index = np.load(cifar / "val_original.npz")["train_index"]
-    return data.Dataset(jpeg.x[index], jpeg.y[index], jpeg.classes,
-                        f"{jpeg.source}, the JPEG copies of val_original's images",
-                        jpeg.preprocess)
+    keep = np.ones(len(jpeg), bool)
+    keep[index] = False
+    transfer = data.Dataset(jpeg.x[keep], None, jpeg.classes,
+                            f"{jpeg.source} without val_original's {len(index):,} images",
+                            jpeg.preprocess)
+    copies = data.Dataset(jpeg.x[index], jpeg.y[index], jpeg.classes,
+                          f"{jpeg.source}, the JPEG copies of val_original's images",
+                          jpeg.preprocess)
+    return transfer, copies

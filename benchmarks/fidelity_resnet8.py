@@ -38,7 +38,7 @@ from pathlib import Path
 from edgecompress import budget, data, distill, models, pipeline, recipe, report, tflite
 from edgecompress.techniques import channels, quantize
 from edgecompress.train import FitConfig
-from _common import jpeg_copies_of_val_original, jpeg_transfer
+from _common import jpeg_split
 
 ROOT = Path(__file__).resolve().parents[1]
 # channels per stage 8/16/40 (multiples of 8 for XNNPACK; benchmarks/structured_resnet8.py)
@@ -108,10 +108,11 @@ class Setting:
     def __init__(self, shared: Path):
         cifar, model_dir = shared / "data" / "cifar10", shared / "models" / \
             "mlperf_tiny_resnet8"
-        self.cifar, self.h5 = cifar, model_dir / "pretrainedResnet.h5"
+        self.h5 = model_dir / "pretrainedResnet.h5"
         self.train = data.load(cifar / "train_original.npz")
+        self.transfer, jpeg_copies = jpeg_split(cifar)
         self.judged = {"val_original": data.load(cifar / "val_original.npz"),
-                       "val_original as JPEG": jpeg_copies_of_val_original(cifar),
+                       "val_original as JPEG": jpeg_copies,
                        "JPEG test": data.load(cifar / "test.npz")}
         self.float_model = models.load(self.h5)
         self.keras_labels = {name: models.predict_labels(self.float_model, d, "raw")
@@ -139,7 +140,7 @@ def main(argv=None) -> int:
     h5, train, judged = setting.h5, setting.train, setting.judged
     keras_labels, calibration, files = setting.keras_labels, setting.calibration, setting.files
     float_model = setting.float_model
-    transfer = jpeg_transfer(setting.cifar)
+    transfer = setting.transfer
     minutes = {}
     chosen = {name: v for name, v in variants(len(train), args.steps_scale).items()
               if not args.only or any(text in name for text in args.only)}

@@ -20,7 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-from _common import jpeg_transfer
 from fidelity_resnet8 import Setting
 from edgecompress import distill, models, recipe, report
 from edgecompress.train import FitConfig
@@ -59,7 +58,7 @@ def main(argv=None) -> int:
               "JPEG test 2k": setting.judged["JPEG test"].take(2000, seed=3)}
     teacher = {name: models.predict_labels(setting.float_model, d, "raw")
                for name, d in judged.items()}
-    transfer = jpeg_transfer(setting.cifar)
+    transfer = setting.transfer
     rows = []
     for name, (allocation, learning_rate, uses_transfer, features) in SETTINGS.items():
         if args.only and not any(text in name for text in args.only):

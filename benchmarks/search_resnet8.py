@@ -26,7 +26,7 @@ from pathlib import Path
 
 from edgecompress import data, models, pipeline, report, search
 from edgecompress.device import inspect, targets
-from _common import jpeg_transfer
+from _common import jpeg_split
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     train = data.load(cifar / "train_original.npz", preprocess="raw")
     judged = {"val_original": data.load(cifar / "val_original.npz", preprocess="raw"),
               "JPEG test": data.load(cifar / "test.npz", preprocess="raw")}
-    transfer = jpeg_transfer(cifar) if args.transfer else None
+    transfer = jpeg_split(cifar)[0] if args.transfer else None
     result = search.run(model, train, judged["val_original"], args.out,
                         target="mcu-cortex-m4", max_drop=args.max_drop, trials=args.trials,
                         time_budget=args.time_budget, steps=args.steps,
