@@ -67,7 +67,8 @@ def compress(model, stages: list[recipe.Stage], train_data, eval_data, out: Path
              preprocess=None, calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
              strategy=None, seed: int = 0, verbose: int = 2, inputs: dict | None = None,
              latency_runs: int = 500, transfer=None,
-             max_drop: float = budget.DEFAULT_MAX_DROP, keras3: bool = False) -> dict:
+             max_drop: float = budget.DEFAULT_MAX_DROP, keras3: bool = False,
+             strip_names: bool = False) -> dict:
     """Runs `stages` on `model` and compares the result with the float and PTQ INT8 baselines.
 
     Writes in `out`: `float.tflite`, `ptq_int8.tflite`, `model_int8.tflite` (the recipe's
@@ -87,6 +88,8 @@ def compress(model, stages: list[recipe.Stage], train_data, eval_data, out: Path
         transfer: extra images the distilling stages learn through the teacher only.
         keras3: also write the final model as a Keras 3 `model.keras` (when the input was
             Keras 3), unless it is quantisation-aware: then the `.tflite` is the product.
+        strip_names: write every `.tflite` without tensor names and signatures (all
+            three, so that their bytes compare like for like).
 
     A leading fine-tuning stage on labels alone (a new classifier head, or a zoo model
     trained from scratch) is preparation, not compression: it runs first, and the model it
@@ -111,11 +114,13 @@ def compress(model, stages: list[recipe.Stage], train_data, eval_data, out: Path
                                      validation=eval_data, strategy=strategy, seed=seed,
                                      verbose=verbose)
     calibration = dict(data=train_data, preprocess=preprocess,
-                       calibration_samples=min(len(train_data), calibration_samples))
+                       calibration_samples=min(len(train_data), calibration_samples),
+                       strip_names=strip_names)
     keras_labels = models.predict_labels(model, eval_data, preprocess)
     print("[1/4] float and post-training INT8 baselines ...", flush=True)
     files = {"float": tflite.export(model, out / "float.tflite", mode="fp32",
-                                    preprocess=preprocess, classes=train_data.classes),
+                                    preprocess=preprocess, classes=train_data.classes,
+                                    strip_names=strip_names),
              "PTQ INT8": tflite.export(model, out / "ptq_int8.tflite", mode="int8",
                                        **calibration)}
     print(f"[2/4] running {len(stages)} stage(s) ...", flush=True)

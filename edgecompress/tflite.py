@@ -162,7 +162,8 @@ def _configure_qat(converter, mode, weight_bits: int) -> None:
 
 def export(model: keras.Model, path, *, mode="int8", data: Dataset | None = None,
            preprocess=None, calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
-           classes=None, io_type: str = "int8", lossless: bool = False) -> Path:
+           classes=None, io_type: str = "int8", lossless: bool = False,
+           strip_names: bool = False) -> Path:
     """Converts `model` and writes the `.tflite` atomically, with its metadata inside.
 
     The metadata records the preprocessing and class names, so that `evaluate` needs no
@@ -175,6 +176,7 @@ def export(model: keras.Model, path, *, mode="int8", data: Dataset | None = None
         path: the output file; its folder must exist.
         mode, data, preprocess, calibration_samples, io_type, lossless: as for `convert`.
         classes: class names; by default those of `data`.
+        strip_names: leave out tensor names and signatures (`metadata.add`).
 
     Returns:
         The path written.
@@ -194,7 +196,7 @@ def export(model: keras.Model, path, *, mode="int8", data: Dataset | None = None
             **({"int8_kernels": int4.int8_kernels(flatbuffer)} if mode is Mode.INT4W else {}),
             "classes": list(classes) if classes is not None else None,
             "edgecompress": __version__}
-    path = _io.write_bytes(path, metadata.add(flatbuffer, info))
+    path = _io.write_bytes(path, metadata.add(flatbuffer, info, strip_names=strip_names))
     if mode in CALIBRATED and data is not None:
         _warn_if_unfaithful(model, path, data.take(CHECK_SAMPLES, seed=0), how)
     return path

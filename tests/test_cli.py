@@ -38,6 +38,19 @@ def test_export_then_evaluate(capsys, trained, npz, tmp_path):
     assert result["latency_ms"]["median"] > 0 and result["threads"] == 1
 
 
+
+def test_export_can_strip_names(capsys, trained, npz, tmp_path):
+    files = {}
+    for flags in ((), ("--strip-names",)):
+        files[flags] = tmp_path / f"m{len(flags)}.tflite"
+        status, _, _ = run(capsys, "export", trained[1], "--data", npz, "--preprocess", "unit",
+                           "--calibration-samples", 20, "-o", files[flags], *flags)
+        assert status == 0
+    assert files[("--strip-names",)].stat().st_size < files[()].stat().st_size
+    status, out, _ = run(capsys, "evaluate", files[("--strip-names",)], "--data", npz)
+    assert status == 0 and "accuracy" in out
+
+
 def test_builtin_data_for_evaluate(capsys, int8_file):
     status, out, _ = run(capsys, "evaluate", int8_file, "--data", "shapes")
     assert status == 0 and "1,000 images" in out

@@ -171,3 +171,19 @@ def test_an_export_that_disagrees_with_keras_is_warned_of(train_set, tmp_path):
     with pytest.warns(UserWarning, match="with preprocess='raw' but .*% with 'unit'"):
         tflite.export(model, tmp_path / "wrong.tflite", data=train_set, preprocess="raw",
                       calibration_samples=50)  # trained on /255
+
+
+def test_stripped_names_leave_a_smaller_file_with_the_same_results(int8_file, test_set):
+    from edgecompress.device import inspect
+
+    stripped = int8_file.with_name("stripped.tflite")
+    stripped.write_bytes(metadata.add(int8_file.read_bytes(), metadata.read(
+        int8_file.read_bytes()), strip_names=True))
+    assert stripped.stat().st_size < int8_file.stat().st_size
+    assert all(t.name == "" for t in inspect.open(stripped).tensors)
+    assert all(t.name for t in inspect.open(int8_file).tensors)
+    assert metadata.read(stripped.read_bytes()) == metadata.read(int8_file.read_bytes())
+    first, _ = verify.LiteRTModel(int8_file).run(test_set.take(20), "unit")
+    second, _ = verify.LiteRTModel(stripped).run(test_set.take(20), "unit")
+    np.testing.assert_array_equal(first, second)
+

@@ -232,3 +232,13 @@ def test_operators_are_judged_by_the_runtime_the_target_runs(train_set, tmp_path
     operators = next(c for c in verdict.verify_target(path, "mcu-cortex-m4").checks
                      if c.name == "operators")
     assert operators.status == "pass" and "TFLite Micro" in operators.budget
+
+
+@needs_micro
+def test_micro_runs_a_file_without_names_as_the_named_one(int8_file, test_set):
+    named = int8_file.read_bytes()
+    stripped = metadata.add(named, metadata.read(named), strip_names=True)
+    x = (test_set.x[:5].astype(np.int16) - 128).astype(np.int8)
+    first, second = micro.run(named, x), micro.run(stripped, x)
+    assert second.missing_ops == () and second.arena_bytes == first.arena_bytes
+    np.testing.assert_array_equal(first.outputs, second.outputs)

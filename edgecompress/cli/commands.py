@@ -14,7 +14,7 @@ from pathlib import Path
 from .. import __version__
 from ..errors import OptionError
 from .common import (DATA_HELP, Parser, add_allow_code, add_calibration_samples, add_mode,
-                     add_preprocess, guarded, load_data_for)
+                     add_preprocess, add_strip_names, guarded, load_data_for)
 
 
 def main(argv=None) -> int:
@@ -72,6 +72,7 @@ def _add_export(commands) -> None:
     p.add_argument("--lossless", action="store_true",
                    help="int4w of a clustered model: fail unless every kernel keeps its "
                         "distinct values (at most 15 per output channel)")
+    add_strip_names(p)
     add_calibration_samples(p)
     add_allow_code(p)
     p.set_defaults(run=run_export)
@@ -86,7 +87,7 @@ def run_export(args) -> int:
     print(f"converting {model.name} to {args.mode} ...", file=sys.stderr)
     path = tflite.export(model, output, mode=args.mode, data=data, preprocess=args.preprocess,
                          calibration_samples=args.calibration_samples, io_type=args.io_type,
-                         lossless=args.lossless)
+                         lossless=args.lossless, strip_names=args.strip_names)
     print(f"wrote {path} ({path.stat().st_size:,} bytes)")
     return 0
 

@@ -55,6 +55,12 @@ def add_calibration_samples(parser) -> None:
                                           "INT8 (default %(default)s)")
 
 
+def add_strip_names(parser) -> None:
+    parser.add_argument("--strip-names", action="store_true",
+                        help="leave tensor names and signatures out of the .tflite: smaller "
+                             "flash (about 5 KB on ResNet-8), same operators and results")
+
+
 def load_data_for(source, input_shape):
     """The images of `source` at the size and channels of a model's input (N, H, W, C),
     checked to fit it."""

@@ -78,6 +78,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--eval-samples", type=int, metavar="N",
                    help="evaluate on N images drawn at random (default: all)")
     common.add_calibration_samples(p)
+    common.add_strip_names(p)
     p.add_argument("--temperature", type=float, default=4.0,
                    help="distillation: softening of both models' predictions (default 4)")
     p.add_argument("--label-weight", type=float, default=DEFAULT_LABEL_WEIGHT,
@@ -240,6 +241,7 @@ def run_recipe(args, build_stages, prog: str) -> int:
             calibration_samples=args.calibration_samples,
             strategy=train.strategy(args.strategy), seed=args.seed,
             verbose=0 if args.quiet else 2, transfer=transfer, max_drop=args.max_drop,
+            strip_names=args.strip_names,
             keras3=args.keras_format == "3" or args.keras_format == "auto" and
             _is_keras3(args.model),
             inputs={"model": args.model, "train_data": args.train_data,

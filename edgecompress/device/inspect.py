@@ -293,5 +293,5 @@ def _tensor(index: int, tensor, buffers) -> Tensor:
                              f"for shape {shape}.")
         data = data.reshape(shape)
     name = tensor.name.decode("utf-8", "replace") if isinstance(tensor.name, bytes) else \
-        str(tensor.name)
+        str(tensor.name or "")  # none in a file written with strip_names
     return Tensor(index, name, shape, dtype, scale, zero_point, data)
