@@ -60,7 +60,7 @@ def run(model, train, eval_data, out: Path, *, target, max_drop: float = 1.0,
         study_name: str = "edgecompress", max_ratio: float = 0.75, divisor: int = 1,
         steps: int = 300, qat_steps: int = 100, seed: int = 0, transfer=None,
         emulate=None, workers: int = 1, finalists: int = 0, final_steps: int = 3000,
-        final_qat_steps: int = 500, weight_bits=(8,)) -> dict:
+        final_qat_steps: int = 500, weight_bits=(8,), strip_names: bool = False) -> dict:
     """Runs (or resumes) a study and writes its results in `out`.
 
     Args:
@@ -84,6 +84,8 @@ def run(model, train, eval_data, out: Path, *, target, max_drop: float = 1.0,
             also the firmware's exact flash and RAM).
         weight_bits: the weights' bits the trials choose from: (8,), (4,) or (8, 4). 4-bit
             weights train quantisation-aware at 4 bits and export as int4w.
+        strip_names: write the trials' files without tensor names and signatures (their
+            bytes are then what a microcontroller's flash holds; `metadata.add`).
 
     Returns:
         {"trials": rows, "front": rows, "best": row or None, "feasible": count,
@@ -117,10 +119,11 @@ def run(model, train, eval_data, out: Path, *, target, max_drop: float = 1.0,
     _same_settings(study, {"target": target.name, "max_drop": max_drop,
                            "max_ratio": max_ratio, "divisor": divisor, "steps": steps,
                            "qat_steps": qat_steps, "groups": groups}
-                   | ({"weight_bits": list(weight_bits)} if weight_bits != (8,) else {}))
+                   | ({"weight_bits": list(weight_bits)} if weight_bits != (8,) else {})
+                   | ({"strip_names": True} if strip_names else {}))
     objective = _Objective(model, train, eval_data, keras_labels, out, target, max_drop,
                            groups, max_ratio, divisor, steps, qat_steps, seed, transfer,
-                           weight_bits, emulate)
+                           weight_bits, emulate, strip_names)
     print(f"search: {len(groups)} channel groups, up to {trials} trial(s)"
           + (f" or {seconds:g} s" if seconds else "") + f", target {target.name}, budget "
           f"{max_drop:g} points" + (f", {workers} workers" if workers > 1 else ""),
@@ -259,6 +262,7 @@ class _Objective:
     transfer: object
     weight_bits: tuple = (8,)
     emulate: object = None
+    strip_names: bool = False
     best: tuple | None = None  # (trial, bytes) of this process's smallest fitting trial
 
     def __call__(self, trial) -> tuple[float, float]:
@@ -292,7 +296,8 @@ class _Objective:
         with contextlib.redirect_stdout(io.StringIO()):  # one line per trial, by the caller
             final, _ = recipe.run(models.copy(self.model), stages, self.train,
                                   seed=self.seed, verbose=0, transfer=self.transfer)
-        path = tflite.export(final, path, mode=quantize.export_mode(final), data=self.train)
+        path = tflite.export(final, path, mode=quantize.export_mode(final), data=self.train,
+                             strip_names=self.strip_names)
         recipe.save(stages, path.with_suffix(".json"))
         result = verify.evaluate(path, self.eval_data, reference=self.keras_labels,
                                  latency_runs=50)

@@ -48,6 +48,19 @@ def test_the_winner_meets_the_budget_and_the_study_resumes(trained, train_set, t
     assert len(again["trials"]) == 5  # the four kept in the study, and one more
     with pytest.raises(OptionError, match="max_drop 100 -> 50"):
         search.run(model, train, judge, out, target=board, max_drop=50, trials=1, **SHORT)
+    with pytest.raises(OptionError, match="strip_names None -> True"):
+        search.run(model, train, judge, out, target=board, max_drop=100, trials=1,
+                   strip_names=True, **SHORT)
+
+
+def test_trials_can_be_written_without_names(trained, train_set, test_set, tmp_path):
+    from edgecompress.device import inspect
+
+    result = search.run(trained[0], train_set.with_preprocess("unit"),
+                        test_set.with_preprocess("unit"), tmp_path, target="phone-cpu-1t",
+                        trials=1, strip_names=True, **SHORT)
+    (trial,) = result["trials"]
+    assert not any(t.name for t in inspect.open(trial["file"]).tensors)
 
 
 def test_an_impossible_budget_is_exit_1_with_the_trials_written(trained, tmp_path, capsys,

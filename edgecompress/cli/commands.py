@@ -651,6 +651,7 @@ def _add_search(commands) -> None:
                    help="judge each trial on the target's core or CPU class under QEMU: "
                         "latency from counted instructions (and on microcontrollers the "
                         "exact firmware flash and RAM; see verify --emulate)")
+    add_strip_names(p)
     p.add_argument("--out", required=True, help="folder for the results")
     p.add_argument("--seed", type=int, default=0)
     add_allow_code(p)
@@ -679,7 +680,7 @@ def run_search(args) -> int:
                         seed=args.seed, transfer=transfer, emulate=emulate,
                         workers=args.workers, finalists=args.finalists,
                         final_steps=args.final_steps, final_qat_steps=args.final_qat_steps,
-                        weight_bits=tuple(args.weight_bits))
+                        weight_bits=tuple(args.weight_bits), strip_names=args.strip_names)
     if result["best"] is None:
         print(f"edgecompress search: no candidate fit the budgets; see {args.out}/report.md",
               file=sys.stderr)
