@@ -38,7 +38,6 @@ def test_export_then_evaluate(capsys, trained, npz, tmp_path):
     assert result["latency_ms"]["median"] > 0 and result["threads"] == 1
 
 
-
 def test_export_can_strip_names(capsys, trained, npz, tmp_path):
     files = {}
     for flags in ((), ("--strip-names",)):

@@ -186,4 +186,3 @@ def test_stripped_names_leave_a_smaller_file_with_the_same_results(int8_file, te
     first, _ = verify.LiteRTModel(int8_file).run(test_set.take(20), "unit")
     second, _ = verify.LiteRTModel(stripped).run(test_set.take(20), "unit")
     np.testing.assert_array_equal(first, second)
-
