@@ -11,7 +11,11 @@ instructions counted on the target's core or CPU class under QEMU; on microcontr
 firmware's flash and measured arena then replace the file's bytes and the activation
 estimate in the flash and RAM budgets. Objectives: bytes
 and latency, both minimised (Optuna's multi-objective TPE, which learns from few trials);
-constraints (`Trial.set_constraint`): the accuracy budget and the target's flash and RAM.
+constraints (`Trial.set_constraint`): the accuracy budget, the target's flash and RAM, and
+the user's own bytes and latency budgets, each as a share of its budget (accuracy as a
+share of the images) so that the sampler can weigh one excess against another. A new
+study's first trials are seeded from the sensitivity scan: the greedy allocation of
+`sensitivity.allocate` fitted to the bytes and latency budgets.
 Optuna's pruners do not apply to multi-objective studies, so every trial runs its short
 fine-tuning to the end. Trials live in Optuna's storage (SQLite by default), so an
 interrupted search resumes and several processes can share one study: `workers` starts
@@ -35,13 +39,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import budget, data, distill, models, recipe, report, tflite
+from . import budget, data, distill, models, recipe, report, sensitivity, tflite
 from .device import inspect, targets as targets_module, verdict, verify
 from .errors import OptionError
 from .techniques import channels, quantize
 from .train import FitConfig
 
 RATIO_STEP = 0.125
+SEED_FRACTIONS = (0.7, 0.5)  # of weights and MACs, for the seeds of a search without budgets
+SEED_IMAGES = 300
 HEARTBEAT_SECONDS = 60  # a trial whose worker is silent for 3 beats is marked failed
 
 
@@ -60,7 +66,8 @@ def run(model, train, eval_data, out: Path, *, target, max_drop: float = 1.0,
         study_name: str = "edgecompress", max_ratio: float = 0.75, divisor: int = 1,
         steps: int = 300, qat_steps: int = 100, seed: int = 0, transfer=None,
         emulate=None, workers: int = 1, finalists: int = 0, final_steps: int = 3000,
-        final_qat_steps: int = 500, weight_bits=(8,), strip_names: bool = False) -> dict:
+        final_qat_steps: int = 500, weight_bits=(8,), strip_names: bool = False,
+        max_bytes: int | None = None, max_ms: float | None = None) -> dict:
     """Runs (or resumes) a study and writes its results in `out`.
 
     Args:
@@ -86,6 +93,8 @@ def run(model, train, eval_data, out: Path, *, target, max_drop: float = 1.0,
             weights train quantisation-aware at 4 bits and export as int4w.
         strip_names: write the trials' files without tensor names and signatures (their
             bytes are then what a microcontroller's flash holds; `metadata.add`).
+        max_bytes, max_ms: budgets for the file's bytes and the target's latency (as the
+            trials measure it), beside the target's own flash and RAM.
 
     Returns:
         {"trials": rows, "front": rows, "best": row or None, "feasible": count,
@@ -96,6 +105,9 @@ def run(model, train, eval_data, out: Path, *, target, max_drop: float = 1.0,
         raise OptionError(f"--emulate needs a target with a core or a calibrated CPU class "
                           f"(its latency is the search's objective); {target.name} has none.")
     budget.check_max_drop(max_drop)
+    for name, value in (("max_bytes", max_bytes), ("max_ms", max_ms)):
+        if value is not None and not value > 0:
+            raise OptionError(f"`{name}` is a budget; it must be positive. Received: {value!r}.")
     if workers < 1 or workers > max(trials, 1):
         raise OptionError(f"`workers` must be between 1 and the number of trials ({trials}). "
                           f"Received: workers={workers}.")
@@ -120,14 +132,18 @@ def run(model, train, eval_data, out: Path, *, target, max_drop: float = 1.0,
                            "max_ratio": max_ratio, "divisor": divisor, "steps": steps,
                            "qat_steps": qat_steps, "groups": groups}
                    | ({"weight_bits": list(weight_bits)} if weight_bits != (8,) else {})
-                   | ({"strip_names": True} if strip_names else {}))
+                   | ({"strip_names": True} if strip_names else {})
+                   | {k: v for k, v in (("max_bytes", max_bytes), ("max_ms", max_ms)) if v})
     objective = _Objective(model, train, eval_data, keras_labels, out, target, max_drop,
                            groups, max_ratio, divisor, steps, qat_steps, seed, transfer,
-                           weight_bits, emulate, strip_names)
+                           weight_bits, emulate, strip_names, max_bytes, max_ms)
     print(f"search: {len(groups)} channel groups, up to {trials} trial(s)"
           + (f" or {seconds:g} s" if seconds else "") + f", target {target.name}, budget "
           f"{max_drop:g} points" + (f", {workers} workers" if workers > 1 else ""),
           flush=True)
+    if not study.trials and trials:
+        for ratios in _seeds(objective):
+            study.enqueue_trial({f"ratio {g}": r for g, r in ratios.items()})
     shares = [trials // workers + (i < trials % workers) for i in range(workers)]
     children = [_start_worker(objective, storage, study_name, i, shares[i], seconds)
                 for i in range(1, workers)]
@@ -151,6 +167,26 @@ def _check_weight_bits(weight_bits, target, emulate) -> tuple[int, ...]:
                           "estimate cannot see the cost of unpacking them, the emulated "
                           "instruction count does.")
     return bits
+
+
+def _seeds(objective) -> list[dict]:
+    """Channel ratios for a new study's first trials: the sensitivity scan on
+    `SEED_IMAGES` fine-tuning images, allocated greedily to the bytes and latency budgets
+    (and to 90 % of them: the estimate scales the untouched model's figures with its
+    weights and MACs), or, when the untouched model is within them, to `SEED_FRACTIONS`."""
+    rows = sensitivity.channel_sensitivity(objective.model,
+                                           objective.train.take(SEED_IMAGES, seed=0))
+    params, macs = objective.budget_fractions()
+    fractions = [(params, macs), (0.9 * params, 0.9 * macs)] if min(params, macs) < 1 \
+        else [(f, f) for f in SEED_FRACTIONS]
+    seeds = [sensitivity.allocate(objective.model, rows, params=p, macs=m, step=RATIO_STEP,
+                                  max_ratio=objective.max_ratio, divisor=objective.divisor)
+             for p, m in fractions]
+    seeds = [dict(t) for t in dict.fromkeys(tuple(s.items()) for s in seeds)]
+    for ratios in seeds:
+        print("search: a trial seeded from the sensitivity scan: " + ", ".join(
+            f"{g} {r:g}" for g, r in ratios.items()), flush=True)
+    return seeds
 
 
 def _finalists(objective, study, count: int, steps: int, qat_steps: int) -> list[dict]:
@@ -263,6 +299,8 @@ class _Objective:
     weight_bits: tuple = (8,)
     emulate: object = None
     strip_names: bool = False
+    max_bytes: int | None = None
+    max_ms: float | None = None
     best: tuple | None = None  # (trial, bytes) of this process's smallest fitting trial
 
     def __call__(self, trial) -> tuple[float, float]:
@@ -308,11 +346,29 @@ class _Objective:
                "accuracy": result.accuracy, "agreement": result.agreement,
                "drop_points": drop.points, "drop_95": f"{drop.low:+.2f} to {drop.high:+.2f}",
                "ram_bytes": ram, "file": str(path)}
-        constraints = {
-            "accuracy drop": drop.points - self.max_drop,
-            "flash": flash - self.target.flash_bytes if self.target.flash_bytes else -1,
-            "RAM": ram - self.target.ram_bytes if self.target.ram_bytes else -1}
+        constraints = {"accuracy drop": (drop.points - self.max_drop) / 100,
+                       "flash": _excess(flash, self.target.flash_bytes),
+                       "RAM": _excess(ram, self.target.ram_bytes),
+                       "bytes": _excess(result.bytes, self.max_bytes),
+                       "latency": _excess(latency, self.max_ms)}
         return row, constraints
+
+    def budget_fractions(self) -> tuple[float, float]:
+        """The shares of the untouched model's weights and MACs that the bytes budget (or
+        the flash, when it holds only the file) and the latency budget allow, from its INT8
+        file: bytes beyond the constant tensors (the graph, names) stay, latency scales
+        with MACs."""
+        path = tflite.export(self.model, self.out / "untouched_int8.tflite", mode="int8",
+                             data=self.train, strip_names=self.strip_names)
+        file = inspect.open(path)
+        weights = sum(t.bytes for t in file.tensors if t.is_constant)
+        result = verify.evaluate(path, self.eval_data, reference=self.keras_labels,
+                                 latency_runs=50)
+        latency = self.device_figures(file, result)[0]
+        flash = self.target.flash_bytes if self.emulate is None else None
+        limit = min((b for b in (self.max_bytes, flash) if b), default=None)
+        params = (limit - (file.size - weights)) / weights if limit else 1.0
+        return max(params, 0.0), self.max_ms / latency if self.max_ms else 1.0
 
     def stages(self, ratios: dict, weight_bits: int = 8, steps: int | None = None,
                qat_steps: int | None = None) -> list[recipe.Stage]:
@@ -349,6 +405,11 @@ class _Objective:
     @staticmethod
     def fits(trial) -> bool:
         return all(c <= 0 for c in trial.user_attrs["constraints"])
+
+
+def _excess(value: float, limit: float | None) -> float:
+    """How far `value` is over `limit`, as a share of it (<= 0 within it; -1 for no limit)."""
+    return (value - limit) / limit if limit else -1.0
 
 
 def summarise(study, out: Path, finals: list[dict] = ()) -> dict:

@@ -120,3 +120,41 @@ def _plot(rows: list[dict], path: Path) -> None:
     axes.set_ylabel("top-1 agreement with the unpruned model")
     axes.legend(fontsize="small")
     figure.savefig(path, dpi=120)
+
+
+def allocate(model, rows: list[dict], *, params: float = 1.0, macs: float = 1.0,
+             step: float = 0.125, max_ratio: float = 0.75, divisor: int = 1) -> dict:
+    """Channel ratios per group that bring the model's weights and multiply-accumulates
+    down to `params` and `macs` (fractions of the unpruned model's), giving up as little
+    measured agreement as it can: step by step, the group whose next `step` of channels
+    removes the most excess per point of agreement lost (the sensitivity analysis of Li et
+    al. 2017, "Pruning Filters for Efficient ConvNets", turned into a greedy allocation).
+    `rows` are `channel_sensitivity`'s; ratios between its ratios are interpolated. Stops
+    at `max_ratio` everywhere even when the fractions are not reached."""
+    full = (model.count_params(), models.macs(model))
+
+    def excess(ratios):
+        pruned = channels.apply(model, channels.Config(
+            ratio=0.0, divisor=divisor, ratios={g: r for g, r in ratios.items() if r}))
+        return (max(0.0, pruned.count_params() / full[0] - params)
+                + max(0.0, models.macs(pruned) / full[1] - macs))
+
+    def loss(group, ratio):
+        mine = sorted((r["ratio"], 1 - r["agreement"]) for r in rows if r["group"] == group)
+        return float(np.interp(ratio, [0.0] + [r for r, _ in mine], [0.0] + [a for _, a in mine]))
+
+    ratios = dict.fromkeys(dict.fromkeys(r["group"] for r in rows), 0.0)
+    over = excess(ratios)
+    while over > 0:
+        options = []
+        for group, ratio in ratios.items():
+            bigger = round(ratio + step, 6)
+            if bigger <= max_ratio:
+                remaining = excess(ratios | {group: bigger})
+                cost = max(loss(group, bigger) - loss(group, ratio), 1e-3)
+                if remaining < over:
+                    options.append(((over - remaining) / cost, group, bigger, remaining))
+        if not options:
+            break
+        _, group, ratios[group], over = max(options)
+    return ratios

@@ -53,6 +53,25 @@ def test_the_winner_meets_the_budget_and_the_study_resumes(trained, train_set, t
                    strip_names=True, **SHORT)
 
 
+def test_budgets_seed_the_first_trials_and_bound_the_winner(trained, train_set, test_set,
+                                                            int8_file, tmp_path, capsys):
+    train, judge = train_set.with_preprocess("unit"), test_set.with_preprocess("unit")
+    max_bytes = int(0.7 * int8_file.stat().st_size)
+    result = search.run(trained[0], train, judge, tmp_path, target="phone-cpu-1t",
+                        max_drop=100, trials=2, max_bytes=max_bytes, **SHORT)
+    assert capsys.readouterr().out.count("seeded from the sensitivity scan") == 2
+    rows = result["trials"]
+    assert [r["fits"] for r in rows] == [r["bytes"] <= max_bytes for r in rows]
+    assert any(r["fits"] for r in rows), rows  # the seeds aim at the budget
+    assert result["best"]["bytes"] <= max_bytes
+    seeds = [json.loads((tmp_path / "trials" / f"trial_{i}.json").read_text())
+             for i in range(2)]
+    assert all(s["stages"][0]["config"]["ratios"] for s in seeds)  # channels removed
+    with pytest.raises(OptionError, match="max_ms"):
+        search.run(trained[0], train, judge, tmp_path / "x", target="phone-cpu-1t",
+                   max_ms=0, **SHORT)
+
+
 def test_trials_can_be_written_without_names(trained, train_set, test_set, tmp_path):
     from edgecompress.device import inspect
 

@@ -44,3 +44,43 @@ def test_sensitivity_command(trained, tmp_path, capsys):
     assert "agreement" in capsys.readouterr().out
     assert cli.main(argv[:-2] + ["--ratios", "2", "--out", str(tmp_path / "t")]) == 2
     assert "ratios" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def useless_group(train_set):
+    """A residual CNN whose block's second convolution is zero and frozen: the block is the
+    identity, so its inner channels (the group of `inner`) carry nothing."""
+    from edgecompress import train
+    from edgecompress._tf import keras
+
+    x = inputs = keras.Input(train_set.x.shape[1:])
+    x = keras.layers.ReLU()(keras.layers.Conv2D(16, 3, padding="same", name="stem")(x))
+    inner = keras.layers.ReLU()(keras.layers.Conv2D(16, 3, padding="same", name="inner")(x))
+    dead = keras.layers.Conv2D(16, 3, padding="same", kernel_initializer="zeros",
+                               trainable=False, name="dead")(inner)
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Add()([x, dead]))
+    outputs = keras.layers.Dense(len(train_set.classes), activation="softmax")(x)
+    model = keras.Model(inputs, outputs)
+    train.fit(model, train_set, preprocess="unit", epochs=4, learning_rate=1e-2, verbose=0)
+    return model
+
+
+def test_a_planted_useless_group_ranks_last(useless_group, test_set):
+    rows = sensitivity.channel_sensitivity(useless_group, test_set, preprocess="unit")
+    agreement = {(r["group"], r["ratio"]): r["agreement"] for r in rows}
+    assert {r["group"] for r in rows} == {"stem", "inner"}
+    assert all(agreement["inner", ratio] == 1.0 for ratio in sensitivity.DEFAULT_RATIOS)
+    assert agreement["stem", 0.75] < 1.0
+
+
+def test_the_allocation_takes_the_useless_channels_first(useless_group, test_set):
+    from edgecompress import models
+
+    rows = sensitivity.channel_sensitivity(useless_group, test_set, preprocess="unit")
+    ratios = sensitivity.allocate(useless_group, rows, params=0.6)
+    assert ratios["stem"] == 0 and ratios["inner"] > 0
+    pruned = channels.apply(useless_group, channels.Config(ratio=0.0, ratios=ratios))
+    assert pruned.count_params() <= 0.6 * useless_group.count_params()
+    squeezed = sensitivity.allocate(useless_group, rows, params=0.05, max_ratio=0.5)
+    assert squeezed == {"stem": 0.5, "inner": 0.5}  # as far as it may go, short of 5 %
+    assert models.macs(pruned) < models.macs(useless_group)

@@ -608,7 +608,9 @@ def _add_search(commands) -> None:
                     "best/ (the winner's .tflite and "
                     "recipe.json, for edgecompress run at full length). Trials are kept in "
                     "--storage, so the same command resumes, and several processes can share "
-                    "one study. Exit status 0, 1 when no candidate fits, 2 for bad input.")
+                    "one study. A new study's first trials are seeded from a sensitivity "
+                    "scan, fitted to --max-bytes and --max-ms. Exit status 0, 1 when no "
+                    "candidate fits, 2 for bad input.")
     p.add_argument("model", help="the Keras model file")
     p.add_argument("--data", required=True, help=f"fine-tuning and calibration images: "
                                                  f"{DATA_HELP}")
@@ -618,6 +620,12 @@ def _add_search(commands) -> None:
     p.add_argument("--target", required=True, help="a profile name (see edgecompress targets)")
     p.add_argument("--max-drop", type=float, default=1.0, metavar="POINTS",
                    help="accuracy budget against the float model (default %(default)s)")
+    p.add_argument("--max-bytes", type=int, metavar="BYTES",
+                   help="budget for the .tflite file's bytes (beside the target's flash)")
+    p.add_argument("--max-ms", type=float, metavar="MS",
+                   help="latency budget on the target, as the trials measure it: the "
+                        "calibrated MAC estimate on microcontrollers, the counted "
+                        "instructions with --emulate, else LiteRT on this machine")
     p.add_argument("--trials", type=int, default=20, help="trials to add (default 20)")
     p.add_argument("--time-budget", metavar="TIME", help="stop after this long: 90s, 30m, 2h")
     p.add_argument("--steps", type=int, default=300,
@@ -680,7 +688,8 @@ def run_search(args) -> int:
                         seed=args.seed, transfer=transfer, emulate=emulate,
                         workers=args.workers, finalists=args.finalists,
                         final_steps=args.final_steps, final_qat_steps=args.final_qat_steps,
-                        weight_bits=tuple(args.weight_bits), strip_names=args.strip_names)
+                        weight_bits=tuple(args.weight_bits), strip_names=args.strip_names,
+                        max_bytes=args.max_bytes, max_ms=args.max_ms)
     if result["best"] is None:
         print(f"edgecompress search: no candidate fit the budgets; see {args.out}/report.md",
               file=sys.stderr)

@@ -283,6 +283,17 @@ def kernel(layer) -> np.ndarray | None:
     return None
 
 
+def macs(model: keras.Model) -> int:
+    """Multiply-accumulates of one inference through the model's Conv2D, DepthwiseConv2D
+    and Dense layers (what dominates a CNN's time)."""
+    total = 0
+    for layer in model.layers:
+        weights = kernel(layer)  # each weight is used once per output position
+        if weights is not None:
+            total += int(np.prod(layer.output.shape[1:-1])) * weights.size  # 1 for Dense
+    return total
+
+
 def build(name: str, **kwargs) -> keras.Model:
     """Builds a zoo architecture by name, e.g. `build("resnet8", classes=10)`.
 
