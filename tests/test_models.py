@@ -72,3 +72,13 @@ def test_input_shape_rejects_non_images():
     inputs = keras.Input((4,))
     with pytest.raises(ModelError, match="expected images"):
         models.input_shape(keras.Model(inputs, keras.layers.Dense(2)(inputs)))
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v1", "tiny_cnn"])
+def test_keras_macs_match_the_exported_files(name, tmp_path):
+    from edgecompress import tflite
+    from edgecompress.device import inspect
+
+    model = models.build(name, input_shape=(32, 32, 3), classes=4)
+    path = tflite.export(model, tmp_path / "m.tflite", mode="fp32", preprocess="unit")
+    assert models.macs(model) == inspect.open(path).summary()["macs"] > 0
