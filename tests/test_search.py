@@ -94,6 +94,9 @@ def test_an_impossible_budget_is_exit_1_with_the_trials_written(trained, tmp_pat
     assert "No candidate fit every budget" in (tmp_path / "s" / "report.md").read_text()
     assert "No candidate fit every budget" in (tmp_path / "s" / "report.html").read_text()
     assert cli.main(argv + ["--target", "arduino", "--out", str(tmp_path / "t")]) == 2
+    assert cli.main(argv + ["--target", "no-flash", "--max-bytes", "-5", "--out",
+                            str(tmp_path / "u")]) == 2
+    assert "`max_bytes` is a budget" in capsys.readouterr().err
     with pytest.raises(OptionError, match="90s, 30m or 2h"):
         search.parse_duration("soon")
     assert search.parse_duration("2h") == 7200
