@@ -59,13 +59,14 @@ def test_budgets_seed_the_first_trials_and_bound_the_winner(trained, train_set, 
     max_bytes = int(0.7 * int8_file.stat().st_size)
     result = search.run(trained[0], train, judge, tmp_path, target="phone-cpu-1t",
                         max_drop=100, trials=2, max_bytes=max_bytes, **SHORT)
-    assert capsys.readouterr().out.count("seeded from the sensitivity scan") == 2
+    seeded = capsys.readouterr().out.count("seeded from the sensitivity scan")
+    assert seeded in (1, 2)  # one when the budget and 90 % of it allocate alike
     rows = result["trials"]
     assert [r["fits"] for r in rows] == [r["bytes"] <= max_bytes for r in rows]
     assert any(r["fits"] for r in rows), rows  # the seeds aim at the budget
     assert result["best"]["bytes"] <= max_bytes
     seeds = [json.loads((tmp_path / "trials" / f"trial_{i}.json").read_text())
-             for i in range(2)]
+             for i in range(seeded)]
     assert all(s["stages"][0]["config"]["ratios"] for s in seeds)  # channels removed
     with pytest.raises(OptionError, match="max_ms"):
         search.run(trained[0], train, judge, tmp_path / "x", target="phone-cpu-1t",
