@@ -101,10 +101,11 @@ def measure(model, files: dict, judged: dict) -> list[dict]:
     per_set = {name: pipeline.judge(files, dataset, models.predict_labels(model, dataset),
                                     latency_runs=1000)[1] for name, dataset in judged.items()}
     rows = []
+    reference_ms = m4_ms(files["reference INT8"])
     for i, (name, path) in enumerate(files.items()):
         estimate = m4_ms(path)
-        row = {"file": name, "bytes": inspect.open(path).size, "m4_ms": round(estimate, 1),
-               "m4_speedup": round(m4_ms(files["reference INT8"]) / estimate, 2)}
+        row = {"file": name, "bytes": path.stat().st_size, "m4_ms": round(estimate, 1),
+               "m4_speedup": round(reference_ms / estimate, 2)}
         for set_name, set_rows in per_set.items():
             row[f"{set_name} accuracy"] = set_rows[i]["accuracy"]
             row[f"{set_name} drop"] = (f"{set_rows[i]['drop_points']:+.2f} "

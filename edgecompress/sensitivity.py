@@ -143,7 +143,7 @@ def allocate(model, rows: list[dict], *, params: float = 1.0, macs: float = 1.0,
         mine = sorted((r["ratio"], 1 - r["agreement"]) for r in rows if r["group"] == group)
         return float(np.interp(ratio, [0.0] + [r for r, _ in mine], [0.0] + [a for _, a in mine]))
 
-    ratios = dict.fromkeys(dict.fromkeys(r["group"] for r in rows), 0.0)
+    ratios = dict.fromkeys((r["group"] for r in rows), 0.0)
     over = excess(ratios)
     while over > 0:
         options = []
