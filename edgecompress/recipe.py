@@ -187,8 +187,9 @@ def _fine_tune(stage, model, train, preprocess, validation, strategy, seed, verb
                callbacks, transfer):
     if stage.fit.total_steps(len(train)) == 0:
         return None
-    if stage.technique == "prune":
-        callbacks = prune.callbacks(stage.config) + callbacks
+    module = techniques.get(stage.technique) if stage.technique != "finetune" else None
+    if hasattr(module, "callbacks"):  # pruning's step counter
+        callbacks = module.callbacks(stage.config) + callbacks
     return fit(model, train, preprocess=preprocess, config=stage.fit, validation=validation,
                callbacks=callbacks, strategy=strategy, seed=seed, verbose=verbose,
                teacher=teacher if stage.distill else None, distill_config=stage.distill,

@@ -27,7 +27,9 @@ def comparison_row(name: str, evaluation, baseline=None) -> dict:
            "latency_ms": evaluation.latency_ms["median"]}
     if baseline is not None:
         row["size_ratio"] = evaluation.bytes / baseline.bytes
-        row["speedup"] = baseline.latency_ms["median"] / evaluation.latency_ms["median"]
+        timed = baseline.latency_ms["median"] and evaluation.latency_ms["median"]
+        row["speedup"] = baseline.latency_ms["median"] / evaluation.latency_ms["median"] \
+            if timed else None  # a file only TFLite Micro runs is not timed here
     return row
 
 
@@ -152,13 +154,14 @@ def pareto_plot(rows: list[dict], path=None, *, title: str = "", size: str = "by
     size_label = "model bytes" + (" after gzip" if size == "gzip_bytes" else "")
     for ax, key, label in ((axes[0], size, size_label),
                            (axes[1], "latency_ms", "median latency (ms, this machine)")):
-        cost = [r[key] for r in rows]
-        front = pareto_front(cost, accuracy)
-        ax.scatter(cost, accuracy, color="tab:gray", zorder=2)
-        ax.plot([cost[i] for i in front], [accuracy[i] for i in front], "o-",
+        shown = [i for i, r in enumerate(rows) if r[key] is not None]  # untimed files
+        cost, score = [rows[i][key] for i in shown], [accuracy[i] for i in shown]
+        front = pareto_front(cost, score)
+        ax.scatter(cost, score, color="tab:gray", zorder=2)
+        ax.plot([cost[i] for i in front], [score[i] for i in front], "o-",
                 color="tab:red", label="Pareto front", zorder=3)
-        for number, (x, y) in enumerate(zip(cost, accuracy), start=1):
-            ax.annotate(str(number), (x, y), textcoords="offset points", xytext=(3, 3),
+        for i, x, y in zip(shown, cost, score):
+            ax.annotate(str(i + 1), (x, y), textcoords="offset points", xytext=(3, 3),
                         fontsize=8)
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())  # minor log labels overlap
@@ -179,7 +182,7 @@ def pareto_plot(rows: list[dict], path=None, *, title: str = "", size: str = "by
 def latency_plot(results: dict, path=None):
     """Box plots of the single-image latencies of each evaluation."""
     figure, (ax,) = new_figure(1, width=7)
-    names = list(results)
+    names = [n for n in results if results[n].latency_samples is not None]
     ax.boxplot([results[n].latency_samples for n in names], showfliers=False)
     ax.set_xticks(range(1, len(names) + 1), names, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("latency (ms, this machine)")

@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 from pathlib import Path
 
-from . import __version__, _io, int4
+from . import __version__, _io, int4, storage as storage_module
 from .device import inspect, metadata
 from ._tf import keras, tf
 from .data import Dataset
@@ -163,7 +163,7 @@ def _configure_qat(converter, mode, weight_bits: int) -> None:
 def export(model: keras.Model, path, *, mode="int8", data: Dataset | None = None,
            preprocess=None, calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
            classes=None, io_type: str = "int8", lossless: bool = False,
-           strip_names: bool = False) -> Path:
+           strip_names: bool = False, storage=None) -> Path:
     """Converts `model` and writes the `.tflite` atomically, with its metadata inside.
 
     The metadata records the preprocessing and class names, so that `evaluate` needs no
@@ -177,6 +177,9 @@ def export(model: keras.Model, path, *, mode="int8", data: Dataset | None = None
         mode, data, preprocess, calibration_samples, io_type, lossless: as for `convert`.
         classes: class names; by default those of `data`.
         strip_names: leave out tensor names and signatures (`metadata.add`).
+        storage: a storage plan (`edgecompress.storage`, e.g. {"*": "lut4"}) for an int8
+            export: the file stores its kernels as the plan says, for TFLite Micro only,
+            and is checked to give the same TFLite Micro outputs as plain int8.
 
     Returns:
         The path written.
@@ -196,7 +199,16 @@ def export(model: keras.Model, path, *, mode="int8", data: Dataset | None = None
             **({"int8_kernels": int4.int8_kernels(flatbuffer)} if mode is Mode.INT4W else {}),
             "classes": list(classes) if classes is not None else None,
             "edgecompress": __version__}
-    path = _io.write_bytes(path, metadata.add(flatbuffer, info, strip_names=strip_names))
+    if storage is None:
+        content = metadata.add(flatbuffer, info, strip_names=strip_names)
+    else:
+        if mode is not Mode.INT8:
+            raise OptionError(f"A storage plan applies to int8 exports. Received: "
+                              f"mode={mode.value}.")
+        content = storage_module.encode(metadata.add(flatbuffer, info), storage,
+                                        strip_names=strip_names,
+                                        check_inputs=_check_inputs(flatbuffer, data, how))
+    path = _io.write_bytes(path, content)
     if mode in CALIBRATED and data is not None:
         _warn_if_unfaithful(model, path, data.take(CHECK_SAMPLES, seed=0), how)
     return path
@@ -205,13 +217,31 @@ def export(model: keras.Model, path, *, mode="int8", data: Dataset | None = None
 CHECK_SAMPLES = 50  # calibration images the exported file is compared on with Keras
 
 
+def _check_inputs(flatbuffer: bytes, data: Dataset | None, how, count: int = 8):
+    """Inputs in the model's input type to check a stored file on: calibration images, or
+    seeded random values without data."""
+    from .device.verify import to_input_type
+
+    parsed = inspect.read(flatbuffer)
+    tensor = parsed.tensors[parsed.inputs[0]]
+    dtype = np.dtype(inspect._NUMPY[tensor.dtype])
+    if data is None:
+        info = np.iinfo(dtype)
+        return np.random.default_rng(0).integers(info.min, info.max + 1,
+                                                 (count, *tensor.shape[1:])).astype(dtype)
+    from .data import preprocess as preprocess_images
+    images = preprocess_images(data.take(count, seed=0).x, how)
+    return to_input_type(images, dtype, tensor.scale[0] if tensor.scale else 1.0,
+                         tensor.zero_point[0] if tensor.zero_point else 0)
+
+
 def _warn_if_unfaithful(model, path: Path, sample: Dataset, how) -> None:
     """Warns when the integer file disagrees badly with the Keras model on calibration
     images, or predicts one class for all of them, and when the Keras model itself scores
     far better on the (labelled) calibration images with another preprocessing: the
     preprocessing or calibration is then probably wrong, and every figure from the file
     would mislead."""
-    from .device.verify import LiteRTModel
+    from .device.verify import runner
 
     if sample.y is not None:
         scores = {p: float(np.mean(predict_labels(model, sample, p) == sample.y))
@@ -224,7 +254,7 @@ def _warn_if_unfaithful(model, path: Path, sample: Dataset, how) -> None:
                           f"calibration images with preprocess={how.value!r} but "
                           f"{alternatives}: check the preprocessing.", stacklevel=3)
     expected = predict_labels(model, sample, how)
-    got = LiteRTModel(path).run(sample, how)[0].argmax(axis=1)
+    got = runner(inspect.open(path)).run(sample, how)[0].argmax(axis=1)
     agreement = float(np.mean(got == expected))
     if agreement < 0.5 or len(set(got)) == 1 < len(set(expected)):
         warnings.warn(f"{path.name} agrees with the Keras model on {agreement:.0%} of "

@@ -137,8 +137,10 @@ def test_cli_explains_binary_weights_and_inspect_shows_int4(capsys, qat4, tmp_pa
     assert cli.main(["inspect", str(path)]) == 0
     out = capsys.readouterr().out
     assert "weight bits" in out and "metadata" in out and "'mode': 'int4w'" in out
-    rows = [line.split() for line in out.splitlines() if line.split()[1:2] == ["CONV_2D"]]
+    operators = out.split("bytes by part")[0]
+    rows = [line.split() for line in operators.splitlines() if line.split()[1:2] == ["CONV_2D"]]
     assert rows and all("4" in row[3:5] for row in rows)
+    assert "int4" in out.split("kernels as stored")[1]
 
 
 def test_verify_knows_int4_weights(qat4, tmp_path):

@@ -168,10 +168,13 @@ def _describe(result, data) -> str:
         if result.agreement < 0.5:
             lines.append("warning      agreement below 50 %: is the reference the model this "
                          "file was made from, with the same preprocessing?")
+    latency = "not timed: TFLite Micro's reference kernels here say nothing of a " \
+        "device's speed (verify --emulate counts its instructions)" \
+        if result.latency_ms["median"] is None else \
+        f"median {result.latency_ms['median']:.3f} ms, p90 {result.latency_ms['p90']:.3f} ms " \
+        f"({result.threads} thread(s), {result.kernels}; this machine, not a device)"
     lines += [f"bytes        {result.bytes:,} ({result.gzip_bytes:,} gzipped)",
-              f"latency      median {result.latency_ms['median']:.3f} ms, "
-              f"p90 {result.latency_ms['p90']:.3f} ms ({result.threads} thread(s), "
-              f"{result.kernels}; this machine, not a device)",
+              f"latency      {latency}",
               "per class    " + ", ".join(f"{name} {acc:.0%}"
                                           for name, acc in result.per_class_accuracy.items())]
     return "\n".join(lines)
@@ -183,7 +186,8 @@ def _add_inspect(commands) -> None:
         description="Read a .tflite flatbuffer (no interpreter, no TensorFlow): operators and "
                     "their counts, input and output types and quantisation, parameters and "
                     "multiply-accumulates per operator, model bytes and a peak activation "
-                    "memory estimate from tensor lifetimes.")
+                    "memory estimate from tensor lifetimes; where the bytes go (kernels as "
+                    "stored, biases, quantisation parameters, names, metadata, graph).")
     p.add_argument("model", help="the .tflite file")
     p.add_argument("--json", metavar="PATH", help="also write the summary as JSON")
     p.set_defaults(run=run_inspect)
@@ -213,8 +217,14 @@ def run_inspect(args) -> int:
           f"float tensors {summary['float_tensors']}")
     if model.metadata:
         print(f"metadata     {model.metadata}")
+    print("\nbytes by part (quantisation: 4 a scale, 8 a zero point; graph: the rest)\n" +
+          report.text_table([{"part": k, "bytes": v, "share": f"{v / model.size:.1%}"}
+                             for k, v in model.parts["parts"].items()]))
+    print("\nkernels as stored\n" + report.text_table(model.parts["kernels"]))
     if args.json:
-        report.write_json(args.json, {**summary, "metadata": model.metadata, "ops": rows})
+        report.write_json(args.json, {**summary, "metadata": model.metadata, "ops": rows,
+                                       "bytes_by_part": model.parts["parts"],
+                                       "kernels": model.parts["kernels"]})
     return 0
 
 

@@ -67,10 +67,18 @@ class Model:
     size: int
     content: bytes = dataclasses.field(default=b"", repr=False)
     path: str = ""
+    parts: dict = dataclasses.field(default_factory=dict, repr=False)  # `byte_parts`
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return self.tensors[self.inputs[0]].shape
+
+    @property
+    def micro_only(self) -> bool:
+        """Whether only TFLite Micro runs the file: DECODE operators (compressed weights),
+        or its edgecompress metadata says so (quantisation parameters trimmed)."""
+        return self.metadata.get("runtime") == MICRO_RUNTIME or \
+            any(op.name == DECODE for op in self.operators)
 
     def preprocess(self, given=None, fallback=None) -> Preprocess:
         """The preprocessing `given`, else the one stored in the metadata, else `fallback`
@@ -224,15 +232,106 @@ def _build(model, raw: bytes) -> Model:
             raise ModelError(f"Malformed .tflite: operator {i} has opcode index "
                              f"{op.opcodeIndex}.")
         operators.append(Operator(
-            i, flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) or "UNKNOWN",
+            i, _opcode_name(model, op.opcodeIndex),
             _indices(op.inputs, len(tensors), f"operator {i} input", optional=True),
             _indices(op.outputs, len(tensors), f"operator {i} output")))
     inputs = _indices(graph.inputs, len(tensors), "input")
     written = {i for op in operators for i in op.outputs} | set(inputs)
     tensors = tuple(dataclasses.replace(t, is_constant=t.index not in written) for t in tensors)
-    return Model(tensors, tuple(operators), inputs,
-                 _indices(graph.outputs, len(tensors), "output"), len(model.subgraphs),
-                 metadata.of(model), len(raw), raw)
+    result = Model(tensors, tuple(operators), inputs,
+                   _indices(graph.outputs, len(tensors), "output"), len(model.subgraphs),
+                   metadata.of(model), len(raw), raw)
+    return dataclasses.replace(result, parts=byte_parts(result, model))
+
+
+DECODE = "TFLM_DECODE"  # TFLite Micro's operator that expands compressed weights
+MICRO_RUNTIME = "tflite-micro"  # metadata["runtime"] of files for TFLite Micro only
+_DECODE_KINDS = {0: "lut", 1: "huffman", 2: "prune"}
+
+
+def stored_kernels(model: Model) -> list[dict]:
+    """How each convolution's and fully connected operator's kernel is stored: `int8`,
+    `int4`, ... as a plain tensor, or `lutN` / `prune` behind a DECODE operator, with its
+    bytes in the file (`ancillary`: a DECODE's value tables or kept values and header)."""
+    decoded = {}  # decoded tensor -> (encoded, ancillary)
+    for op in model.operators:
+        if op.name == DECODE:
+            for k, out in enumerate(op.outputs):
+                decoded[out] = (model.tensors[op.inputs[2 * k]],
+                                model.tensors[op.inputs[2 * k + 1]])
+    rows = []
+    for op in model.operators:
+        if op.name not in KERNEL_OPS or len(op.inputs) < 2 or op.inputs[1] < 0:
+            continue
+        kernel = model.tensors[op.inputs[1]]
+        row = {"node": op.index, "operator": op.name, "layer": layer_name(kernel.name),
+               "shape": list(kernel.shape), "values": int(np.prod(kernel.shape))}
+        if op.inputs[1] in decoded:
+            encoded, ancillary = decoded[op.inputs[1]]
+            header = ancillary.data.reshape(-1) if ancillary.data is not None else np.zeros(16)
+            kind = _DECODE_KINDS.get(int(header[0]), f"decode type {int(header[0])}")
+            if kind == "lut" and len(header) > 5:
+                kind += str(int(header[5]) & 0x07)
+            rows.append({**row, "storage": kind, "bytes": encoded.bytes + ancillary.bytes,
+                         "ancillary": ancillary.bytes})
+        elif kernel.data is not None:
+            rows.append({**row, "storage": kernel.dtype.lower(), "bytes": kernel.bytes,
+                         "ancillary": 0})
+    return rows
+
+
+def layer_name(tensor_name: str) -> str:
+    """The Keras layer in a converted kernel's name (MODEL/LAYER/op; a quantisation-aware
+    layer's quant_LAYER counts as LAYER), else the name itself ("" in a stripped file)."""
+    parts = [p for p in tensor_name.split(";")[0].split("/") if p]
+    layer = parts[1] if len(parts) > 2 else tensor_name
+    return layer[len("quant_"):] if layer.startswith("quant_") else layer
+
+
+def byte_parts(model: Model, flat) -> dict:
+    """Where the file's bytes go: kernels (as stored, DECODE's ancillary data included),
+    biases, other constants, quantisation parameters (4 bytes a scale, 8 a zero point),
+    names (tensor and subgraph names, description, signatures), metadata, and the graph
+    (operators, tensor records, offsets and alignment: the rest)."""
+    kernels = stored_kernels(model)
+    buffers = flat.buffers or []
+    kernel_bytes = sum(k["bytes"] for k in kernels)
+    counted = {k for op in model.operators if op.name == DECODE for k in op.inputs}
+    counted |= {op.inputs[1] for op in model.operators
+                if op.name in KERNEL_OPS and len(op.inputs) > 1 and op.inputs[1] >= 0}
+    biases = {op.inputs[2] for op in model.operators
+              if op.name in KERNEL_OPS and len(op.inputs) > 2 and op.inputs[2] >= 0}
+    constant = [t for t in model.tensors if t.data is not None]
+    bias_bytes = sum(t.bytes for t in constant if t.index in biases)
+    other = sum(t.bytes for t in constant if t.index not in counted | biases)
+    quantisation = sum(4 * len(t.scale) + 8 * len(t.zero_point) for t in model.tensors)
+    graph = flat.subgraphs[0]
+    names = sum(len(t.name.encode()) for t in model.tensors) + len(graph.name or b"") + \
+        len(flat.description or b"") + _signature_bytes(flat)
+    meta = sum(len(buffers[m.buffer].data) for m in flat.metadata or []
+               if 0 <= m.buffer < len(buffers) and buffers[m.buffer].data is not None)
+    parts = {"kernels": kernel_bytes, "biases": bias_bytes, "other constants": other,
+             "quantisation parameters": quantisation, "names": names, "metadata": meta}
+    parts["graph and alignment"] = model.size - sum(parts.values())
+    return {"parts": parts, "kernels": kernels}
+
+
+def _signature_bytes(flat) -> int:
+    total = 0
+    for signature in flat.signatureDefs or []:
+        total += len(signature.signatureKey or b"")
+        for entry in (signature.inputs or []) + (signature.outputs or []):
+            total += len(entry.name or b"")
+    return total
+
+
+def _opcode_name(model, index: int) -> str:
+    """The builtin operator's name, or a custom operator's own (e.g. TFLM_DECODE)."""
+    name = flatbuffer_utils.opcode_to_name(model, index) or "UNKNOWN"
+    custom = model.operatorCodes[index].customCode
+    if name == "CUSTOM" and custom:
+        return custom.decode("utf-8", "replace") if isinstance(custom, bytes) else str(custom)
+    return name
 
 
 def _indices(values, count: int, what: str, optional: bool = False) -> tuple[int, ...]:

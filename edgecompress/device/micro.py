@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _isolate
-from ..errors import EdgeCompressError
+from ..errors import EdgeCompressError, ModelError
 
 ARENA_LIMIT = 64 << 20
 MISSING_OP = re.compile(r"Didn't find op for builtin opcode '(\w+)'")
@@ -71,6 +71,75 @@ def run_in_process(tflite: bytes, inputs) -> MicroRun:
     if inputs is not None:
         outputs = np.stack([_invoke(interpreter, x) for x in inputs])
     return MicroRun(arena, (), outputs)
+
+
+class MicroModel:
+    """TFLite Micro's Python runtime (reference kernels) over a `.tflite` file, fed uint8
+    images one at a time: the interface of `verify.LiteRTModel`, for files only TFLite
+    Micro runs (compressed weights). Run it inside an isolated process (`_isolate`).
+
+    Its speed on this machine says nothing about a device's, so it measures no latency.
+    """
+
+    kernels = "tflite-micro"
+    threads = 1
+
+    def __init__(self, file, arena_bytes: int = 8 << 20):
+        from tflite_micro import runtime
+
+        if not available():
+            raise MicroUnavailable("Files with compressed weights run on TFLite Micro only: "
+                                   "pip install 'edgecompress[mcu]'.")
+        self.file = file
+        with _isolate.capture_native_output() as log:
+            try:
+                self.interpreter = runtime.Interpreter.from_bytes(file.content,
+                                                                  arena_size=arena_bytes)
+            except (RuntimeError, ValueError) as e:
+                error = str(e)
+            else:
+                error = ""
+        if error:
+            from .verify import readable
+            raise ModelError(f"TFLite Micro cannot run `{file.path}`: "
+                             f"{readable(error + ' ' + (log[0] if log else ''))}")
+        details = self.interpreter.get_input_details(0)
+        self.input = {"index": file.inputs[0], "dtype": details["dtype"],
+                      "shape": details["shape"],
+                      "quantization": _scale_and_zero(details)}
+        output = self.interpreter.get_output_details(0)
+        self.output = {"index": file.outputs[0], "quantization": _scale_and_zero(output)}
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(int(v) for v in self.input["shape"])
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        from .verify import to_input_type
+        return to_input_type(x, self.input["dtype"], *self.input["quantization"])
+
+    def run(self, data, how) -> tuple[np.ndarray, float]:
+        """Raw outputs for every image of `data`, and the seconds spent inside `invoke()`."""
+        from ..data import preprocess as preprocess_images
+        import time
+
+        data.check_fits(self.input_shape)
+        outputs, seconds = [], 0.0
+        for start in range(0, len(data), 1024):
+            for image in self.quantize(preprocess_images(data.x[start:start + 1024], how)):
+                started = time.perf_counter()
+                outputs.append(_invoke(self.interpreter, image))
+                seconds += time.perf_counter() - started
+        return np.stack(outputs), seconds
+
+    def latency_ms(self, image, how, *, runs: int = 200, warmup: int = 20) -> None:
+        return None
+
+
+def _scale_and_zero(details: dict) -> tuple[float, int]:
+    q = details.get("quantization_parameters") or {}
+    scales, zeros = q.get("scales", []), q.get("zero_points", [])
+    return (float(scales[0]) if len(scales) else 0.0, int(zeros[0]) if len(zeros) else 0)
 
 
 def _invoke(interpreter, x: np.ndarray) -> np.ndarray:

@@ -42,6 +42,7 @@ class LiteRTModel:
             raise OptionError(f"`threads` must be at least 1. Received: threads={threads}.")
         resolver = lookup(self.RESOLVERS, kernels, "kernels")
         self.file = source if isinstance(source, inspect.Model) else inspect.open(source)
+        refuse_micro_only(self.file)
         try:
             self.interpreter = Interpreter(model_content=self.file.content, num_threads=threads,
                                            experimental_op_resolver_type=resolver)
@@ -99,6 +100,24 @@ class LiteRTModel:
             self.interpreter.invoke()
             times[i] = time.perf_counter() - t
         return times * 1000
+
+
+def refuse_micro_only(file: inspect.Model, where: str = "LiteRT") -> None:
+    """Raises `ModelError` for a file that only TFLite Micro runs."""
+    if file.micro_only:
+        raise ModelError(f"`{file.path or 'the model'}` stores its weights for TFLite Micro "
+                         f"only (DECODE operators or trimmed quantisation): {where} cannot "
+                         "run it. Verify it on a microcontroller target (e.g. --target "
+                         "mcu-cortex-m4), or export without --storage for phones.")
+
+
+def runner(file: inspect.Model, *, threads: int = 1, kernels: str = "xnnpack"):
+    """The interpreter a file runs on here: TFLite Micro's (`micro.MicroModel`) for files
+    only it runs, else LiteRT's."""
+    if file.micro_only:
+        from .micro import MicroModel
+        return MicroModel(file)
+    return LiteRTModel(file, threads=threads, kernels=kernels)
 
 
 def readable(message: str, limit: int = 300) -> str:
@@ -165,7 +184,8 @@ class Evaluation:
 def evaluate(path, data: Dataset, *, preprocess=None, reference: np.ndarray | None = None,
              threads: int = 1, kernels: str = "xnnpack", latency_runs: int = 200,
              isolate: bool = True) -> Evaluation:
-    """Runs a `.tflite` classifier over `data` on LiteRT and measures it.
+    """Runs a `.tflite` classifier over `data` on LiteRT (on TFLite Micro's Python runtime
+    for files only it runs, without latency) and measures it.
 
     Args:
         path: the `.tflite` file, or its handle from `inspect.open`.
@@ -205,7 +225,7 @@ def evaluate_in_process(file: inspect.Model, data, *, preprocess, reference, thr
     how = file.preprocess(preprocess, fallback=data.preprocess)
     labels = data.require_labels()
     check_labels(labels, data.classes, file)
-    model = LiteRTModel(file, threads=threads, kernels=kernels)
+    model = runner(file, threads=threads, kernels=kernels)
     started = time.perf_counter()
     outputs, invoke_seconds = model.run(data, how)
     run_seconds = time.perf_counter() - started
@@ -215,9 +235,8 @@ def evaluate_in_process(file: inspect.Model, data, *, preprocess, reference, thr
     return Evaluation(
         model=file.path, accuracy=float(np.mean(predictions == labels)), samples=len(data),
         bytes=len(raw), gzip_bytes=len(gzip.compress(raw, 9)),
-        latency_ms={"median": float(np.median(latencies)),
-                    "p90": float(np.percentile(latencies, 90)), "runs": latency_runs},
-        threads=threads, kernels=kernels, preprocess=how.value,
+        latency_ms=_latency_summary(latencies, latency_runs),
+        threads=model.threads, kernels=model.kernels, preprocess=how.value,
         per_class_accuracy=per_class_accuracy(predictions, labels, data.classes),
         agreement=agreement(predictions, reference),
         drop=None if reference is None else budget.paired_drop(
@@ -225,6 +244,15 @@ def evaluate_in_process(file: inspect.Model, data, *, preprocess, reference, thr
         seconds={"run": run_seconds, "invoke": invoke_seconds},
         predictions=predictions, labels=labels, latency_samples=latencies,
         classes=tuple(data.classes))
+
+
+def _latency_summary(latencies, runs: int) -> dict:
+    """Median and p90 of the timed invokes; None for both where nothing was timed (TFLite
+    Micro's reference kernels here say nothing about a device's speed)."""
+    if latencies is None:
+        return {"median": None, "p90": None, "runs": 0}
+    return {"median": float(np.median(latencies)), "p90": float(np.percentile(latencies, 90)),
+            "runs": runs}
 
 
 def check_labels(labels: np.ndarray, classes, file: inspect.Model) -> None:

@@ -7,10 +7,10 @@ in `TECHNIQUES`.
 """
 
 from ..options import lookup
-from . import channels, cluster, lowrank, prune, quantize, student
+from . import channels, cluster, lowrank, prune, quantize, storage, student
 
 TECHNIQUES = {"prune": prune, "cluster": cluster, "qat": quantize, "channels": channels,
-              "lowrank": lowrank, "student": student}
+              "lowrank": lowrank, "student": student, "storage": storage}
 
 
 def get(name: str):

@@ -1,0 +1,113 @@
+"""Training a model for a storage plan (`edgecompress.storage`): each layer learns the form
+TFLite Micro will store it in, so that the export loses nothing more.
+
+- `lutN` layers are clustered to 2^N values per output channel (tfmot, per channel for
+  Conv2D; a Dense layer's kernel is clustered as a whole, which its per-channel palettes
+  hold too);
+- `pruneNN` layers are pruned by magnitude to NN % zeros (tfmot, polynomial schedule);
+- `int4` and `int8` layers train as they are: int4 is the post-training requantisation
+  of the int8 values at export (`storage.encode`).
+
+Fine-tune with `callbacks(config)`, then `strip()`, then export as int8 with the same plan
+(`tflite.export(..., storage=plan)`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .._tf import keras, tfmot
+from .. import models, storage as storage_plan
+from ..errors import OptionError
+from . import _layers, cluster, prune
+
+
+@dataclass(frozen=True)
+class Config:
+    """A storage plan to train for.
+
+    Args:
+        plan: layer name -> storage (`int8`, `int4`, `lut2`-`lut7`, `prune1`-`prune99`);
+            `*` names every kernel layer not named; layers nobody names stay int8.
+        end_step: the fine-tuning step at which pruned layers reach their sparsity (the
+            last steps then recover at it).
+        frequency: steps between pruning mask updates.
+    """
+
+    plan: dict = field(default_factory=lambda: {"*": "lut4"})
+    end_step: int = 1000
+    frequency: int = 100
+
+    def __post_init__(self):
+        storage_plan.parse_plan(self.plan)
+        if self.end_step < 1 or self.frequency < 1:
+            raise OptionError(f"`end_step` and `frequency` must be at least 1. Received: "
+                              f"end_step={self.end_step}, frequency={self.frequency}.")
+
+    def storages(self) -> dict:
+        return storage_plan.parse_plan(self.plan)
+
+
+def plan_for(model: keras.Model, config: Config) -> dict[str, storage_plan.Storage]:
+    """Each kernel layer's storage under the plan (the default where it names none)."""
+    plan = config.storages()
+    _layers.check_layer_names(model, set(plan) - {storage_plan.DEFAULT_KEY})
+    default = plan.get(storage_plan.DEFAULT_KEY, storage_plan.Storage("int8"))
+    return {layer.name: plan.get(layer.name, default) for layer in model.layers
+            if models.kernel(layer) is not None}
+
+
+def _reason_to_skip(layer, chosen) -> str | None:
+    kind = chosen.get(layer.name)
+    if kind is None or kind.kind in ("int8", "int4"):
+        return "excluded by the configuration"  # trains as it is
+    if type(layer).__name__ == "DepthwiseConv2D":
+        return (f"tfmot does not {'cluster' if kind.kind == 'lut' else 'prune'} depthwise "
+                "kernels: its channels must fit the storage as they are (a 3x3 channel "
+                "holds 9 values, which lut4 stores)")
+    return None
+
+
+def apply(model: keras.Model, config: Config = Config()) -> keras.Model:
+    """Returns a copy of `model` with each layer wrapped for its storage.
+
+    Raises:
+        OptionError: the plan names a layer the model does not have.
+
+    Example:
+        >>> ready = apply(model, Config({"conv2d_7": "prune75", "*": "lut3"}))  # doctest: +SKIP
+    """
+    chosen = plan_for(model, config)
+
+    def wrapper(layer):
+        kind = chosen[layer.name]
+        if kind.kind == "prune":
+            schedule = tfmot.sparsity.keras.PolynomialDecay(
+                0.0, kind.sparsity, 0, config.end_step, frequency=config.frequency)
+            return tfmot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=schedule)
+        return tfmot.clustering.keras.cluster_weights(
+            layer, number_of_clusters=kind.values,
+            cluster_centroids_init=tfmot.clustering.keras.CentroidInitialization
+            .KMEANS_PLUS_PLUS, cluster_per_channel=type(layer).__name__ == "Conv2D")
+
+    wrapped, skipped = _layers.wrap(model, lambda layer: _reason_to_skip(layer, chosen),
+                                    wrapper)
+    _layers.warn_skipped("Training for storage", skipped)
+    return wrapped
+
+
+def callbacks(config: Config = Config()) -> list:
+    """The pruning step counter, when the plan prunes a layer."""
+    if any(s.kind == "prune" for s in config.storages().values()):
+        return prune.callbacks()
+    return []
+
+
+def strip(model: keras.Model) -> keras.Model:
+    """The model without pruning or clustering wrappers (itself if it has none)."""
+    return cluster.strip(prune.strip(model))
+
+
+def describe(config: Config) -> str:
+    return "training for storage " + ", ".join(
+        f"{layer} {kind}" for layer, kind in storage_plan.plan_json(config.storages()).items())

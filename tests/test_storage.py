@@ -1,0 +1,173 @@
+"""Weights stored for TFLite Micro's DECODE (palettes, sparse masks), int4 per layer, the
+trimmed quantisation parameters, and the training that makes kernels fit them."""
+
+import numpy as np
+import pytest
+
+from edgecompress import recipe, storage, tflite, train
+from edgecompress.device import inspect, micro, verify
+from edgecompress.errors import ModelError, OptionError
+from edgecompress.techniques import storage as for_storage
+from conftest import shared_path
+
+pytestmark = pytest.mark.skipif(not micro.available(), reason="needs tflite-micro ([mcu])")
+
+
+def decode_prune(encoded: bytes, ancillary: bytes, count: int, zero: int = 0) -> np.ndarray:
+    """What decode_state_prune.cc does, written out: mask bit i (MSB first) set means
+    the next kept value, else the zero point."""
+    assert ancillary[0] == 2 and ancillary[1] == 1 and ancillary[4] == 1
+    kept = iter(np.frombuffer(ancillary[16:], np.int8))
+    bits = np.unpackbits(np.frombuffer(encoded, np.uint8), bitorder="big")
+    return np.array([next(kept) if bits[i] else zero for i in range(count)], np.int8)
+
+
+def test_prune_encoding_is_the_decoders_format():
+    values = np.array([[0, 5, 0, 0, -3, 0, 0, 0, 7], [0, 0, 1, 0, 0, 0, 0, 0, 0]], np.int8)
+    encoded, ancillary = storage.prune_encode(values, [0, 0])
+    assert encoded == bytes([0b01001000, 0b10010000, 0b00000000])  # row-major, MSB first
+    assert ancillary[16:] == np.array([5, -3, 7, 1], np.int8).tobytes()
+    np.testing.assert_array_equal(decode_prune(encoded, ancillary, values.size),
+                                  values.reshape(-1))
+
+
+def test_prune_encoding_keeps_per_channel_zero_points():
+    values = np.array([[3, 3, 4], [-2, 9, -2]], np.int8)  # channel zero points 3 and -2
+    encoded, ancillary = storage.prune_encode(values, [3, -2])
+    assert np.unpackbits(np.frombuffer(encoded, np.uint8))[:6].tolist() == [0, 0, 1, 0, 1, 0]
+    assert ancillary[16:] == np.array([4, 9], np.int8).tobytes()
+
+
+@pytest.mark.parametrize("text, kind, bits, sparsity", [
+    ("int8", "int8", 8, 0), ("int4", "int4", 4, 0), ("lut3", "lut", 3, 0),
+    ("prune75", "prune", 8, 0.75)])
+def test_storage_text_parses_and_prints_back(text, kind, bits, sparsity):
+    parsed = storage.Storage.parse(text)
+    assert (parsed.kind, parsed.bits, parsed.sparsity) == (kind, bits, sparsity)
+    assert str(parsed) == text
+
+
+@pytest.mark.parametrize("bad", ["lut1", "lut8", "prune0", "int2", "zip", "prune100"])
+def test_a_storage_that_does_not_exist_is_refused(bad):
+    with pytest.raises(OptionError, match="int8, int4, lut2 to lut7"):
+        storage.Storage.parse(bad)
+
+
+def test_plan_reads_the_short_form_json_and_a_file(tmp_path):
+    short = storage.parse_plan("conv2d_1=prune75, *=lut3")
+    assert storage.plan_json(short) == {"conv2d_1": "prune75", "*": "lut3"}
+    (tmp_path / "plan.json").write_text('{"conv2d_1": "prune75", "*": "lut3"}')
+    assert storage.parse_plan(str(tmp_path / "plan.json")) == short
+    assert storage.parse_plan("lut4") == {"*": storage.Storage("lut", bits=4)}
+
+
+def test_layer_plan_round_trips_through_recipe_json():
+    stages = [recipe.Stage("storage", for_storage.Config(
+        {"conv2d": "lut2", "conv2d_1": "prune75", "dense": "int8", "*": "int4"}))]
+    again = recipe.from_json(recipe.to_json(stages))
+    assert again == stages
+    assert storage.parse_plan(again[0].config.plan) == storage.parse_plan(stages[0].config.plan)
+
+
+@pytest.fixture(scope="module")
+def for_lut3(trained, train_set):
+    """The tiny CNN trained briefly for lut3 everywhere but conv2d_1, pruned to 75 %."""
+    config = for_storage.Config({"*": "lut3", "conv2d_1": "prune75"}, end_step=20,
+                                frequency=5)
+    model = for_storage.apply(trained[0], config)
+    train.fit(model, train_set, preprocess="unit", epochs=2, learning_rate=1e-3, verbose=0,
+              callbacks=for_storage.callbacks(config))
+    return for_storage.strip(model), config
+
+
+@pytest.fixture(scope="module")
+def stored(for_lut3, train_set, tmp_path_factory):
+    model, config = for_lut3
+    folder = tmp_path_factory.mktemp("stored")
+    plain = tflite.export(model, folder / "plain.tflite", data=train_set, preprocess="unit")
+    packed = tflite.export(model, folder / "stored.tflite", data=train_set, preprocess="unit",
+                           storage=config.plan, strip_names=True)
+    return plain, packed
+
+
+def test_stored_file_gives_tflite_micro_the_plain_files_outputs(stored, test_set):
+    plain, packed = stored
+    inputs = verify.to_input_type(test_set.x[:40] / 255.0, np.int8, 1 / 255.0, -128)
+    runs = [micro.run(p.read_bytes(), inputs) for p in (plain, packed)]
+    np.testing.assert_array_equal(runs[0].outputs, runs[1].outputs)
+    model = inspect.open(packed)
+    assert model.op_counts()["TFLM_DECODE"] == 3
+    assert [k["storage"] for k in model.parts["kernels"]] == ["lut3", "prune", "lut3"]
+    assert model.size < 0.75 * plain.stat().st_size
+    assert model.metadata["runtime"] == "tflite-micro"
+    assert "zero points" in model.metadata["trimmed"]
+
+
+def test_byte_parts_add_up_to_the_file(stored):
+    for path in stored:
+        model = inspect.open(path)
+        parts = model.parts["parts"]
+        assert sum(parts.values()) == model.size and parts["graph and alignment"] > 0
+        assert parts["kernels"] == sum(k["bytes"] for k in model.parts["kernels"])
+
+
+def test_litert_refuses_a_file_only_tflite_micro_runs(stored):
+    with pytest.raises(ModelError, match="for TFLite Micro only"):
+        verify.LiteRTModel(stored[1])
+
+
+def test_evaluate_runs_a_stored_file_on_tflite_micro(stored, test_set):
+    result = verify.evaluate(stored[1], test_set.take(50), latency_runs=1)
+    plain = verify.evaluate(stored[0], test_set.take(50), kernels="reference", latency_runs=1)
+    assert result.kernels == "tflite-micro" and result.latency_ms["median"] is None
+    assert abs(result.accuracy - plain.accuracy) <= 0.02  # TFLite Micro against LiteRT ref
+
+
+def test_a_palette_too_small_for_a_channel_is_refused_with_the_layer(trained, train_set,
+                                                                     tmp_path):
+    with pytest.raises(OptionError, match=r"Layer `conv2d` holds \d+ distinct int8 values in "
+                                          r"output channel \d+; lut2 stores at most 4"):
+        tflite.export(trained[0], tmp_path / "x.tflite", data=train_set, preprocess="unit",
+                      storage={"conv2d": "lut2"})
+    assert not (tmp_path / "x.tflite").exists()
+
+
+def test_a_plan_naming_a_missing_layer_is_refused(trained, train_set, tmp_path):
+    with pytest.raises(OptionError, match="names conv9, which the model has no"):
+        tflite.export(trained[0], tmp_path / "x.tflite", data=train_set, preprocess="unit",
+                      storage={"conv9": "lut4"})
+
+
+def test_int4_layer_is_requantised_with_its_bias(trained, train_set, test_set, tmp_path):
+    plain = tflite.export(trained[0], tmp_path / "int8.tflite", data=train_set,
+                          preprocess="unit")
+    path = tflite.export(trained[0], tmp_path / "int4.tflite", data=train_set,
+                         preprocess="unit", storage={"conv2d_1": "int4"})
+    kernels = inspect.open(path).parts["kernels"]
+    assert [k["storage"] for k in kernels] == ["int8", "int4", "int8"]
+    assert np.abs(inspect.open(path).kernels()[1][1].data).max() == storage.INT4_LEVELS
+    inputs = verify.to_input_type(test_set.x[:100] / 255.0, np.int8, 1 / 255.0, -128)
+    before, after = (micro.run(p.read_bytes(), inputs).outputs.argmax(1) for p in (plain, path))
+    assert np.mean(before == after) >= 0.8  # 4 bits in one layer, not garbage
+
+
+@pytest.mark.shared
+def test_prune_encoding_is_byte_exact_on_resnet8(tmp_path):
+    from edgecompress import data, models
+
+    model = models.load(shared_path("models", "mlperf_tiny_resnet8", "pretrainedResnet.h5"))
+    for layer in model.layers:
+        if layer.get_weights() and type(layer).__name__ in ("Conv2D", "Dense"):
+            weights = layer.get_weights()
+            weights[0][np.abs(weights[0]) < np.quantile(np.abs(weights[0]), 0.6)] = 0
+            layer.set_weights(weights)
+    train_images = data.load(shared_path("data", "cifar10", "train_original.npz"))
+    val = data.load(shared_path("data", "cifar10", "val_original.npz")).take(20)
+    plain = tflite.export(model, tmp_path / "plain.tflite", data=train_images,
+                          preprocess="raw", calibration_samples=50)
+    packed = tflite.export(model, tmp_path / "pruned.tflite", data=train_images,
+                           preprocess="raw", calibration_samples=50, storage="*=prune55")
+    inputs = verify.to_input_type(val.x.astype(np.float32), np.int8, 1.0, -128)
+    runs = [micro.run(p.read_bytes(), inputs) for p in (plain, packed)]
+    np.testing.assert_array_equal(runs[0].outputs, runs[1].outputs)
+    assert inspect.open(packed).size < 0.7 * plain.stat().st_size
