@@ -177,8 +177,9 @@ def publish(rows: list[dict], args, caption: str) -> None:
     print(f"\n{caption}\n")
     print(report.text_table(rows))
     if args.json:
-        report.write_json(args.json, {"rows": rows, "steps_scale": args.steps_scale,
-                                      "seed": args.seed})
+        settings = {k: v if isinstance(v, (int, float, str, list, type(None))) else str(v)
+                    for k, v in vars(args).items() if k not in ("json", "plot", "shared")}
+        report.write_json(args.json, {"rows": rows, **settings})
 
 
 def measure(files: dict, judged: dict, keras_labels: dict, minutes: dict) -> list[dict]:
@@ -201,8 +202,9 @@ def measure(files: dict, judged: dict, keras_labels: dict, minutes: dict) -> lis
             row[f"{set_name} accuracy"] = result.accuracy
             row[f"{set_name} drop"] = f"{drop.points:+.2f} [{drop.low:+.2f}, {drop.high:+.2f}]"
             row[f"{set_name} agreement"] = result.agreement
-        row["latency_ms"] = speed[name].latency_ms["median"]
-        row["speedup"] = reference.latency_ms["median"] / speed[name].latency_ms["median"]
+        row["latency_ms"] = speed[name].latency_ms["median"]  # None: TFLite Micro, not timed
+        row["speedup"] = reference.latency_ms["median"] / row["latency_ms"] \
+            if row["latency_ms"] else None
         row["train_min"] = round(minutes[name], 1) if name in minutes else None
         rows.append(row)
     return rows

@@ -83,6 +83,26 @@ def test_a_tiny_model_matches_the_python_runtime_on_both_kernel_sets(emulation, 
         assert np.array_equal(run.outputs[0], expected), kernels
 
 
+def test_stored_weights_decode_on_the_firmware_as_in_the_python_runtime(
+        emulation, trained, train_set, test_set, tmp_path):
+    from edgecompress import tflite
+    from edgecompress.data import preprocess
+    from edgecompress.techniques import storage
+
+    config = storage.Config({"*": "lut3", "conv2d_1": "prune75"})
+    model = storage.strip(storage.apply(trained[0], config))  # post-training: k-means
+    path = tflite.export(model, tmp_path / "stored.tflite", data=train_set, preprocess="unit",
+                         storage=config.plan, strip_names=True)
+    stored = inspect.open(path)
+    tensor = stored.tensors[stored.inputs[0]]
+    x = np.clip(np.round(preprocess(test_set.x[:10], "unit") / tensor.scale[0]
+                         + tensor.zero_point[0]), -128, 127).astype(np.int8)
+    run = cortex_m.run(stored, x, core="cortex-m4", kernels="cmsis-nn", **emulation)
+    assert np.array_equal(run.outputs[0], python_runtime(path, x))
+    decoding = [n for _, op, n in run.operators if op == "TFLM_DECODE"]
+    assert len(decoding) == 3 and all(n > 0 for n in decoding)
+
+
 def test_cmsis_nn_outputs_against_reference_kernels(resnet8_runs):
     # Measured: 0 of 200 output bytes differ on these 20 images (and on every core in
     # ../shared/MCU-EMULATION.md). The tolerance is that measurement, not a guess.

@@ -298,9 +298,16 @@ class Operator:
     markable: bool  # its Add method takes a registration, so its invoke can be marked
 
 
+# Custom operators the firmware adds by name: TFLite Micro's DECODE, which expands weights
+# stored compressed (`edgecompress.storage`); its state classes are in their own sources.
+CUSTOM = {"TFLM_DECODE": ("Register_DECODE", ("decode.cc", "decode_state.cc",
+                                              "decode_state_lut.cc", "decode_state_prune.cc",
+                                              "decode_state_huffman.cc"))}
+
+
 def operators(tree: Path) -> dict[str, Operator]:
     """Every builtin operator that the tree's resolver can add and whose kernel the tree
-    defines, by TFLite name."""
+    defines, and the custom operators of `CUSTOM` it holds, by TFLite name."""
     header = (tree / "tensorflow/lite/micro/micro_mutable_op_resolver.h").read_text()
     kernels = tree / "tensorflow/lite/micro/kernels"
     defined = {}
@@ -321,6 +328,11 @@ def operators(tree: Path) -> dict[str, Operator]:
         files = [source] + ([common] if common.is_file() else [])
         found[op] = Operator(op, method, registration,
                              tuple(str(f.relative_to(tree)) for f in files), bool(markable))
+    for name, (registration, files) in CUSTOM.items():
+        if all((kernels / f).is_file() for f in files):
+            found[name] = Operator(name, "AddCustom", registration,
+                                   tuple(f"tensorflow/lite/micro/kernels/{f}" for f in files),
+                                   True)
     return found
 
 
@@ -340,8 +352,13 @@ def ops_header(ops: list[Operator]) -> str:
     lines = [f"#define EDGECOMPRESS_OP_COUNT {len(ops)}",
              "#define EDGECOMPRESS_ADD_OPS(resolver) \\"]
     for k, op in enumerate(ops):
-        call = (f"resolver.{op.method}(Marked<{k}>::Wrap(tflite::{op.registration}()))"
-                if op.markable else f"resolver.{op.method}()")
+        if op.method == "AddCustom":  # takes a pointer: the wrapped copy must outlive main
+            lines.append(f"  static TFLMRegistration custom_{k} = "
+                         f"Marked<{k}>::Wrap(tflite::{op.registration}()); \\")
+            call = f'resolver.AddCustom("{op.name}", &custom_{k})'
+        else:
+            call = (f"resolver.{op.method}(Marked<{k}>::Wrap(tflite::{op.registration}()))"
+                    if op.markable else f"resolver.{op.method}()")
         lines.append(f"  {call}; \\")
     return "\n".join(lines) + "\n  do {} while (0)\n"
 

@@ -119,6 +119,8 @@ def verify_target(path, target, data: Dataset | None = None, *, preprocess=None,
     """
     target = targets_module.get(target)
     model = path if isinstance(path, inspect.Model) else inspect.open(path)  # checked here
+    if target.runtime != "tflm":
+        verify.refuse_micro_only(model, f"{target.name} (LiteRT)")
     if data is not None:  # before any build or boot
         data.check_fits(model.input_shape)
         verify.check_labels(data.require_labels(), data.classes, model)
@@ -187,8 +189,8 @@ def _verify(model, target, data, preprocess, reference, min_accuracy, micro_samp
         Preprocess.RAW  # the data was checked against the model by verify_target
     # One interpreter serves every LiteRT figure. For microcontrollers it runs LiteRT's
     # reference kernels, which agree with TFLite Micro's (XNNPACK changes ~2 % of top-1).
-    runner = verify.LiteRTModel(model, threads=target.threads, kernels="reference"
-                                if target.runtime == "tflm" else "xnnpack")
+    runner = verify.runner(model, threads=target.threads, kernels="reference"
+                           if target.runtime == "tflm" else "xnnpack")
     if isinstance(emulated, cortex_m.EmulatedRun):
         return _verify_emulated(model, target, data, how, reference, min_accuracy, runner,
                                 emulated, summary)
@@ -562,28 +564,38 @@ def _latency(runner, target, data, how, runs, summary) -> list[Check]:
 
 
 def _accuracy(runner, target, data, how, reference, min_accuracy, micro_run):
+    """Accuracy on every image of `data` from the file's interpreter here (LiteRT, or
+    TFLite Micro's Python runtime for a file only it runs), whether or not TFLite Micro is
+    installed; TFLite Micro's own run on its sample is compared with it."""
+    predictions = runner.run(data, how)[0].argmax(axis=1)
+    where = ("TFLite Micro's Python runtime" if runner.kernels == "tflite-micro" else
+             f"LiteRT on this machine ({runner.kernels} kernels)") + f", {len(data):,} images"
     checks = []
-    if micro_run is not None and micro_run.outputs is not None:
-        sample = data.take(len(micro_run.outputs))
-        predictions = micro_run.outputs.argmax(axis=1)
-        where = f"TFLite Micro, {len(sample)} images"
-        checks.append(_compare_with_litert(runner, sample, how, micro_run.outputs))
-    else:
-        sample = data
-        predictions = runner.run(data, how)[0].argmax(axis=1)
-        where = f"LiteRT on this machine ({runner.kernels} kernels), {len(data):,} images"
-        if reference is not None:
-            agreement = verify.agreement(predictions, reference)
-            checks.append(Check("agreement with reference", INFO, f"{agreement:.2%}"))
-    accuracy = float(np.mean(predictions == sample.require_labels()))
+    if reference is not None:
+        agreement = verify.agreement(predictions, reference)
+        checks.append(Check("agreement with reference", INFO, f"{agreement:.2%}"))
+    if micro_run is not None and micro_run.outputs is not None and \
+            runner.kernels != "tflite-micro":
+        checks.append(_compare_with_litert(runner, data.take(len(micro_run.outputs)), how,
+                                           micro_run.outputs))
+    accuracy = float(np.mean(predictions == data.require_labels()))
     status = INFO if min_accuracy is None else (PASS if accuracy >= min_accuracy else FAIL)
     budget = "-" if min_accuracy is None else f">= {min_accuracy:.2%}"
     return [Check("accuracy", status, f"{accuracy:.2%}", budget, where)] + checks
 
 
 def _compare_with_litert(runner, sample, how, micro_outputs) -> Check:
-    """TFLite Micro against LiteRT's reference kernels on the same images."""
+    """TFLite Micro against LiteRT's reference kernels on the same images; for a file only
+    TFLite Micro runs, the emulated firmware against TFLite Micro's Python runtime, byte
+    for byte."""
     outputs, _ = runner.run(sample, how)
+    if runner.kernels == "tflite-micro":
+        differ = int(np.sum(outputs != micro_outputs))
+        return Check("firmware vs TFLite Micro (Python)", PASS if differ == 0 else FAIL,
+                     f"{differ} of {outputs.size} output bytes differ on {len(sample)} "
+                     "images", "byte-identical",
+                     "the emulated firmware against TFLite Micro's Python runtime (reference "
+                     "kernels, x86)")
     differ = int(np.sum(outputs.argmax(1) != micro_outputs.argmax(1)))
     largest = float(np.abs(outputs.astype(np.float64) - micro_outputs).max())
     ok = differ <= 0.01 * len(sample)

@@ -4,7 +4,8 @@ TFLite Micro will store it in, so that the export loses nothing more.
 - `lutN` layers are clustered to 2^N values per output channel (tfmot, per channel for
   Conv2D; a Dense layer's kernel is clustered as a whole, which its per-channel palettes
   hold too);
-- `pruneNN` layers are pruned by magnitude to NN % zeros (tfmot, polynomial schedule);
+- `pruneNN` layers are pruned by magnitude to NN % zeros (tfmot, polynomial schedule;
+  `strip` zeroes the rest where training stopped short of it);
 - `int4` and `int8` layers train as they are: int4 is the post-training requantisation
   of the int8 values at export (`storage.encode`).
 
@@ -15,6 +16,8 @@ Fine-tune with `callbacks(config)`, then `strip()`, then export as int8 with the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from .._tf import keras, tfmot
 from .. import models, storage as storage_plan
@@ -104,8 +107,20 @@ def callbacks(config: Config = Config()) -> list:
 
 
 def strip(model: keras.Model) -> keras.Model:
-    """The model without pruning or clustering wrappers (itself if it has none)."""
-    return cluster.strip(prune.strip(model))
+    """The model without pruning or clustering wrappers (itself if it has none), each
+    pruned kernel at its planned sparsity: where fine-tuning stopped short of it (no
+    steps, or fewer than the schedule's), its smallest weights are zeroed now."""
+    targets = {layer.layer.name: getattr(layer.pruning_schedule, "final_sparsity", 0.0)
+               for layer in model.layers if type(layer).__name__ == "PruneLowMagnitude"}
+    model = cluster.strip(prune.strip(model))
+    for name, sparsity in targets.items():
+        layer = model.get_layer(name)
+        weights = layer.get_weights()
+        magnitude = np.abs(weights[0])
+        if np.mean(magnitude == 0) < sparsity:
+            weights[0][magnitude <= np.quantile(magnitude, sparsity)] = 0
+            layer.set_weights(weights)
+    return model
 
 
 def describe(config: Config) -> str:
