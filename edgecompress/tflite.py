@@ -163,13 +163,14 @@ def _configure_qat(converter, mode, weight_bits: int) -> None:
 def export(model: keras.Model, path, *, mode="int8", data: Dataset | None = None,
            preprocess=None, calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
            classes=None, io_type: str = "int8", lossless: bool = False,
-           strip_names: bool = False, storage=None) -> Path:
+           strip_names: bool = False, storage=None, force: bool = False) -> Path:
     """Converts `model` and writes the `.tflite` atomically, with its metadata inside.
 
     The metadata records the preprocessing and class names, so that `evaluate` needs no
     flags for the file. A wrong preprocessing gives a file that predicts garbage, so it is
     never guessed: it is `preprocess`, else the dataset's own, else `raw` for a model whose
-    first layer rescales its input, else an error.
+    first layer rescales its input, else an error. An integer export is refused when
+    calibration images show it is wrong (`unfaithful`), unless `force`.
 
     Args:
         model: the Keras model.
@@ -180,6 +181,12 @@ def export(model: keras.Model, path, *, mode="int8", data: Dataset | None = None
         storage: a storage plan (`edgecompress.storage`, e.g. {"*": "lut4"}) for an int8
             export: the file stores its kernels as the plan says, for TFLite Micro only,
             and is checked to give the same TFLite Micro outputs as plain int8.
+        force: write a file that calibration images show to be wrong (another
+            preprocessing scores far better, or it disagrees with the Keras model); the
+            problems are recorded in its metadata (`warnings`).
+
+    Raises:
+        DataError: the calibration images show the file would be wrong (without `force`).
 
     Returns:
         The path written.
@@ -199,6 +206,15 @@ def export(model: keras.Model, path, *, mode="int8", data: Dataset | None = None
             **({"int8_kernels": int4.int8_kernels(flatbuffer)} if mode is Mode.INT4W else {}),
             "classes": list(classes) if classes is not None else None,
             "edgecompress": __version__}
+    if mode in CALIBRATED and data is not None:
+        problems = unfaithful(model, metadata.add(flatbuffer, info),
+                              data.take(CHECK_SAMPLES, seed=0), how)
+        if problems and not force:
+            raise DataError(f"{problems[0]}. Nothing was written; --force (force=True) "
+                            "writes it anyway and records why.")
+        for problem in problems:
+            warnings.warn(f"{path.name}: {problem}; written anyway (forced).", stacklevel=2)
+        info["warnings"] = problems
     if storage is None:
         content = metadata.add(flatbuffer, info, strip_names=strip_names)
     else:
@@ -208,10 +224,7 @@ def export(model: keras.Model, path, *, mode="int8", data: Dataset | None = None
         content = storage_module.encode(metadata.add(flatbuffer, info), storage,
                                         strip_names=strip_names,
                                         check_inputs=_check_inputs(flatbuffer, data, how))
-    path = _io.write_bytes(path, content)
-    if mode in CALIBRATED and data is not None:
-        _warn_if_unfaithful(model, path, data.take(CHECK_SAMPLES, seed=0), how)
-    return path
+    return _io.write_bytes(path, content)
 
 
 CHECK_SAMPLES = 50  # calibration images the exported file is compared on with Keras
@@ -235,14 +248,14 @@ def _check_inputs(flatbuffer: bytes, data: Dataset | None, how, count: int = 8):
                          tensor.zero_point[0] if tensor.zero_point else 0)
 
 
-def _warn_if_unfaithful(model, path: Path, sample: Dataset, how) -> None:
-    """Warns when the integer file disagrees badly with the Keras model on calibration
-    images, or predicts one class for all of them, and when the Keras model itself scores
-    far better on the (labelled) calibration images with another preprocessing: the
-    preprocessing or calibration is then probably wrong, and every figure from the file
-    would mislead."""
+def unfaithful(model, content: bytes, sample: Dataset, how) -> list[str]:
+    """What makes an exported file known wrong, measured on calibration images: the Keras
+    model scores far better on them (labelled) with another preprocessing, or the file
+    disagrees with the Keras model on most of them or predicts one class for all. Each
+    message says what was measured and what to do."""
     from .device.verify import runner
 
+    problems = []
     if sample.y is not None:
         scores = {p: float(np.mean(predict_labels(model, sample, p) == sample.y))
                   for p in Preprocess}
@@ -250,17 +263,18 @@ def _warn_if_unfaithful(model, path: Path, sample: Dataset, how) -> None:
                         key=scores.get, reverse=True)
         if better:  # all of them: a model can score alike on two of them
             alternatives = " and ".join(f"{scores[p]:.0%} with {p.value!r}" for p in better)
-            warnings.warn(f"`{model.name}` scores {scores[how]:.0%} on {len(sample)} "
-                          f"calibration images with preprocess={how.value!r} but "
-                          f"{alternatives}: check the preprocessing.", stacklevel=3)
+            problems.append(f"`{model.name}` scores {scores[how]:.0%} on {len(sample)} "
+                            f"calibration images with preprocess={how.value!r} but "
+                            f"{alternatives}: export with --preprocess {better[0].value}")
     expected = predict_labels(model, sample, how)
-    got = runner(inspect.open(path)).run(sample, how)[0].argmax(axis=1)
+    got = runner(inspect.read(content)).run(sample, how)[0].argmax(axis=1)
     agreement = float(np.mean(got == expected))
     if agreement < 0.5 or len(set(got)) == 1 < len(set(expected)):
-        warnings.warn(f"{path.name} agrees with the Keras model on {agreement:.0%} of "
-                      f"{len(sample)} calibration images (it predicts {len(set(got))} "
-                      f"class(es), Keras {len(set(expected))}): check the preprocessing "
-                      f"({how.value}) and the calibration data.", stacklevel=3)
+        problems.append(f"the exported file agrees with the Keras model on {agreement:.0%} "
+                        f"of {len(sample)} calibration images (it predicts {len(set(got))} "
+                        f"class(es), Keras {len(set(expected))}): check the preprocessing "
+                        f"({how.value}) and the calibration data")
+    return problems
 
 
 def preprocessing_of(model: keras.Model, data: Dataset | None, given=None) -> Preprocess:

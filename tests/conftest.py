@@ -35,7 +35,9 @@ def test_set():
 def trained(train_set, tmp_path_factory):
     """A tiny CNN trained a few epochs on 16x16 shapes (unit preprocessing), saved as .h5."""
     from edgecompress import models, train
+    from edgecompress._tf import keras
 
+    keras.utils.set_random_seed(0)  # the same initial weights in every session
     model = models.tiny_cnn(IMAGE + (3,), filters=(8, 16))
     train.fit(model, train_set, preprocess="unit", epochs=6, learning_rate=1e-2, verbose=0)
     path = tmp_path_factory.mktemp("trained") / "tiny.h5"

@@ -166,3 +166,46 @@ def test_the_c_array_compiles(capsys, int8_file, tmp_path):
     subprocess.run(["g++", "-std=c++17", "-o", str(tmp_path / "check"), str(main),
                     str(tmp_path / "model_data.cc")], check=True, cwd=tmp_path)
     assert subprocess.run([str(tmp_path / "check")]).returncode == 0
+
+
+@pytest.fixture(scope="module")
+def rescaling(train_set, tmp_path_factory):
+    """A small CNN whose first layer rescales raw pixels (as the ResNet-8 takes them), its
+    .h5 and its int8 file: 'unit' feeds it pixels divided by 255 twice."""
+    from edgecompress import models, tflite, train
+    from edgecompress._tf import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    for filters in (8, 16):
+        x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
+        x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.Flatten()(x)
+    model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x))
+    train.fit(model, train_set, preprocess="raw", epochs=8, learning_rate=1e-2, verbose=0)
+    folder = tmp_path_factory.mktemp("rescaling")
+    models.save(model, folder / "m.h5")
+    return folder / "m.h5", tflite.export(model, folder / "m.tflite", data=train_set,
+                                          preprocess="raw", calibration_samples=50)
+
+
+def test_a_preprocessing_known_wrong_stops_every_command_unless_forced(capsys, rescaling, npz,
+                                                                       tmp_path):
+    h5, int8 = rescaling
+    status, out, err = run(capsys, "export", h5, "--data", npz, "--preprocess", "unit",
+                           "--calibration-samples", 50, "-o", tmp_path / "unit.tflite")
+    errors = [line for line in err.splitlines() if "error" in line]
+    assert status == 2 and "but " in err and "with 'raw'" in err and len(errors) == 1
+    assert not (tmp_path / "unit.tflite").exists() and "Warning:" not in err
+    for command in (("evaluate",), ("verify", "--target", "mcu-cortex-m4")):
+        status, out, err = run(capsys, *command, int8, "--data", npz, "--preprocess", "unit")
+        assert status == 2 and "but raw scores" in err and len(err.strip().splitlines()) == 1
+        status, out, err = run(capsys, *command, int8, "--data", npz, "--preprocess", "unit",
+                               "--force")
+        assert status in (0, 1) and "measuring anyway (forced)" in err
+    status, out, err = run(capsys, "export", h5, "--data", npz, "--preprocess", "unit",
+                           "--calibration-samples", 50, "-o", tmp_path / "unit.tflite",
+                           "--force")
+    assert status == 0 and "warning: unit.tflite:" in err and "Warning:" not in err
+    assert "with 'raw'" in metadata.read((tmp_path / "unit.tflite").read_bytes())["warnings"][0]

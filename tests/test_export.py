@@ -156,8 +156,9 @@ def test_uint8_input_and_output_around_an_int8_model(trained, train_set, test_se
         tflite.convert(trained[0], mode="fp32", io_type="uint8")
 
 
-def test_an_export_that_disagrees_with_keras_is_warned_of(train_set, tmp_path):
+def test_an_export_known_wrong_is_refused_unless_forced(train_set, tmp_path):
     from edgecompress import models
+    from edgecompress.errors import DataError
 
     keras.utils.set_random_seed(1)
     model = models.tiny_cnn((16, 16, 3), filters=(8, 16))  # BatchNorm: as the demo's model
@@ -168,9 +169,15 @@ def test_an_export_that_disagrees_with_keras_is_warned_of(train_set, tmp_path):
                       calibration_samples=50)
     # it names every preprocessing that scores far better, the one it was trained with among
     # them (where 'symmetric' scores as well, as on some CPUs, it names both)
-    with pytest.warns(UserWarning, match="with preprocess='raw' but .*% with 'unit'"):
+    with pytest.raises(DataError, match="with preprocess='raw' but .*% with 'unit'.*"
+                                        "Nothing was written"):
         tflite.export(model, tmp_path / "wrong.tflite", data=train_set, preprocess="raw",
                       calibration_samples=50)  # trained on /255
+    assert not (tmp_path / "wrong.tflite").exists()
+    with pytest.warns(UserWarning, match="written anyway"):
+        forced = tflite.export(model, tmp_path / "wrong.tflite", data=train_set,
+                               preprocess="raw", calibration_samples=50, force=True)
+    assert "with 'unit'" in metadata.read(forced.read_bytes())["warnings"][0]
 
 
 def test_stripped_names_leave_a_smaller_file_with_the_same_results(int8_file, test_set):

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import OptionError
-from .common import (DATA_HELP, Parser, add_allow_code, add_calibration_samples, add_mode,
-                     add_preprocess, add_strip_names, guarded, load_data_for)
+from .common import (DATA_HELP, Parser, add_allow_code, add_calibration_samples, add_force,
+                     add_mode, add_preprocess, add_strip_names, guarded, load_data_for)
 
 
 def main(argv=None) -> int:
@@ -73,8 +73,16 @@ def _add_export(commands) -> None:
                    help="int4w of a clustered model: fail unless every kernel keeps its "
                         "distinct values (at most 15 per output channel)")
     add_strip_names(p)
+    p.add_argument("--storage", metavar="PLAN",
+                   help="int8 only: store the kernels for TFLite Micro's DECODE, per layer: "
+                        "int8, int4, lut2-lut7 (a palette of 2^N values per output channel) "
+                        "or prune1-prune99 (a sparse mask), as 'conv2d_7=lut2,*=lut4', a "
+                        "JSON object or a .json file; '*' is every other layer. The kernels "
+                        "must already fit (train with a storage stage); the file runs on "
+                        "TFLite Micro only")
     add_calibration_samples(p)
     add_allow_code(p)
+    add_force(p, what="write the file")
     p.set_defaults(run=run_export)
 
 
@@ -82,12 +90,16 @@ def run_export(args) -> int:
     from .. import _io, models, tflite
 
     output = _io.writable_path(args.output)
+    if args.storage:
+        from .. import storage
+        storage.parse_plan(args.storage)  # a bad plan fails before the slow work
     model = models.load(args.model, allow_code=args.allow_code)
     data = load_data_for(args.data, models.input_shape(model)) if args.data else None
     print(f"converting {model.name} to {args.mode} ...", file=sys.stderr)
     path = tflite.export(model, output, mode=args.mode, data=data, preprocess=args.preprocess,
                          calibration_samples=args.calibration_samples, io_type=args.io_type,
-                         lossless=args.lossless, strip_names=args.strip_names)
+                         lossless=args.lossless, strip_names=args.strip_names,
+                         storage=args.storage, force=args.force)
     print(f"wrote {path} ({path.stat().st_size:,} bytes)")
     return 0
 
@@ -111,6 +123,7 @@ def _add_evaluate(commands) -> None:
                         "delegate) or reference (agrees with TFLite Micro)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     add_allow_code(p, what="the reference model file")
+    add_force(p, what="measure with the --preprocess given")
     p.set_defaults(run=run_evaluate)
 
 
@@ -121,8 +134,8 @@ def run_evaluate(args) -> int:
     if args.json:
         _io.writable_path(args.json)
     model = inspect.open(args.model)
-    _warn_if_contradicted(model, args.preprocess)
     data = load_data_for(args.data, model.input_shape)
+    _check_preprocessing(model, data, args.preprocess, args.force)
     reference = None
     if args.reference:
         reference = _reference_labels(args.reference, data, model, args)
@@ -136,9 +149,18 @@ def run_evaluate(args) -> int:
     return 0
 
 
-def _warn_if_contradicted(model, given) -> None:
+def _check_preprocessing(model, data, given, force: bool) -> None:
+    """Refuses (or, forced, warns of) a --preprocess that measurably scores far below
+    another on the data; notes one that merely contradicts the file's record."""
+    from ..device import verify
+
+    problem = verify.preprocessing_problem(model, data, given) if data is not None else None
+    if problem and not force:
+        raise OptionError(problem + ".")
     stored = model.metadata.get("preprocess")
-    if given and stored and given != stored:
+    if problem:
+        print(f"warning: {problem}; measuring anyway (forced)", file=sys.stderr)
+    elif given and stored and given != stored:
         print(f"warning: --preprocess {given} contradicts the preprocessing recorded in the "
               f"file ({stored}); the recorded one is what the model was exported with",
               file=sys.stderr)
@@ -333,6 +355,7 @@ def _add_verify(commands) -> None:
                                 "$EDGECOMPRESS_TFLM_SOURCES, or ../shared/tflm)")
     p.add_argument("--json", metavar="PATH", help="write the verdict as JSON")
     p.add_argument("--markdown", metavar="PATH", help="write the verdict as Markdown")
+    add_force(p, what="verify with the --preprocess given")
     p.set_defaults(run=run_verify)
 
 
@@ -348,8 +371,8 @@ def run_verify(args) -> int:
         targets.load_file(args.targets_file)
     target = targets.get(args.target)
     model = inspect.open(args.model)
-    _warn_if_contradicted(model, args.preprocess)
     data = load_data_for(args.data, model.input_shape) if args.data else None
+    _check_preprocessing(model, data, args.preprocess, args.force)
     emulate = None
     if args.emulate:
         _require_emulator(target, args.kernels, args.tflm_sources, args.cache_dir)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from ..data import BUILTIN
 from ..errors import EdgeCompressError
@@ -71,11 +72,24 @@ def load_data_for(source, input_shape):
     return data
 
 
+def _one_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """Python warnings as a user reads them: `warning: ...`, without a source path."""
+    print(f"warning: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+
+
+def add_force(parser, *, what: str) -> None:
+    parser.add_argument("--force", action="store_true",
+                        help=f"{what} even when measurements show it is wrong (the reason is "
+                             "recorded); without it such a run stops with exit status 2")
+
+
 def guarded(prog: str, run, *, on_error=lambda: "", on_interrupt: str = "") -> int:
     """`run()`'s exit status (None counts as 0); bad input becomes one line on stderr and
     status 2, Ctrl-C status 130. `on_error()` may clean up and return a hint to append."""
     try:
-        return run() or 0
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line
+            return run() or 0
     except EdgeCompressError as e:
         print(f"{prog}: error: {e}{on_error()}", file=sys.stderr)
         return 2

@@ -138,8 +138,11 @@ def load_inputs(args):
     from .. import data as data_module, models
     from ..errors import OptionError
 
+    from .._tf import keras
+
     if not args.model:
         raise OptionError("Give the model to compress with --model (a file or zoo:NAME).")
+    keras.utils.set_random_seed(args.seed)  # a zoo model's or a new head's initial weights
     if args.model.startswith("zoo:"):
         model, shape = None, (None, args.image_size, args.image_size, 3)
     else:
@@ -195,11 +198,9 @@ def _zoo_model(name: str, train_data, args):
     import inspect
 
     from .. import models
-    from .._tf import keras
 
     takes_alpha = "alpha" in inspect.signature(models.ZOO.get(name, models.build)).parameters
     options = {"alpha": args.alpha} if getattr(args, "alpha", None) and takes_alpha else {}
-    keras.utils.set_random_seed(args.seed)
     return models.build(name, input_shape=train_data.image_shape,
                         classes=len(train_data.classes), **options)
 

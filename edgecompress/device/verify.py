@@ -17,7 +17,7 @@ from .. import budget
 from . import _isolate, inspect
 from ..data import Dataset, preprocess as preprocess_images
 from ..errors import DataError, ModelError, OptionError
-from ..options import lookup
+from ..options import Preprocess, lookup
 
 CHUNK = 1024  # images preprocessed at a time: bounds memory on large datasets
 
@@ -244,6 +244,35 @@ def evaluate_in_process(file: inspect.Model, data, *, preprocess, reference, thr
         seconds={"run": run_seconds, "invoke": invoke_seconds},
         predictions=predictions, labels=labels, latency_samples=latencies,
         classes=tuple(data.classes))
+
+
+PREPROCESS_SAMPLES = 100  # labelled images the preprocessing check runs on
+
+
+def preprocessing_problem(file: inspect.Model, data: Dataset, given) -> str | None:
+    """When `given` (a user's --preprocess) scores on labelled `data` 20 points or more
+    below another preprocessing, what to say; else None. Measured on the first
+    `PREPROCESS_SAMPLES` images in a child process (the interpreter is native code)."""
+    if given is None or data.y is None:
+        return None
+    sample = data.take(min(len(data), PREPROCESS_SAMPLES))
+    scores = _isolate.call(_scores, file, sample, what="The interpreter")
+    given = Preprocess.get(given, "preprocess").value
+    best = max(scores, key=scores.get)
+    if scores[best] - scores[given] < 0.2:
+        return None
+    recorded = file.metadata.get("preprocess")
+    return (f"--preprocess {given} scores {scores[given]:.0%} on {len(sample)} of these images "
+            f"but {best} scores {scores[best]:.0%}" +
+            (f" (the file was exported for {recorded})" if recorded else "") +
+            f": pass --preprocess {best}, or --force to measure with {given} anyway")
+
+
+def _scores(file: inspect.Model, sample: Dataset) -> dict:
+    model = runner(file, kernels="reference")
+    labels = sample.require_labels()
+    return {p.value: float(np.mean(model.run(sample, p)[0].argmax(axis=1) == labels))
+            for p in Preprocess}
 
 
 def _latency_summary(latencies, runs: int) -> dict:
