@@ -75,6 +75,16 @@ def paired_drop(reference_correct, candidate_correct) -> Drop:
                 high=100 * (centre + half), samples=n, gained=gained, lost=lost)
 
 
+CLEARLY_WORSE = 20.0  # points: what counts as a preprocessing or a file known wrong
+
+
+def clearly_worse(better_correct, worse_correct, points: float = CLEARLY_WORSE) -> bool:
+    """Whether `worse` loses at least `points` against `better` on the same images, and
+    the whole 95 % interval of that loss is above zero (a few images prove nothing)."""
+    drop = paired_drop(better_correct, worse_correct)
+    return drop.points >= points and drop.low > 0
+
+
 def check_max_drop(max_drop: float) -> float:
     """`max_drop` in points, or an `OptionError` for a value outside [0, 100]."""
     if not 0 <= max_drop <= 100:

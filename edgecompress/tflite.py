@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 from pathlib import Path
 
-from . import __version__, _io, int4, storage as storage_module
+from . import __version__, _io, budget, int4, storage as storage_module
 from .device import inspect, metadata
 from ._tf import keras, tf
 from .data import Dataset
@@ -257,9 +257,9 @@ def unfaithful(model, content: bytes, sample: Dataset, how) -> list[str]:
 
     problems = []
     if sample.y is not None:
-        scores = {p: float(np.mean(predict_labels(model, sample, p) == sample.y))
-                  for p in Preprocess}
-        better = sorted((p for p in scores if scores[p] - scores[how] > 0.2),
+        correct = {p: predict_labels(model, sample, p) == sample.y for p in Preprocess}
+        scores = {p: float(np.mean(c)) for p, c in correct.items()}
+        better = sorted((p for p in scores if budget.clearly_worse(correct[p], correct[how])),
                         key=scores.get, reverse=True)
         if better:  # all of them: a model can score alike on two of them
             alternatives = " and ".join(f"{scores[p]:.0%} with {p.value!r}" for p in better)

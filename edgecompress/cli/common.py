@@ -66,7 +66,11 @@ def load_data_for(source, input_shape):
     """The images of `source` at the size and channels of a model's input (N, H, W, C),
     checked to fit it."""
     from ..data import load
+    from ..errors import ModelError
 
+    if len(input_shape) != 4 or any(v is not None and v <= 0 for v in input_shape[1:]):
+        raise ModelError(f"The model's input has shape {list(input_shape)}; images need one "
+                         "of (N, height, width, channels).")
     data = load(source, image_size=tuple(input_shape[1:3]), channels=input_shape[3])
     data.check_fits(input_shape)
     return data

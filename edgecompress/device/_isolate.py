@@ -12,14 +12,16 @@ import subprocess
 import sys
 import tempfile
 
-from ..errors import ModelError
+from ..errors import EdgeCompressError, ModelError
 
 
 def call(function, *args, what: str = "the interpreter", **kwargs):
     """Returns `function(*args, **kwargs)` computed in a fresh Python process.
 
-    `function` must be importable (module level). Exceptions it raises come back as they
-    are; a crash of the child (a signal, or an exit without a result) raises `ModelError`.
+    `function` must be importable (module level). An `EdgeCompressError` it raises comes
+    back as it is; any other exception, and a crash of the child (a signal, or an exit
+    without a result), becomes a one-line `ModelError`: nothing raised inside the child
+    reaches a user as a traceback.
     The child is `python -P -m edgecompress._isolate`: the caller's main module is never
     re-imported (unlike multiprocessing's spawn), and `-P` keeps the working folder off
     `sys.path`, where a file such as `inspect.py` would shadow the standard library.
@@ -39,7 +41,10 @@ def call(function, *args, what: str = "the interpreter", **kwargs):
         with open(result_path, "rb") as f:
             ok, value = pickle.load(f)
     if not ok:
-        raise value
+        if isinstance(value, EdgeCompressError):
+            raise value
+        raise ModelError(f"{what} failed on this file ({value}); the file is probably "
+                         "malformed.") from None
     return value
 
 
@@ -57,10 +62,17 @@ def _serve(result_path: str) -> None:
         function = getattr(function, part)
     try:
         outcome = (True, function(*args, **kwargs))
-    except Exception as e:  # sent back to the caller, which raises it
+    except EdgeCompressError as e:  # sent back to the caller, which raises it
         outcome = (False, e)
+    except Exception as e:  # noqa: BLE001 - the boundary: every failure is one line
+        outcome = (False, " ".join(f"{type(e).__name__}: {e}".split())[:300])
     with open(result_path, "wb") as f:
-        pickle.dump(outcome, f)
+        try:
+            pickle.dump(outcome, f)
+        except Exception as e:  # noqa: BLE001 - a result or error that does not pickle
+            f.seek(0)
+            f.truncate()
+            pickle.dump((False, f"{type(e).__name__}: {e}"[:300]), f)
 
 
 @contextlib.contextmanager

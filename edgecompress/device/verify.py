@@ -250,16 +250,17 @@ PREPROCESS_SAMPLES = 100  # labelled images the preprocessing check runs on
 
 
 def preprocessing_problem(file: inspect.Model, data: Dataset, given) -> str | None:
-    """When `given` (a user's --preprocess) scores on labelled `data` 20 points or more
-    below another preprocessing, what to say; else None. Measured on the first
+    """When `given` (a user's --preprocess) scores on labelled `data` clearly below
+    another preprocessing (`budget.clearly_worse`), what to say; else None. Measured on the first
     `PREPROCESS_SAMPLES` images in a child process (the interpreter is native code)."""
     if given is None or data.y is None:
         return None
     sample = data.take(min(len(data), PREPROCESS_SAMPLES))
-    scores = _isolate.call(_scores, file, sample, what="The interpreter")
+    correct = _isolate.call(_correct, file, sample, what="The interpreter")
+    scores = {p: float(np.mean(c)) for p, c in correct.items()}
     given = Preprocess.get(given, "preprocess").value
     best = max(scores, key=scores.get)
-    if scores[best] - scores[given] < 0.2:
+    if not budget.clearly_worse(correct[best], correct[given]):
         return None
     recorded = file.metadata.get("preprocess")
     return (f"--preprocess {given} scores {scores[given]:.0%} on {len(sample)} of these images "
@@ -268,11 +269,10 @@ def preprocessing_problem(file: inspect.Model, data: Dataset, given) -> str | No
             f": pass --preprocess {best}, or --force to measure with {given} anyway")
 
 
-def _scores(file: inspect.Model, sample: Dataset) -> dict:
+def _correct(file: inspect.Model, sample: Dataset) -> dict:
     model = runner(file, kernels="reference")
     labels = sample.require_labels()
-    return {p.value: float(np.mean(model.run(sample, p)[0].argmax(axis=1) == labels))
-            for p in Preprocess}
+    return {p.value: model.run(sample, p)[0].argmax(axis=1) == labels for p in Preprocess}
 
 
 def _latency_summary(latencies, runs: int) -> dict:
