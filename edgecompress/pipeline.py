@@ -144,8 +144,9 @@ def compress(model, stages: list[recipe.Stage], train_data, eval_data, out: Path
     drops = {name: budget.Drop(**r.drop) for name, r in results.items()}
     judged = budget.verdict(drops[name], max_drop)
     failures, warnings = suspicious(results[name], files[name], keras_labels)
-    warnings = failures + warnings + learning_warnings(results[name], records) + \
-        ([leak] if leak else [])
+    failures += below_baseline(results["PTQ INT8"], results[name])
+    warnings = failures + warnings + weak_classes(results[name]) + \
+        learning_warnings(results[name], records) + ([leak] if leak else [])
     if failures and judged["passed"]:
         judged = {**judged, "passed": False,
                   "text": f"FAIL: {failures[0]} ({judged['text'][len('PASS: '):]})"}
@@ -188,6 +189,37 @@ def suspicious(evaluation, int8_file: Path, keras_labels) -> tuple[list[str], li
         failures.append(f"{int8_file.name} predicts one class for every image, unlike the "
                         "input model: compression destroyed it")
     return failures, warnings
+
+
+SMALLER = 0.9  # a file at most this share of the PTQ file's bytes (or gzip bytes) bought size
+
+
+def below_baseline(ptq, final) -> list[str]:
+    """Fails a recipe whose file is worse than its own post-training INT8 file beyond the
+    paired 95 % interval while buying no size (not 10 % smaller in bytes or gzip bytes):
+    the training then only cost accuracy."""
+    drop = budget.paired_drop(ptq.predictions == ptq.labels, final.predictions == final.labels)
+    smaller = min(final.bytes / ptq.bytes, final.gzip_bytes / ptq.gzip_bytes) <= SMALLER
+    if drop.low <= 0 or smaller:
+        return []
+    return [f"the result scores {final.accuracy:.1%} against {ptq.accuracy:.1%} for the "
+            f"recipe's own post-training INT8 file on the same images ({drop.text()}), and "
+            "is no smaller: the fine-tuning cost accuracy and bought nothing"]
+
+
+def weak_classes(evaluation, share: float = 0.5, least: int = 5) -> list[str]:
+    """Names the classes (with at least `least` evaluation images) that the result gets
+    right less often than `share` of chance: a class it has all but stopped predicting."""
+    chance = 1 / max(len(evaluation.classes), 1)
+    counts = {name: int(np.sum(evaluation.labels == i))
+              for i, name in enumerate(evaluation.classes)}
+    weak = {name: accuracy for name, accuracy in evaluation.per_class_accuracy.items()
+            if accuracy < share * chance and counts.get(name, 0) >= least}
+    if not weak:
+        return []
+    return [f"the result is right on {', '.join(f'{a:.0%} of {n}' for n, a in weak.items())} "
+            f"(chance: {chance:.0%}): it has all but stopped predicting "
+            f"{'this class' if len(weak) == 1 else 'these classes'}"]
 
 
 def split_preparation(stages: list) -> tuple[list, list]:

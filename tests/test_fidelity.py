@@ -324,3 +324,36 @@ def test_chance_level_and_overfitting_are_warned_of():
     assert "near chance" in warned[0] and "learned the training images" in warned[1]
     good = SimpleNamespace(accuracy=0.8, classes=("a", "b", "c"))
     assert pipeline.learning_warnings(good, [{"metrics": {"accuracy": 0.9}}]) == []
+
+
+def _evaluation(predictions, labels, size=1000, classes=("cat", "dog", "ship")):
+    from types import SimpleNamespace
+
+    from edgecompress.device import verify
+
+    predictions, labels = np.asarray(predictions), np.asarray(labels)
+    return SimpleNamespace(predictions=predictions, labels=labels, bytes=size,
+                           gzip_bytes=size, accuracy=float(np.mean(predictions == labels)),
+                           classes=classes, per_class_accuracy=verify.per_class_accuracy(
+                               predictions, labels, classes))
+
+
+def test_a_result_below_its_own_ptq_file_fails_unless_it_bought_size():
+    labels = np.arange(90) % 3
+    ptq = _evaluation(labels, labels)  # all right
+    worse = labels.copy()
+    worse[:30] = (worse[:30] + 1) % 3  # a third wrong: far beyond the interval
+    assert "no smaller" in pipeline.below_baseline(ptq, _evaluation(worse, labels))[0]
+    assert pipeline.below_baseline(ptq, _evaluation(worse, labels, size=500)) == []
+    slightly = labels.copy()
+    slightly[:1] = (slightly[:1] + 1) % 3  # one image: within the interval
+    assert pipeline.below_baseline(ptq, _evaluation(slightly, labels)) == []
+
+
+def test_a_class_the_result_stopped_predicting_is_named():
+    labels = np.arange(30) % 3
+    predictions = labels.copy()
+    predictions[labels == 0] = 1  # never 'cat'
+    warned = pipeline.weak_classes(_evaluation(predictions, labels))
+    assert warned and "0% of cat" in warned[0] and "dog" not in warned[0]
+    assert pipeline.weak_classes(_evaluation(labels, labels)) == []
