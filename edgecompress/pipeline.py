@@ -23,26 +23,38 @@ from .options import DEFAULT_CALIBRATION_SAMPLES
 from .techniques import quantize
 
 CHECKPOINTS = "checkpoints"
+PREPARATION = "reference"  # the preparation stage's own checkpoints, inside CHECKPOINTS
 PACKAGES = ("tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert",
             "numpy", "edgecompress")
 
 
 def prepare_output(out: Path, *, overwrite: bool, resume: bool = False) -> Path:
-    """Creates `out`; refuses a folder that already holds results unless `overwrite`, or
-    unless `resume` and it holds an interrupted run's checkpoints."""
+    """Creates `out` with its `checkpoints` folder, so that a run interrupted at any point
+    can be resumed; refuses a folder that holds results unless `overwrite`, or an
+    interrupted run's checkpoints unless `resume` (or `overwrite`).
+
+    Raises:
+        OptionError: with what the folder holds and which option continues.
+    """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OptionError(f"Output `{out}` is a file; give a folder.")
-    if resume and not (out / CHECKPOINTS).is_dir():
-        raise OptionError(f"Nothing to resume in `{out}`: no interrupted run's checkpoints.")
-    if out.is_dir() and any(out.iterdir()) and not (overwrite or resume):
+    interrupted = (out / CHECKPOINTS).is_dir()
+    holds = out.is_dir() and any(out.iterdir())
+    if resume and not interrupted:
+        raise OptionError(f"Nothing to resume in `{out}`: " + (
+            "its run completed (no checkpoints); --overwrite runs it again." if holds else
+            "no interrupted run there."))
+    if interrupted and not (resume or overwrite):
+        raise OptionError(f"Output folder `{out}` holds an interrupted run: --resume "
+                          "continues it, --overwrite starts again.")
+    if holds and not interrupted and not overwrite:
         raise OptionError(f"Output folder `{out}` already holds results. Choose another "
-                          "folder, pass --resume to continue an interrupted run, or "
-                          "--overwrite to replace them.")
+                          "folder, or --overwrite to replace them.")
     if overwrite and not resume:
         shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        (out / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OptionError(f"Cannot create output folder `{out}`: {e.strerror}.") from None
     return out
@@ -57,7 +69,7 @@ def discard_partial(out: Path, fresh: bool) -> str:
     for path in out.iterdir():
         if path.name != CHECKPOINTS:
             path.unlink()
-    if (out / CHECKPOINTS / "progress.json").exists():
+    if any((out / CHECKPOINTS).rglob("progress.json")):
         return f" Completed stages are kept in {out}: fix this and rerun with --resume."
     shutil.rmtree(out)
     return ""
@@ -112,7 +124,8 @@ def compress(model, stages: list[recipe.Stage], train_data, eval_data, out: Path
         print("[0/4] training the reference model (labels only) ...", flush=True)
         model, prepared = recipe.run(model, prepare, train_data, preprocess=preprocess,
                                      validation=eval_data, strategy=strategy, seed=seed,
-                                     verbose=verbose)
+                                     verbose=verbose, checkpoints=out / CHECKPOINTS /
+                                     PREPARATION, what="the reference model")
     calibration = dict(data=train_data, preprocess=preprocess,
                        calibration_samples=min(len(train_data), calibration_samples),
                        strip_names=strip_names)

@@ -97,8 +97,8 @@ def check_order(stages: list[Stage]) -> None:
 
 def run(model: keras.Model, stages: list[Stage], train: Dataset, *, preprocess=None,
         validation: Dataset | None = None, strategy=None, seed: int = 0, verbose: int = 1,
-        checkpoints: Path | None = None, transfer: Dataset | None = None
-        ) -> tuple[keras.Model, list[dict]]:
+        checkpoints: Path | None = None, transfer: Dataset | None = None,
+        what: str = "") -> tuple[keras.Model, list[dict]]:
     """Applies and fine-tunes each stage in order; returns the final model and a record.
 
     Pruning and clustering wrappers are stripped after their fine-tuning, so the next stage
@@ -111,6 +111,7 @@ def run(model: keras.Model, stages: list[Stage], train: Dataset, *, preprocess=N
             stages are loaded, an interrupted stage continues from its last epoch.
         transfer: extra images that the distilling stages learn through the teacher's
             outputs only (labels ignored).
+        what: what the stages make, for the resume message (e.g. "the reference model").
 
     Returns:
         (model, records): one dict per stage with its description, settings, training
@@ -128,8 +129,10 @@ def run(model: keras.Model, stages: list[Stage], train: Dataset, *, preprocess=N
         teacher = models.load(checkpoints / f"stage_{first_distilling}.h5") \
             if first_distilling else models.copy(model)
     if records:
-        model = models.load(checkpoints / f"stage_{len(records)}.h5")
-        print(f"resuming after stage {len(records)} of {len(stages)} ({checkpoints})",
+        saved = checkpoints / f"stage_{len(records)}.h5"
+        model = models.load(saved)
+        print(f"resuming after stage {len(records)} of {len(stages)}: reusing "
+              f"{what + ' from ' if what else ''}{saved}, as it was before the interruption",
               flush=True)
     samples = len(train) + (len(transfer) if transfer is not None else 0)
     for i, stage in enumerate(stages[len(records):], start=len(records) + 1):

@@ -66,14 +66,18 @@ class FitConfig:
         return epochs, -(-self.steps // epochs) if epochs else per_pass
 
     def total_steps(self, samples: int) -> int:
-        """Optimizer steps this configuration takes on `samples` training images."""
+        """Optimizer steps this configuration takes on `samples` training images: `steps`
+        exactly when given (the last epoch is cut short where they do not divide)."""
         epochs, per_epoch = self.schedule_of(samples)
-        return epochs * per_epoch
+        return min(epochs * per_epoch, self.steps) if self.steps is not None else \
+            epochs * per_epoch
 
     def describe(self, samples: int) -> str:
         epochs, per_epoch = self.schedule_of(samples)
-        return (f"{epochs * per_epoch} steps ({epochs} epoch(s) of {per_epoch} batches of "
-                f"{self.batch_size})" + (", augmented" if self.augment else ""))
+        total = self.total_steps(samples)
+        short = ", the last cut short" if total < epochs * per_epoch else ""
+        return (f"{total} steps ({epochs} epoch(s) of {per_epoch} batches of "
+                f"{self.batch_size}{short})" + (", augmented" if self.augment else ""))
 
 
 def fit(model: keras.Model, data: Dataset, *, preprocess=None, config: FitConfig = FitConfig(),
@@ -136,13 +140,28 @@ def fit(model: keras.Model, data: Dataset, *, preprocess=None, config: FitConfig
     if validation is not None:
         val = (preprocess_images(validation.x, how), validation.require_labels())
     epochs, per_epoch = config.schedule_of(_samples(data, transfer))
+    total = config.total_steps(_samples(data, transfer))
+    stop = [_StopAfter(total)] if total < epochs * per_epoch else []
     try:
         return trainer.fit(_batches(data, transfer, config, how, seed), epochs=epochs,
                            steps_per_epoch=per_epoch, validation_data=val, verbose=verbose,
-                           callbacks=list(callbacks) + _early_stopping(config, val))
+                           callbacks=list(callbacks) + _early_stopping(config, val) + stop)
     finally:
         if teacher is not None:  # frozen for the distillation only, not for the caller
             teacher.trainable = teacher_was_trainable
+
+
+class _StopAfter(keras.callbacks.Callback):
+    """Ends training after exactly `steps` optimizer steps, within an epoch (counted by
+    the optimizer, which a resumed stage restores)."""
+
+    def __init__(self, steps: int):
+        super().__init__()
+        self.steps = steps
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations) >= self.steps:
+            self.model.stop_training = True
 
 
 def _samples(data: Dataset, transfer: Dataset | None) -> int:

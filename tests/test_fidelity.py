@@ -66,7 +66,9 @@ def test_budget_out_of_range_is_refused():
 def test_steps_replace_epochs():
     config = train.FitConfig(steps=100, batch_size=32)
     assert config.schedule_of(600) == (6, 17)  # 18 full batches a pass
-    assert config.total_steps(600) == 102
+    assert config.total_steps(600) == 100  # exactly: the last epoch is cut short
+    assert "100 steps (6 epoch(s) of 17 batches of 32, the last cut short)" in \
+        config.describe(600)
     assert train.FitConfig(epochs=2, batch_size=32).total_steps(600) == 36
     assert train.FitConfig(steps=0).total_steps(600) == 0
 
@@ -357,3 +359,13 @@ def test_a_class_the_result_stopped_predicting_is_named():
     warned = pipeline.weak_classes(_evaluation(predictions, labels))
     assert warned and "0% of cat" in warned[0] and "dog" not in warned[0]
     assert pipeline.weak_classes(_evaluation(labels, labels)) == []
+
+
+# last: building a model here renames the layers of models built after it
+def test_fine_tuning_takes_exactly_the_steps_asked_for(train_set):
+    from edgecompress import models
+
+    model = models.tiny_cnn((16, 16, 3), filters=(4, 8))
+    train.fit(model, train_set.take(100), preprocess="unit", verbose=0,
+              config=train.FitConfig(steps=50, batch_size=32))  # 3 batches a pass
+    assert int(model.optimizer.iterations) == 50

@@ -197,12 +197,63 @@ def test_killed_recipe_resumes_from_its_last_completed_stage(tmp_path):
 
 
 @pytest.mark.slow
-def test_same_seed_same_tflite_bytes(tmp_path):
-    script = str(ROOT / "recipes" / "resnet8_prune_qat_int8.py")
+@pytest.mark.parametrize("recipe_script, argv", [
+    ("resnet8_prune_qat_int8.py", RECIPE + SHORT),  # a zoo model's recipe
+    ("mobilenet_folder_int8.py", ["--model", "zoo:tiny_cnn", "--images", "shapes",
+                                  "--image-size", "16", "--preprocess", "unit",
+                                  "--train-samples", "300", "--eval-samples", "100",
+                                  "--calibration-samples", "50", "--epochs", "2",
+                                  "--qat-steps", "20", "--quiet", "--max-drop", "100"]),
+])  # the folder recipe with --new-head: the interrupt test below runs it three times
+def test_same_seed_same_tflite_bytes(tmp_path, recipe_script, argv):
+    script = str(ROOT / "recipes" / recipe_script)
     files = []
     for run in ("a", "b"):
-        done = subprocess.run([sys.executable, script, *RECIPE, *SHORT, "--out",
-                               str(tmp_path / run)], capture_output=True, text=True)
+        done = subprocess.run([sys.executable, script, *argv, "--out", str(tmp_path / run)],
+                              capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-1000:]
         files.append((tmp_path / run / "model_int8.tflite").read_bytes())
     assert files[0] == files[1]
+
+
+FOLDER = ["--images", "shapes", "--image-size", "16", "--new-head", "--preprocess", "unit",
+          "--train-samples", "300", "--eval-samples", "100", "--calibration-samples", "50",
+          "--epochs", "3", "--qat-steps", "60", "--quiet", "--max-drop", "100"]
+
+
+def _folder_recipe(model, out, *extra):
+    script = str(ROOT / "recipes" / "mobilenet_folder_int8.py")
+    return [sys.executable, script, "--model", str(model), *FOLDER, "--out", str(out), *extra]
+
+
+@pytest.mark.slow
+def test_an_interrupt_at_each_stage_boundary_resumes_to_the_same_bytes(trained, tmp_path):
+    """The own-photos recipe with --new-head (its labels-only reference stage, then QAT),
+    interrupted with Ctrl-C as each stage completes, resumes to the bytes of a run that
+    was never interrupted, reusing the reference model it had trained."""
+    whole = subprocess.run(_folder_recipe(trained[1], tmp_path / "whole"), capture_output=True,
+                           text=True)
+    assert whole.returncode == 0, whole.stderr[-1000:]
+    expected = (tmp_path / "whole" / "model_int8.tflite").read_bytes()
+    boundaries = {"reference trained": Path("checkpoints/reference/progress.json"),
+                  "QAT trained": Path("checkpoints/progress.json")}
+    for point, marker in boundaries.items():
+        out = tmp_path / point.replace(" ", "_")
+        process = subprocess.Popen(_folder_recipe(trained[1], out), stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 300
+        while not (out / marker).exists():
+            assert process.poll() is None, process.stderr.read()[-1000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate()
+        assert process.returncode == 130 and "--resume" in err, (point, err[-1000:])
+        plain = subprocess.run(_folder_recipe(trained[1], out), capture_output=True, text=True)
+        assert plain.returncode == 2 and "holds an interrupted run" in plain.stderr
+        resumed = subprocess.run(_folder_recipe(trained[1], out, "--resume"),
+                                 capture_output=True, text=True)
+        assert resumed.returncode == 0, (point, resumed.stderr[-1000:])
+        assert "reusing the reference model from" in resumed.stdout, point
+        assert (out / "model_int8.tflite").read_bytes() == expected, point
+        assert not (out / "checkpoints").exists()
