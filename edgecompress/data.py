@@ -245,6 +245,15 @@ def load_npz(path) -> Dataset:
     """Loads an `.npz` with `x` (uint8, NHWC or NHW), optional `y` and `classes`."""
     path = Path(path)
     try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except OSError as e:
+        raise DataError(f"Cannot read `{path}`: {e.strerror}.") from None
+    if magic[:4] != b"PK\x03\x04" and magic != b"\x93NUMPY":
+        raise DataError(f"`{path}` is not an .npz archive (numpy.savez writes one; this file "
+                        "starts with other bytes, e.g. text). Save images with "
+                        "numpy.savez(path, x=images, y=labels).")
+    try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files if k in ("x", "y", "classes")}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:

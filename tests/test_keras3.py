@@ -198,3 +198,21 @@ def test_conv1d_alone(tmp_path):
     model = keras3.Model(inputs, L.Conv1D(4, 3)(inputs))
     model.save(tmp_path / "conv1d.keras")
     assert bridge.check_parity(model, models.load(tmp_path / "conv1d.keras")) <= 1e-5
+
+
+def test_a_custom_keras3_layer_not_registered_here_is_named(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "custom.keras"
+    code = ("import keras\n"
+            "@keras.saving.register_keras_serializable(package='Custom')\n"
+            "class MyBlock(keras.layers.Layer):\n"
+            "    def call(self, x):\n        return x * 2\n"
+            "inputs = keras.Input((8, 8, 3))\n"
+            "x = keras.layers.Flatten()(MyBlock(name='block')(inputs))\n"
+            f"keras.Model(inputs, keras.layers.Dense(3)(x)).save({str(path)!r})\n")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    with pytest.raises(ModelError, match=r"custom layers that are not registered in this "
+                                         r"process: block \(Custom>MyBlock\)"):
+        models.load(path)

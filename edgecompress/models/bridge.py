@@ -86,11 +86,47 @@ def load(path: Path, *, allow_code: bool = False):
             original = keras3().saving.load_model(path, compile=False,
                                                   safe_mode=not allow_code)
         except Exception as e:  # Keras raises many types for a file it cannot read
+            custom = custom_layers(path)
+            if custom:
+                raise ModelError(
+                    f"Keras 3 cannot load `{path}`: it holds custom layers that are not "
+                    f"registered in this process: {', '.join(custom)}. Load it from Python "
+                    "after importing the code that defines them (keras.saving."
+                    "register_keras_serializable), and teach the bridge each class with "
+                    "edgecompress.models.bridge.register(...).") from None
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise ModelError(f"Keras 3 cannot load `{path}`: {first[:300]}") from None
     model = convert(original)
     check_parity(original, model)
     return model
+
+
+def custom_layers(path: Path) -> list[str]:
+    """"name (Class)" of each layer in a `.keras` archive's configuration whose class is
+    not Keras's own (a custom, registered class); [] when there are none or the file is
+    not such an archive."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return []
+    found = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            module, registered = node.get("module"), node.get("registered_name")
+            custom = registered and registered != node.get("class_name") or \
+                isinstance(module, str) and not module.startswith("keras")
+            if "class_name" in node and custom and isinstance(node.get("config"), dict):
+                found.append(f"{node['config'].get('name', '?')} ({registered or node['class_name']})")
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(config)
+    return found
 
 
 def convert(original):
