@@ -54,10 +54,61 @@ def channel_sensitivity(model, data: Dataset, *, ratios=DEFAULT_RATIOS,
     return rows
 
 
+DEFAULT_STORAGES = ("int4", "lut4", "lut3", "lut2", "prune75", "prune90")
+
+
+def storage_sensitivity(model, data: Dataset, *, storages=DEFAULT_STORAGES,
+                        preprocess=None, seed: int = 0) -> list[dict]:
+    """One row per (kernel layer, storage): what storing that layer alone so costs before
+    any fine-tuning (accuracy and top-1 agreement with the unchanged model on `data`), and
+    the kernel's estimated stored bytes. LUT and pruned layers start as training for the
+    storage starts (`techniques.storage`: k-means per output channel, magnitude pruning);
+    int4 is symmetric per output channel, as the export requantises it."""
+    from ._tf import keras
+    from .techniques import storage as for_storage
+    from . import storage as stored
+
+    how = data.resolve(preprocess)
+    labels = data.require_labels()
+    reference = models.predict_labels(model, data, how)
+    kinds = [stored.Storage.parse(s) for s in storages]
+    rows = []
+    for layer in [layer for layer in model.layers if models.kernel(layer) is not None]:
+        kernel = models.kernel(layer)
+        for kind in kinds:
+            keras.utils.set_random_seed(seed)  # k-means++ draws its first centroids
+            if kind.kind == "int4":
+                changed = models.copy(model)
+                weights = changed.get_layer(layer.name).get_weights()
+                weights[0] = symmetric_int4(weights[0])
+                changed.get_layer(layer.name).set_weights(weights)
+            else:
+                config = for_storage.Config({layer.name: str(kind)})
+                changed = for_storage.strip(for_storage.apply(model, config))
+            predicted = models.predict_labels(changed, data, how)
+            rows.append({"layer": layer.name, "weights": int(kernel.size),
+                         "storage": str(kind),
+                         "bytes": stored.estimated_bytes(kind, int(kernel.size),
+                                                         int(kernel.shape[-1])),
+                         "accuracy": float(np.mean(predicted == labels)),
+                         "agreement": float(np.mean(predicted == reference))})
+    return rows
+
+
+def symmetric_int4(kernel: np.ndarray) -> np.ndarray:
+    """A Keras kernel (output channels last) rounded to 15 symmetric levels per output
+    channel."""
+    step = np.abs(kernel).reshape(-1, kernel.shape[-1]).max(axis=0) / 7
+    step[step == 0] = 1
+    return np.round(kernel / step) * step
+
+
 def scan(model, data: Dataset, out: Path, *, ratios=DEFAULT_RATIOS, samples: int = 500,
-         preprocess=None, quantisation: bool = True, key: str = "") -> dict:
+         preprocess=None, quantisation: bool = True, key: str = "",
+         storages=()) -> dict:
     """Channel and quantisation sensitivity on `samples` images of `data` drawn at random
-    (seed 0), written to `out` (sensitivity.json, sensitivity.md, sensitivity.png).
+    (seed 0), and with `storages` (e.g. `DEFAULT_STORAGES`) each kernel layer's under
+    those storages, written to `out` (sensitivity.json, sensitivity.md, sensitivity.png).
 
     `key` identifies the model (e.g. its file's SHA-256); with the same key, data and
     settings, an earlier result in `out` is returned instead of measured again.
@@ -66,7 +117,8 @@ def scan(model, data: Dataset, out: Path, *, ratios=DEFAULT_RATIOS, samples: int
     how = subset.resolve(preprocess)
     settings = {"key": key, "data": data.source, "samples": len(subset),
                 "ratios": list(ratios), "preprocess": how.value,
-                "quantisation": quantisation, "images": _digest(subset.x)}
+                "quantisation": quantisation, "images": _digest(subset.x),
+                "storages": list(storages)}
     cached = _cached(out / CACHE, settings)
     if cached is not None:
         print(f"sensitivity: reusing {out / CACHE} (same model, data and settings)")
@@ -75,6 +127,11 @@ def scan(model, data: Dataset, out: Path, *, ratios=DEFAULT_RATIOS, samples: int
           f"{len(subset)} images ...", flush=True)
     result = {"settings": settings,
               "channels": channel_sensitivity(model, subset, ratios=ratios, preprocess=how)}
+    if storages:
+        print(f"sensitivity: each kernel layer stored as {', '.join(storages)} ...",
+              flush=True)
+        result["storage"] = storage_sensitivity(model, subset, storages=storages,
+                                                preprocess=how)
     if quantisation:
         print("sensitivity: INT8 error per operator ...", flush=True)
         result["quantisation"] = tflite.quantization_errors(model, subset, preprocess=how,
@@ -100,6 +157,9 @@ def write(result: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     lines = ["# Sensitivity", "", "Channels removed without fine-tuning (agreement: top-1 "
              "with the unpruned model):", "", report.markdown_table(result["channels"])]
+    if "storage" in result:
+        lines += ["", "Each kernel layer stored alone, without fine-tuning (bytes: the "
+                  "kernel as stored, estimated):", "", report.markdown_table(result["storage"])]
     if "quantisation" in result:
         worst = [{k: row[k] for k in ("op", "tensor", "rmse_per_scale")}
                  for row in result["quantisation"][:10]]

@@ -84,3 +84,22 @@ def test_the_allocation_takes_the_useless_channels_first(useless_group, test_set
     squeezed = sensitivity.allocate(useless_group, rows, params=0.05, max_ratio=0.5)
     assert squeezed == {"stem": 0.5, "inner": 0.5}  # as far as it may go, short of 5 %
     assert models.macs(pruned) < models.macs(useless_group)
+
+
+def test_storage_sensitivity_stores_one_layer_at_a_time(trained, test_set):
+    from edgecompress import models, storage
+
+    model = trained[0]
+    rows = sensitivity.storage_sensitivity(model, test_set.take(100),
+                                           storages=("lut7", "lut2", "prune90", "int4"),
+                                           preprocess="unit")
+    layers = [layer.name for layer in model.layers if models.kernel(layer) is not None]
+    assert [r["layer"] for r in rows] == [name for name in layers for _ in range(4)]
+    by = {(r["layer"], r["storage"]): r for r in rows}
+    for name in layers:  # 128 values a channel barely change; 4 or 10 % kept lose more
+        assert by[name, "lut7"]["agreement"] >= by[name, "lut2"]["agreement"] - 0.02
+        assert by[name, "lut2"]["bytes"] < by[name, "lut7"]["bytes"]
+    dense = next(r for r in rows if r["layer"] == "dense" and r["storage"] == "int4")
+    assert dense["bytes"] == storage.estimated_bytes(storage.Storage.parse("int4"),
+                                                     dense["weights"], 10)
+    assert min(r["agreement"] for r in rows) < 0.9  # something is lost somewhere

@@ -609,21 +609,32 @@ def _add_sensitivity(commands) -> None:
                    help="images drawn at random from --data (default 500)")
     p.add_argument("--no-quantisation", dest="quantisation", action="store_false",
                    help="skip the per-operator INT8 error")
+    p.add_argument("--storage", nargs="*", metavar="KIND",
+                   help="also store each kernel layer alone as each KIND (int4, lutN, "
+                        "pruneNN) and measure what it loses; without KINDs: int4 lut4 lut3 "
+                        "lut2 prune75 prune90")
     add_allow_code(p)
     p.set_defaults(run=run_sensitivity)
 
 
 def run_sensitivity(args) -> int:
-    from .. import models, report, sensitivity, tflite
+    from .. import models, report, sensitivity, storage, tflite
     from ..pipeline import sha256
 
     model = models.load(args.model, allow_code=args.allow_code)
     data = load_data_for(args.data, models.input_shape(model))
     data = data.with_preprocess(tflite.preprocessing_of(model, None, args.preprocess))
+    storages = () if args.storage is None else \
+        tuple(args.storage) or sensitivity.DEFAULT_STORAGES
+    for kind in storages:
+        storage.Storage.parse(kind, "--storage")  # before the slow work
     result = sensitivity.scan(model, data, Path(args.out), ratios=args.ratios,
                               samples=args.samples, quantisation=args.quantisation,
-                              key=sha256(args.model) if Path(args.model).is_file() else "")
+                              key=sha256(args.model) if Path(args.model).is_file() else "",
+                              storages=storages)
     print(report.text_table(result["channels"]))
+    if "storage" in result:
+        print("\n" + report.text_table(result["storage"]))
     print(f"wrote {args.out}/sensitivity.json, sensitivity.md and sensitivity.png")
     return 0
 
