@@ -280,11 +280,18 @@ def stored_kernels(model: Model) -> list[dict]:
     return rows
 
 
+KERNEL_OP_NAMES = ("Conv2D", "depthwise", "MatMul", "conv2d_transpose")
+
+
 def layer_name(tensor_name: str) -> str:
-    """The Keras layer in a converted kernel's name (MODEL/LAYER/op; a quantisation-aware
-    layer's quant_LAYER counts as LAYER), else the name itself ("" in a stripped file)."""
-    parts = [p for p in tensor_name.split(";")[0].split("/") if p]
-    layer = parts[1] if len(parts) > 2 else tensor_name
+    """The Keras layer in a converted kernel's name: of its ';'-joined names (the
+    converter lists the ops it folded in), the MODEL/.../LAYER/op whose op makes a kernel
+    (a quantisation-aware layer's quant_LAYER counts as LAYER); else the name itself
+    ("" in a stripped file)."""
+    parts = tensor_name.split(";")
+    chosen = next((p for p in parts if p.rsplit("/", 1)[-1] in KERNEL_OP_NAMES), parts[0])
+    segments = [s for s in chosen.split("/") if s]
+    layer = segments[-2] if len(segments) >= 2 else tensor_name
     return layer[len("quant_"):] if layer.startswith("quant_") else layer
 
 

@@ -88,15 +88,30 @@ def apply(model: keras.Model, config: Config = Config()) -> keras.Model:
             schedule = tfmot.sparsity.keras.PolynomialDecay(
                 0.0, kind.sparsity, 0, config.end_step, frequency=config.frequency)
             return tfmot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=schedule)
+        per_channel = type(layer).__name__ == "Conv2D"
         return tfmot.clustering.keras.cluster_weights(
-            layer, number_of_clusters=kind.values,
+            _with_bias(layer) if per_channel else layer, number_of_clusters=kind.values,
             cluster_centroids_init=tfmot.clustering.keras.CentroidInitialization
-            .KMEANS_PLUS_PLUS, cluster_per_channel=type(layer).__name__ == "Conv2D")
+            .KMEANS_PLUS_PLUS, cluster_per_channel=per_channel)
 
     wrapped, skipped = _layers.wrap(model, lambda layer: _reason_to_skip(layer, chosen),
                                     wrapper)
     _layers.warn_skipped("Training for storage", skipped)
     return wrapped
+
+
+def _with_bias(layer):
+    """The convolution itself, or, when it has no bias, a copy with a zero one. tfmot's
+    per-channel clustering counts a layer's channels from its last trainable weight, which
+    without a bias is the kernel, and then skips the layer with only a warning
+    (`cluster._has_enough_weights_to_cluster`, tfmot 0.8.1); the converter folds the bias
+    into the next batch normalisation's anyway."""
+    if layer.use_bias:
+        return layer
+    copy = type(layer).from_config({**layer.get_config(), "use_bias": True})
+    copy.build(layer.input_shape)
+    copy.set_weights([layer.get_weights()[0], np.zeros(layer.filters, np.float32)])
+    return copy
 
 
 def callbacks(config: Config = Config()) -> list:
