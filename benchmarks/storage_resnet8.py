@@ -32,6 +32,10 @@ from edgecompress.techniques import storage
 from edgecompress.train import FitConfig
 
 STAGE_3 = ("conv2d_6", "conv2d_7")  # 55,296 of the 77,360 weights
+STAGE_2 = ("conv2d_3", "conv2d_4")
+# the first convolution and the 1x1 shortcuts: a palette of 16 values per channel takes
+# more bytes than their int8 values (432, 512 and 2,048 values; 16-64 channels)
+SMALL = dict.fromkeys(("conv2d", "conv2d_5", "conv2d_8"), "int8")
 PLANS = {
     "int8 (trimmed)": {"*": "int8"},
     "lut4": {"*": "lut4"},
@@ -40,6 +44,11 @@ PLANS = {
     "lut2 conv2d_7, lut3 rest": {"conv2d_7": "lut2", "*": "lut3"},
     "prune75 stage 3, lut4 rest": {**dict.fromkeys(STAGE_3, "prune75"), "*": "lut4"},
     "prune90 conv2d_7, lut3 rest": {"conv2d_7": "prune90", "*": "lut3"},
+    "small int8, lut3 conv2d_7, lut4 rest": {**SMALL, "conv2d_7": "lut3", "*": "lut4"},
+    "small int8, lut3 stage 3, lut4 rest": {**SMALL, **dict.fromkeys(STAGE_3, "lut3"),
+                                            "*": "lut4"},
+    "small int8, lut3 stages 2-3, lut4 rest": {
+        **SMALL, **dict.fromkeys(STAGE_2 + STAGE_3, "lut3"), "*": "lut4"},
 }
 
 

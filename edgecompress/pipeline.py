@@ -84,7 +84,8 @@ def compress(model, stages: list[recipe.Stage], train_data, eval_data, out: Path
     """Runs `stages` on `model` and compares the result with the float and PTQ INT8 baselines.
 
     Writes in `out`: `float.tflite`, `ptq_int8.tflite`, `model_int8.tflite` (the recipe's
-    result; `model_int4w.tflite` after 4-bit QAT), `model.h5` (the final Keras model,
+    result; `model_int4w.tflite` after 4-bit QAT; after a storage stage, its kernels stored
+    as its plan says, for TFLite Micro only), `model.h5` (the final Keras model,
     stripped of pruning/clustering wrappers),
     `recipe.json` (the stages, for `edgecompress run`), `report.json`, `report.md` and
     `report.html` (with plots).
@@ -146,10 +147,12 @@ def compress(model, stages: list[recipe.Stage], train_data, eval_data, out: Path
     models.save(final, out / "model.h5")
     if keras3:
         _save_keras3(final, out / "model.keras")
-    mode = quantize.export_mode(final)
+    mode, plan = quantize.export_mode(final), storage_plan(stages)
     name, file = f"recipe {mode.upper()}", f"model_{mode}.tflite"
-    print(f"[3/4] exporting the result to {mode.upper()} ...", flush=True)
-    files[name] = tflite.export(final, out / file, mode=mode, **calibration)
+    print(f"[3/4] exporting the result to {mode.upper()}" + (
+        ", its kernels stored for TFLite Micro as the plan says" if plan else "") + " ...",
+        flush=True)
+    files[name] = tflite.export(final, out / file, mode=mode, storage=plan, **calibration)
     print(f"[4/4] evaluating {len(files)} files on {len(eval_data):,} images ...",
           flush=True)
     results, rows = judge(files, eval_data, keras_labels, latency_runs=latency_runs)
@@ -233,6 +236,13 @@ def weak_classes(evaluation, share: float = 0.5, least: int = 5) -> list[str]:
     return [f"the result is right on {', '.join(f'{a:.0%} of {n}' for n, a in weak.items())} "
             f"(chance: {chance:.0%}): it has all but stopped predicting "
             f"{'this class' if len(weak) == 1 else 'these classes'}"]
+
+
+def storage_plan(stages: list) -> dict | None:
+    """The plan of the last stage that trains for a storage (`techniques.storage`): the
+    export stores the kernels that way; None when no stage does."""
+    plans = [s.config.plan for s in stages if s.technique == "storage"]
+    return plans[-1] if plans else None
 
 
 def split_preparation(stages: list) -> tuple[list, list]:

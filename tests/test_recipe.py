@@ -86,6 +86,28 @@ def test_prune_pqat_recipe_smoke(trained, shapes_npz, tmp_path):
 
 
 @pytest.mark.slow
+def test_storage_recipe_writes_a_smaller_file_for_tflite_micro(trained, shapes_npz, tmp_path):
+    train_npz, test_npz = shapes_npz
+    out = tmp_path / "run"
+    done = _run_script("resnet8_storage_int8.py", "--model", trained[1], "--train-data",
+                       train_npz, "--eval-data", test_npz, "--preprocess", "unit", "--out",
+                       out, "--steps", 40, "--train-samples", 256, "--calibration-samples",
+                       50, "--quiet", "--max-drop", 100,
+                       "--plan", "conv2d_1=prune60,dense=int8,*=lut3")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "stored for TFLite Micro as the plan says" in done.stdout
+    report = json.loads((out / "report.json").read_text())
+    rows = {r["variant"]: r for r in report["rows"]}
+    assert rows["recipe INT8"]["bytes"] < 0.9 * rows["PTQ INT8"]["bytes"]  # dense: int8
+    assert rows["recipe INT8"]["latency_ms"] is None  # TFLite Micro: not timed here
+    assert report["results"]["recipe INT8"]["kernels"] == "tflite-micro"
+    from edgecompress.device import inspect
+    stored = inspect.open(out / "model_int8.tflite")
+    assert [k["storage"] for k in stored.parts["kernels"]] == ["lut3", "prune", "int8"]
+    assert stored.metadata["storage"] == {"conv2d_1": "prune60", "dense": "int8", "*": "lut3"}
+
+
+@pytest.mark.slow
 def test_recipe_bad_input_is_one_line(tmp_path, shapes_npz):
     done = _run_script("resnet8_qat_int8.py", "--model", tmp_path / "missing.h5",
                        "--train-data", shapes_npz[0], "--out", tmp_path / "out")
