@@ -67,7 +67,8 @@ def run(model, train, eval_data, out: Path, *, target, max_drop: float = 1.0,
         steps: int = 300, qat_steps: int = 100, seed: int = 0, transfer=None,
         emulate=None, workers: int = 1, finalists: int = 0, final_steps: int = 3000,
         final_qat_steps: int = 500, weight_bits=(8,), strip_names: bool = False,
-        max_bytes: int | None = None, max_ms: float | None = None) -> dict:
+        max_bytes: int | None = None, max_ms: float | None = None,
+        stored_as=()) -> dict:
     """Runs (or resumes) a study and writes its results in `out`.
 
     Args:
@@ -95,6 +96,10 @@ def run(model, train, eval_data, out: Path, *, target, max_drop: float = 1.0,
             bytes are then what a microcontroller's flash holds; `metadata.add`).
         max_bytes, max_ms: budgets for the file's bytes and the target's latency (as the
             trials measure it), beside the target's own flash and RAM.
+        stored_as: storages each kernel layer chooses from (`edgecompress.storage`: int8,
+            int4, lutN, pruneNN), for microcontroller targets: a trial then trains for its
+            plan instead of QAT and its file stores the kernels so (its bytes are what
+            the microcontroller holds). `max_ratio` 0 searches storage alone.
 
     Returns:
         {"trials": rows, "front": rows, "best": row or None, "feasible": count,
@@ -115,13 +120,18 @@ def run(model, train, eval_data, out: Path, *, target, max_drop: float = 1.0,
         raise OptionError(f"`trials` and `finalists` count; they cannot be negative. "
                           f"Received: trials={trials}, finalists={finalists}.")
     weight_bits = _check_weight_bits(weight_bits, target, emulate)
+    stored_as = _check_stored_as(stored_as, target, weight_bits)
     seconds = parse_duration(time_budget)
     out = Path(out)
     (out / "trials").mkdir(parents=True, exist_ok=True)
-    groups = [g.producers[0] for g in channels.analyse(model) if not g.fixed_by]
-    if not groups:
+    groups = [g.producers[0] for g in channels.analyse(model) if not g.fixed_by] \
+        if max_ratio > 0 else []
+    layers = [layer.name for layer in model.layers if models.kernel(layer) is not None] \
+        if stored_as else []
+    if not groups and not layers:
         raise OptionError(f"`{model.name}` has no channel group that structured pruning can "
-                          "shrink; the search has nothing to choose.")
+                          "shrink, and no storage was offered: the search has nothing to "
+                          "choose.")
     leak = data.leak_warning(eval_data, training=train, transfer=transfer)
     if leak:
         print(f"search: warning: {leak}", file=sys.stderr, flush=True)
@@ -133,15 +143,19 @@ def run(model, train, eval_data, out: Path, *, target, max_drop: float = 1.0,
                            "qat_steps": qat_steps, "groups": groups}
                    | ({"weight_bits": list(weight_bits)} if weight_bits != (8,) else {})
                    | ({"strip_names": True} if strip_names else {})
+                   | ({"stored_as": list(stored_as)} if stored_as else {})
                    | {k: v for k, v in (("max_bytes", max_bytes), ("max_ms", max_ms)) if v})
     objective = _Objective(model, train, eval_data, keras_labels, out, target, max_drop,
                            groups, max_ratio, divisor, steps, qat_steps, seed, transfer,
-                           weight_bits, emulate, strip_names, max_bytes, max_ms)
-    print(f"search: {len(groups)} channel groups, up to {trials} trial(s)"
+                           weight_bits, emulate, strip_names, max_bytes, max_ms,
+                           stored_as, layers)
+    print(f"search: {len(groups)} channel groups"
+          + (f", {len(layers)} layers stored as one of {', '.join(stored_as)}" if layers
+             else "") + f", up to {trials} trial(s)"
           + (f" or {seconds:g} s" if seconds else "") + f", target {target.name}, budget "
           f"{max_drop:g} points" + (f", {workers} workers" if workers > 1 else ""),
           flush=True)
-    if not study.trials and trials:
+    if not study.trials and trials and groups:
         for ratios in _seeds(objective):
             study.enqueue_trial({f"ratio {g}": r for g, r in ratios.items()})
     shares = [trials // workers + (i < trials % workers) for i in range(workers)]
@@ -167,6 +181,19 @@ def _check_weight_bits(weight_bits, target, emulate) -> tuple[int, ...]:
                           "estimate cannot see the cost of unpacking them, the emulated "
                           "instruction count does.")
     return bits
+
+
+def _check_stored_as(stored_as, target, weight_bits) -> tuple[str, ...]:
+    from . import storage
+
+    kinds = tuple(dict.fromkeys(str(storage.Storage.parse(k, "stored_as")) for k in stored_as))
+    if kinds and target.runtime != "tflm":
+        raise OptionError(f"Storing kernels for TFLite Micro's DECODE is for microcontroller "
+                          f"targets; {target.name} runs LiteRT, which cannot decode them.")
+    if kinds and weight_bits != (8,):
+        raise OptionError("Offer int4 as a storage (stored_as) rather than as weight_bits "
+                          "when searching storages.")
+    return kinds
 
 
 def _seeds(objective) -> list[dict]:
@@ -205,8 +232,9 @@ def _finalists(objective, study, count: int, steps: int, qat_steps: int) -> list
               flush=True)
         ratios = {g: trial.params[f"ratio {g}"] for g in objective.groups}
         bits = trial.params.get("weight bits", objective.weight_bits[0])
+        plan = {layer: trial.params[f"storage {layer}"] for layer in objective.layers}
         row, constraints = objective.build(
-            objective.stages(ratios, bits, steps, qat_steps),
+            objective.stages(ratios, bits, steps, qat_steps, plan),
             objective.out / "finalists" / f"trial_{trial.number}.tflite")
         fits = all(v <= 0 for v in constraints.values())
         rows.append({"trial": trial.number, **row, "fits": fits,
@@ -301,6 +329,8 @@ class _Objective:
     strip_names: bool = False
     max_bytes: int | None = None
     max_ms: float | None = None
+    stored_as: tuple = ()  # storages a kernel layer chooses from (none: QAT, int8)
+    layers: list = dataclasses.field(default_factory=list)  # the kernel layers stored
     best: tuple | None = None  # (trial, bytes) of this process's smallest fitting trial
 
     def __call__(self, trial) -> tuple[float, float]:
@@ -309,8 +339,10 @@ class _Objective:
                   for g in self.groups}
         bits = trial.suggest_categorical("weight bits", self.weight_bits) \
             if len(self.weight_bits) > 1 else self.weight_bits[0]
-        row, constraints = self.build(
-            self.stages(ratios, bits), self.out / "trials" / f"trial_{trial.number}.tflite")
+        plan = {layer: trial.suggest_categorical(f"storage {layer}", self.stored_as)
+                for layer in self.layers}
+        row, constraints = self.build(self.stages(ratios, bits, plan=plan),
+                                      self.out / "trials" / f"trial_{trial.number}.tflite")
         row = {"trial": trial.number, **row,
                "seconds": round(time.perf_counter() - started, 1)}
         trial.set_user_attr("row", row)
@@ -334,14 +366,16 @@ class _Objective:
         with contextlib.redirect_stdout(io.StringIO()):  # one line per trial, by the caller
             final, _ = recipe.run(models.copy(self.model), stages, self.train,
                                   seed=self.seed, verbose=0, transfer=self.transfer)
+        plan = stages[-1].config.plan if stages[-1].technique == "storage" else None
         path = tflite.export(final, path, mode=quantize.export_mode(final), data=self.train,
-                             strip_names=self.strip_names)
+                             strip_names=self.strip_names, storage=plan)
         recipe.save(stages, path.with_suffix(".json"))
         result = verify.evaluate(path, self.eval_data, reference=self.keras_labels,
                                  latency_runs=50)
         drop = budget.Drop(**result.drop)
         latency, flash, ram = self.device_figures(inspect.open(path), result)
-        row = {"weight_bits": stages[-1].config.weight_bits,
+        row = {"weight_bits": 8 if plan else stages[-1].config.weight_bits,
+               **({"storage": plan} if plan else {}),
                "bytes": result.bytes, "latency_ms": latency, "flash_bytes": flash,
                "accuracy": result.accuracy, "agreement": result.agreement,
                "drop_points": drop.points, "drop_95": f"{drop.low:+.2f} to {drop.high:+.2f}",
@@ -371,17 +405,29 @@ class _Objective:
         return max(params, 0.0), self.max_ms / latency if self.max_ms else 1.0
 
     def stages(self, ratios: dict, weight_bits: int = 8, steps: int | None = None,
-               qat_steps: int | None = None) -> list[recipe.Stage]:
-        """The trial's recipe; `steps` and `qat_steps` lengthen it for a finalist."""
+               qat_steps: int | None = None, plan: dict | None = None) -> list[recipe.Stage]:
+        """The trial's recipe; `steps` and `qat_steps` lengthen it for a finalist. With a
+        storage `plan`, its last stage trains for that storage (`qat_steps` of it) instead
+        of QAT; channels go first only when some are removed."""
+        from .techniques import storage
+
         teach = distill.Config(alpha=0.1)
-        shrink = channels.Config(ratio=0.0, ratios={g: r for g, r in ratios.items() if r},
-                                 divisor=self.divisor)
-        return [recipe.Stage("channels", shrink, FitConfig(
-                    steps=steps or self.steps, batch_size=64, learning_rate=1e-3,
-                    schedule="cosine", augment=True), teach),
-                recipe.Stage("qat", quantize.Config(weight_bits=weight_bits), FitConfig(
-                    steps=qat_steps or self.qat_steps, batch_size=64, learning_rate=1e-4,
-                    schedule="cosine", augment=True), teach)]
+        ratios = {g: r for g, r in ratios.items() if r}
+        shrink = [recipe.Stage("channels", channels.Config(
+            ratio=0.0, ratios=ratios, divisor=self.divisor), FitConfig(
+                steps=steps or self.steps, batch_size=64, learning_rate=1e-3,
+                schedule="cosine", augment=True), teach)] if ratios or not plan else []
+        if plan:
+            last = qat_steps or self.qat_steps
+            end = max(1, 2 * last // 3)
+            return shrink + [recipe.Stage("storage", storage.Config(
+                plan, end_step=end, frequency=max(1, end // 10)), FitConfig(
+                    steps=last, batch_size=64, learning_rate=3e-4, schedule="cosine",
+                    augment=True), teach)]
+        return shrink + [recipe.Stage("qat", quantize.Config(weight_bits=weight_bits),
+                                      FitConfig(steps=qat_steps or self.qat_steps,
+                                                batch_size=64, learning_rate=1e-4,
+                                                schedule="cosine", augment=True), teach)]
 
     def device_figures(self, file, result) -> tuple[float, int, int]:
         """(latency ms, flash bytes, RAM bytes) on the target: emulated when asked (the

@@ -169,3 +169,27 @@ def test_a_killed_search_loses_only_its_running_trial(trained, tmp_path, monkeyp
     study = optuna.load_study(study_name="edgecompress", storage=f"sqlite:///{out / 'study.db'}")
     states = {t.number: t.state.name for t in study.trials}
     assert states == {0: "COMPLETE", 1: "FAIL", 2: "COMPLETE"}, states
+
+
+def test_storage_per_layer_is_a_dimension_and_the_bytes_are_the_stored_files(
+        trained, train_set, test_set, tmp_path, board):
+    from pathlib import Path
+
+    from edgecompress.device import inspect
+
+    train, judge = train_set.with_preprocess("unit"), test_set.with_preprocess("unit")
+    result = search.run(trained[0], train, judge, tmp_path, target=board, max_drop=100,
+                        trials=3, steps=2, qat_steps=4, max_ratio=0.0,
+                        stored_as=("int8", "lut3", "prune75"), strip_names=True)
+    layers = ["conv2d", "conv2d_1", "dense"]
+    for row in result["trials"]:
+        assert sorted(row["storage"]) == layers
+        file = inspect.open(row["file"])
+        assert row["bytes"] == Path(row["file"]).stat().st_size == file.size
+        assert file.metadata["storage"] == row["storage"]
+        stored = [k["storage"] for k in file.parts["kernels"]]
+        assert stored == [{"prune75": "prune"}.get(row["storage"][name], row["storage"][name])
+                          for name in layers]
+    with pytest.raises(OptionError, match="runs LiteRT, which cannot decode them"):
+        search.run(trained[0], train, judge, tmp_path / "phone", target="phone-cpu-1t",
+                   trials=1, stored_as=("lut3",), **SHORT)

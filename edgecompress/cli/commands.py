@@ -691,6 +691,15 @@ def _add_search(commands) -> None:
                    help="weight bits the trials choose from: 8 (default), 4 (int4w files: "
                         "about 60 %% of the bytes, slower on LiteRT) or 8 4; 4 on a "
                         "microcontroller needs --emulate")
+    p.add_argument("--stored-as", nargs="+", metavar="KIND", default=[],
+                   help="microcontroller targets: each kernel layer also chooses how its "
+                        "weights are stored, among these KINDs (int8, int4, lut2-lut7, "
+                        "prune1-prune99; see export --storage); a trial then trains for "
+                        "its plan (--qat-steps of it) instead of QAT, and its bytes are the "
+                        "stored file's")
+    p.add_argument("--max-ratio", type=float, default=0.75,
+                   help="largest share of a channel group a trial removes (default "
+                        "%(default)s; 0 searches storage alone)")
     p.add_argument("--transfer-data", metavar="DATA",
                    help="extra images learned only through the model's predictions")
     p.add_argument("--workers", type=int, default=1, metavar="N",
@@ -733,7 +742,8 @@ def run_search(args) -> int:
                         workers=args.workers, finalists=args.finalists,
                         final_steps=args.final_steps, final_qat_steps=args.final_qat_steps,
                         weight_bits=tuple(args.weight_bits), strip_names=args.strip_names,
-                        max_bytes=args.max_bytes, max_ms=args.max_ms)
+                        max_bytes=args.max_bytes, max_ms=args.max_ms,
+                        stored_as=tuple(args.stored_as), max_ratio=args.max_ratio)
     if result["best"] is None:
         print(f"edgecompress search: no candidate fit the budgets; see {args.out}/report.md",
               file=sys.stderr)
