@@ -28,8 +28,11 @@ from tensorflow_model_optimization.python.core.clustering.keras.clustering_regis
     ClusteringRegistry)
 from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry import (  # noqa: E402,E501
     PruneRegistry)
+# the converter's helper that turns a float model's input and output into integers
+from tensorflow.lite.python import util as tflite_util  # noqa: E402
 
-__all__ = ["tf", "keras", "tfmot", "ClusteringRegistry", "PruneRegistry", "keras3"]
+__all__ = ["tf", "keras", "tfmot", "ClusteringRegistry", "PruneRegistry", "tflite_util",
+           "keras3"]
 
 
 def keras3():

@@ -22,7 +22,7 @@ import warnings
 import numpy as np
 
 from . import _io
-from ._tf import keras, tfmot
+from ._tf import keras, tflite_util, tfmot
 from .errors import ModelError, OptionError
 
 
@@ -36,8 +36,7 @@ def convert(float_tflite: bytes, calibration: list[np.ndarray], io_type) -> byte
     """
     flatbuffer = _quantize(float_tflite, calibration)
     try:
-        from tensorflow.lite.python import util
-        return bytes(util.modify_model_io_type(flatbuffer, io_type, io_type))
+        return bytes(tflite_util.modify_model_io_type(flatbuffer, io_type, io_type))
     except (ValueError, RuntimeError) as e:
         raise ModelError(f"int4w: could not make the input and output integer: {e}") from None
 

@@ -332,3 +332,17 @@ def quantization_errors(model: keras.Model, data: Dataset, *, preprocess=None,
                      "rmse_per_scale": (mse ** 0.5) / scale if scale else float("nan"),
                      "max_abs_error": float(row["max_abs_error"]), "scale": scale})
     return sorted(rows, key=lambda r: -r["rmse_per_scale"])
+
+
+def export_modes(model, folder, data, *, modes=("fp32", "fp16", "dynamic", "int8"),
+                 preprocess=None, progress=None) -> dict:
+    """Exports a Keras model in each mode into `folder` ({mode}.tflite); int8 calibrates on
+    `data` (what `compare-modes` runs on each phone class). Returns {mode: path}."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for mode in modes:
+        (progress or (lambda line: None))(f"exporting {mode} ...")
+        files[mode] = export(model, folder / f"{mode}.tflite", mode=mode, data=data,
+                             preprocess=preprocess)
+    return files

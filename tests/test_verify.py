@@ -85,11 +85,12 @@ NO_TENSORFLOW = "\nassert not [m for m in sys.modules if m.split('.')[0] in ('te
 def test_the_device_side_does_not_import_tensorflow():
     import edgecompress.device
 
-    device = [f"edgecompress.device.{p.stem}" for p in
-              Path(edgecompress.device.__file__).parent.glob("*.py") if p.stem != "__init__"]
-    assert len(device) >= 7
-    code = f"import sys, {', '.join(device)}, edgecompress.cli, edgecompress.budget" + \
-        NO_TENSORFLOW
+    root = Path(edgecompress.device.__file__).parent
+    device = [".".join(("edgecompress", "device", *p.relative_to(root).with_suffix("").parts))
+              .removesuffix(".__init__") for p in root.rglob("*.py")]
+    assert len(device) >= 14 and "edgecompress.device.arm64.guest" in device
+    code = f"import sys, {', '.join(device)}, edgecompress.cli, edgecompress.budget, " \
+        "edgecompress.storage" + NO_TENSORFLOW
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -98,7 +99,9 @@ def test_the_device_commands_do_not_import_tensorflow(int8_file, tmp_path):
                     y=np.arange(4))
     for argv in (["evaluate", str(int8_file), "--data", str(npz)], ["inspect", str(int8_file)],
                  ["targets"], ["verify", str(int8_file), "--target", "mcu-cortex-m4",
-                               "--data", str(npz)]):
+                               "--data", str(npz)],
+                 ["to-c", str(int8_file), "-o", str(tmp_path / "m.cc")],
+                 ["verify", str(int8_file), "--target", "phone-cpu", "--data", str(npz)]):
         code = f"import sys\nfrom edgecompress import cli\nassert cli.main({argv!r}) == 0" + \
             NO_TENSORFLOW
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -558,7 +558,7 @@ def _add_compare_modes(commands) -> None:
 
 
 def run_compare_modes(args) -> int:
-    from .. import _io, models, report
+    from .. import _io, models, report, tflite
     from ..device import arm64, phones, verify
 
     if args.json:
@@ -569,7 +569,7 @@ def run_compare_modes(args) -> int:
     shape = models.input_shape(model)
     data = load_data_for(args.data, shape)
     say = lambda line: print(line, file=sys.stderr)  # noqa: E731
-    files = phones.export_modes(model, args.out, data, modes=args.modes,
+    files = tflite.export_modes(model, args.out, data, modes=args.modes,
                                 preprocess=args.preprocess, progress=say)
     rows = phones.compare(files, args.targets, cache=args.cache_dir, progress=say)
     if args.eval_data:

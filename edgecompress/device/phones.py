@@ -16,21 +16,6 @@ PHONE_TARGETS = ("phone-cortex-a76", "phone-i8mm", "iot-cortex-a72", "iot-cortex
 MODES = ("fp32", "fp16", "dynamic", "int8")
 
 
-def export_modes(model, folder, data, *, modes=MODES, preprocess=None, progress=None) -> dict:
-    """Exports a Keras model in each mode into `folder` ({mode}.tflite); int8 calibrates on
-    `data`. Returns {mode: path}."""
-    from .. import tflite
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    files = {}
-    for mode in modes:
-        (progress or (lambda line: None))(f"exporting {mode} ...")
-        files[mode] = tflite.export(model, folder / f"{mode}.tflite", mode=mode, data=data,
-                                    preprocess=preprocess)
-    return files
-
-
 def check_targets(target_names) -> list:
     """The targets, if each is a LiteRT target with an ARM64 CPU class."""
     chosen = [targets_module.get(name) for name in target_names]
