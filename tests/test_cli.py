@@ -209,3 +209,13 @@ def test_a_preprocessing_known_wrong_stops_every_command_unless_forced(capsys, r
                            "--force")
     assert status == 0 and "warning: unit.tflite:" in err and "Warning:" not in err
     assert "with 'raw'" in metadata.read((tmp_path / "unit.tflite").read_bytes())["warnings"][0]
+
+
+def test_the_command_line_reference_page_is_the_parsers_own():
+    from pathlib import Path
+
+    from edgecompress.cli import reference
+
+    page = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
+    assert page.read_text() == reference.markdown(), \
+        "docs/cli.md is stale: python -m edgecompress.cli.reference > docs/cli.md"

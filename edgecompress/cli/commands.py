@@ -106,11 +106,13 @@ def run_export(args) -> int:
 
 def _add_evaluate(commands) -> None:
     p = commands.add_parser(
-        "evaluate", help="measure a .tflite model on LiteRT",
+        "evaluate", help="measure a .tflite model on LiteRT (TFLite Micro for stored weights)",
         description="Run a .tflite classifier on LiteRT over labelled images: top-1 accuracy, "
                     "per-class accuracy, agreement with a Keras reference, bytes, gzip bytes "
                     "and single-image latency (median and p90 after warm-up). Latency here is "
-                    "this machine's, not a phone's.")
+                    "this machine's, not a phone's. A file whose weights are stored for "
+                    "TFLite Micro (export --storage) runs on TFLite Micro's Python runtime "
+                    "instead, and is not timed.")
     p.add_argument("model", help="the .tflite file")
     p.add_argument("--data", required=True, help=f"labelled images: {DATA_HELP}")
     add_preprocess(p, default=None, why="default: the one stored in the file")
@@ -592,7 +594,8 @@ def run_compare_modes(args) -> int:
 
 def _add_sensitivity(commands) -> None:
     p = commands.add_parser(
-        "sensitivity", help="how much each channel group and operator of a model can lose",
+        "sensitivity", help="how much each channel group, operator and layer's storage of a "
+                            "model can lose",
         description="Remove a share of each prunable channel group without fine-tuning and "
                     "measure accuracy and top-1 agreement with the unpruned model on "
                     "--samples images; and measure each operator's full-INT8 error. Writes "
