@@ -178,15 +178,17 @@ def resolve(model: inspect.Model, plan: dict[str, Storage]) -> dict[int, tuple]:
 
 def encode(flatbuffer: bytes, plan, *, strip_names: bool = False,
            check_inputs: np.ndarray | None = None) -> bytes:
-    """The int8 `flatbuffer` with its kernels stored as `plan` says, for TFLite Micro.
+    """The int8 `flatbuffer` with its kernels stored as `plan` says.
 
     Every kernel's int8 values must already fit its storage (a LUT channel at most 2^N
     distinct values, a pruned kernel its share of zeros): training makes them so
     (`techniques.storage`); nothing is rounded here but int4, which requantises the int8
-    values per channel. Quantisation parameters TFLite Micro does not read are cut
-    (`trim`), and the whole file is checked: on `check_inputs` (images in the input's
-    type) it must give TFLite Micro outputs byte-identical to the same weights stored as
-    plain int8.
+    values per channel. A plan with a LUT or PRUNE layer makes a file for TFLite Micro
+    only, from which the quantisation parameters TFLite Micro does not read are cut too
+    (`trim`); checked on `check_inputs` (images in the input's type), it must give TFLite
+    Micro outputs byte-identical to the same weights stored as plain int8. A plan of int4
+    and int8 layers alone makes a file that LiteRT runs as well, untrimmed (LiteRT wants
+    a zero point per channel).
 
     Raises:
         OptionError: a layer's values do not fit the storage asked for (the message names
@@ -197,7 +199,9 @@ def encode(flatbuffer: bytes, plan, *, strip_names: bool = False,
     compression = _compression()
     plan = parse_plan(plan)
     chosen = resolve(inspect.read(flatbuffer), plan)
-    info = {**metadata.read(flatbuffer), "runtime": RUNTIME, "storage": plan_json(plan)}
+    micro_only = any(storage.decoded for _, storage in chosen.values())
+    info = {**metadata.read(flatbuffer), "storage": plan_json(plan),
+            **({"runtime": RUNTIME} if micro_only else {})}
     named = metadata.add(flatbuffer, info, strip_names=strip_names)
     model = compression.model_editor.read(named)
     tensors = model.subgraphs[0].tensors
@@ -209,6 +213,10 @@ def encode(flatbuffer: bytes, plan, *, strip_names: bool = False,
         else:
             results[(0, index)] = _compress(tensor, layer, storage, compression)
     plain = _align(model.build())
+    if not micro_only:  # int4 and int8 alone: LiteRT runs it too, so nothing is trimmed
+        if check_inputs is not None:
+            _micro_outputs(plain, check_inputs)  # TFLite Micro runs it
+        return plain
     compression.decode_insert.insert_decode_operators(model, results)
     encoded = _align(model.build())
     if check_inputs is not None:
@@ -393,12 +401,15 @@ def check_same_outputs(plain: bytes, encoded: bytes, inputs: np.ndarray,
                        what: str = "encoded") -> None:
     """Raises `ModelError` unless TFLite Micro gives byte-identical outputs for both files
     on `inputs`."""
-    from .device import micro
-
-    runs = [micro.run(f, inputs) for f in (plain, encoded)]
-    for run in runs:
-        if run.outputs is None:
-            raise ModelError(f"TFLite Micro could not run the stored file: {run.error}")
-    if not np.array_equal(runs[0].outputs, runs[1].outputs):
+    if not np.array_equal(_micro_outputs(plain, inputs), _micro_outputs(encoded, inputs)):
         raise ModelError(f"The file {what} gives other TFLite Micro outputs than the same "
                          "weights stored as int8: please report this as a bug.")
+
+
+def _micro_outputs(flatbuffer: bytes, inputs: np.ndarray) -> np.ndarray:
+    from .device import micro
+
+    run = micro.run(flatbuffer, inputs)
+    if run.outputs is None:
+        raise ModelError(f"TFLite Micro could not run the stored file: {run.error}")
+    return run.outputs

@@ -89,7 +89,7 @@ def test_stored_weights_decode_on_the_firmware_as_in_the_python_runtime(
     from edgecompress.data import preprocess
     from edgecompress.techniques import storage
 
-    config = storage.Config({"*": "lut3", "conv2d_1": "prune75"})
+    config = storage.Config({"conv2d": "int4", "conv2d_1": "prune75", "*": "lut3"})
     model = storage.strip(storage.apply(trained[0], config))  # post-training: k-means
     path = tflite.export(model, tmp_path / "stored.tflite", data=train_set, preprocess="unit",
                          storage=config.plan, strip_names=True)
@@ -100,7 +100,8 @@ def test_stored_weights_decode_on_the_firmware_as_in_the_python_runtime(
     run = cortex_m.run(stored, x, core="cortex-m4", kernels="cmsis-nn", **emulation)
     assert np.array_equal(run.outputs[0], python_runtime(path, x))
     decoding = [n for _, op, n in run.operators if op == "TFLM_DECODE"]
-    assert len(decoding) == 3 and all(n > 0 for n in decoding)
+    assert len(decoding) == 2 and all(n > 0 for n in decoding)  # the int4 layer: none
+    assert "int4" in [k["storage"] for k in stored.parts["kernels"]]
 
 
 def test_cmsis_nn_outputs_against_reference_kernels(resnet8_runs):

@@ -138,17 +138,21 @@ def test_a_plan_naming_a_missing_layer_is_refused(trained, train_set, tmp_path):
                       storage={"conv9": "lut4"})
 
 
-def test_int4_layer_is_requantised_with_its_bias(trained, train_set, test_set, tmp_path):
+def test_int4_layer_is_requantised_with_its_bias_and_both_runtimes_run_the_mix(
+        trained, train_set, test_set, tmp_path):
     plain = tflite.export(trained[0], tmp_path / "int8.tflite", data=train_set,
                           preprocess="unit")
     path = tflite.export(trained[0], tmp_path / "int4.tflite", data=train_set,
                          preprocess="unit", storage={"conv2d_1": "int4"})
-    kernels = inspect.open(path).parts["kernels"]
-    assert [k["storage"] for k in kernels] == ["int8", "int4", "int8"]
-    assert np.abs(inspect.open(path).kernels()[1][1].data).max() == storage.INT4_LEVELS
+    model = inspect.open(path)
+    assert [k["storage"] for k in model.parts["kernels"]] == ["int8", "int4", "int8"]
+    assert np.abs(model.kernels()[1][1].data).max() == storage.INT4_LEVELS
+    assert not model.micro_only  # int4 and int8 alone: LiteRT runs it too
     inputs = verify.to_input_type(test_set.x[:100] / 255.0, np.int8, 1 / 255.0, -128)
     before, after = (micro.run(p.read_bytes(), inputs).outputs.argmax(1) for p in (plain, path))
     assert np.mean(before == after) >= 0.8  # 4 bits in one layer, not garbage
+    litert = verify.LiteRTModel(path, kernels="reference").run(test_set.take(100), "unit")[0]
+    assert np.mean(litert.argmax(1) == after) >= 0.99  # the same int4 weights on both
 
 
 @pytest.mark.shared
