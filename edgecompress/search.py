@@ -260,19 +260,68 @@ def _same_settings(study, settings: dict) -> None:
                           "give another --out (or --storage), or the same settings.")
 
 
-def _study(storage: str, name: str, seed: int):
-    """The study in `storage` (created if new), with heartbeats for SQL databases."""
-    import optuna
+DATABASES = ("sqlite", "postgresql", "mysql")
+SCHEMA_ATTEMPTS = 5
+DRIVERS = {"postgresql": "pip install 'edgecompress[postgres]' (psycopg 3; SQLAlchemy reads "
+                         "postgresql:// as psycopg 3, postgresql+psycopg2:// as psycopg2)",
+           "mysql": "pip install pymysql, and write mysql+pymysql://"}
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if storage.split(":", 1)[0].split("+")[0] in ("sqlite", "postgresql", "mysql"):
-        storage = optuna.storages.RDBStorage(
-            storage, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=3 * HEARTBEAT_SECONDS,
-            heartbeat_stale_trial_callback=_say_failed)
-    return optuna.create_study(
-        study_name=name, storage=storage, load_if_exists=True,
-        directions=["minimize", "minimize"],
-        sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True))
+
+def _study(storage: str, name: str, seed: int):
+    """The study in `storage` (created if new), with heartbeats: a database URL whose
+    driver is missing, whose server does not answer or refuses the user, is one line."""
+    import warnings
+
+    import optuna
+    import sqlalchemy
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # its failed-trial tracebacks
+    url = _database_url(storage)
+    shown = url.render_as_string(hide_password=True)
+    for attempt in range(SCHEMA_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                database = optuna.storages.RDBStorage(
+                    storage, heartbeat_interval=HEARTBEAT_SECONDS,
+                    grace_period=3 * HEARTBEAT_SECONDS,
+                    heartbeat_stale_trial_callback=_say_failed)
+                return optuna.create_study(
+                    study_name=name, storage=database, load_if_exists=True,
+                    directions=["minimize", "minimize"],
+                    sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True))
+        except sqlalchemy.exc.IntegrityError:
+            # two searches started together on a new database both create Optuna's tables;
+            # the second's CREATE fails on the first's: the tables exist on the next try
+            time.sleep(1 + attempt)
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError) as e:
+            reason = " ".join(str(getattr(e, "orig", None) or e).split())[:300]
+            raise OptionError(f"Cannot open the study storage {shown}: {reason}") from None
+    raise OptionError(f"Cannot open the study storage {shown}: its tables could not be "
+                      f"created in {SCHEMA_ATTEMPTS} attempts.")
+
+
+def _database_url(storage: str):
+    """The SQLAlchemy URL of `storage`, its driver importable, or a one-line error."""
+    import sqlalchemy
+
+    try:
+        url = sqlalchemy.engine.make_url(storage)
+    except sqlalchemy.exc.ArgumentError:
+        raise OptionError(f"`--storage` must be a database URL such as sqlite:///study.db or "
+                          f"postgresql://user:password@host/database. Received: "
+                          f"{storage!r}.") from None
+    if url.get_backend_name() not in DATABASES:
+        raise OptionError(f"The study storage must be one of {', '.join(DATABASES)}. "
+                          f"Received: {url.get_backend_name()!r}.")
+    try:
+        url.get_dialect().import_dbapi()
+    except (ImportError, sqlalchemy.exc.NoSuchModuleError) as e:
+        hint = DRIVERS.get(url.get_backend_name(), "install its driver")
+        raise OptionError(f"The study storage {url.render_as_string(hide_password=True)} "
+                          f"needs a database driver that is not installed ({e}): {hint}."
+                          ) from None
+    return url
 
 
 def _say_failed(study, trial) -> None:
@@ -341,8 +390,12 @@ class _Objective:
             if len(self.weight_bits) > 1 else self.weight_bits[0]
         plan = {layer: trial.suggest_categorical(f"storage {layer}", self.stored_as)
                 for layer in self.layers}
-        row, constraints = self.build(self.stages(ratios, bits, plan=plan),
-                                      self.out / "trials" / f"trial_{trial.number}.tflite")
+        try:
+            row, constraints = self.build(self.stages(ratios, bits, plan=plan),
+                                          self.out / "trials" / f"trial_{trial.number}.tflite")
+        except OptionError as e:  # the study goes on; Optuna marks the trial failed
+            print(f"trial {trial.number}: failed: {e}", flush=True)
+            raise
         row = {"trial": trial.number, **row,
                "seconds": round(time.perf_counter() - started, 1)}
         trial.set_user_attr("row", row)
@@ -368,7 +421,7 @@ class _Objective:
                                   seed=self.seed, verbose=0, transfer=self.transfer)
         plan = stages[-1].config.plan if stages[-1].technique == "storage" else None
         path = tflite.export(final, path, mode=quantize.export_mode(final), data=self.train,
-                             strip_names=self.strip_names, storage=plan)
+                             strip_names=self.strip_names, storage=plan, check=False)
         recipe.save(stages, path.with_suffix(".json"))
         result = verify.evaluate(path, self.eval_data, reference=self.keras_labels,
                                  latency_runs=50)

@@ -163,7 +163,8 @@ def _configure_qat(converter, mode, weight_bits: int) -> None:
 def export(model: keras.Model, path, *, mode="int8", data: Dataset | None = None,
            preprocess=None, calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
            classes=None, io_type: str = "int8", lossless: bool = False,
-           strip_names: bool = False, storage=None, force: bool = False) -> Path:
+           strip_names: bool = False, storage=None, force: bool = False,
+           check: bool = True) -> Path:
     """Converts `model` and writes the `.tflite` atomically, with its metadata inside.
 
     The metadata records the preprocessing and class names, so that `evaluate` needs no
@@ -184,6 +185,9 @@ def export(model: keras.Model, path, *, mode="int8", data: Dataset | None = None
         force: write a file that calibration images show to be wrong (another
             preprocessing scores far better, or it disagrees with the Keras model); the
             problems are recorded in its metadata (`warnings`).
+        check: measure that at all; False for a compressed model whose input model's
+            preprocessing was checked and which is judged anyway (a recipe's result, a
+            search trial): a broken candidate is a finding there, not bad input.
 
     Raises:
         DataError: the calibration images show the file would be wrong (without `force`).
@@ -206,7 +210,7 @@ def export(model: keras.Model, path, *, mode="int8", data: Dataset | None = None
             **({"int8_kernels": int4.int8_kernels(flatbuffer)} if mode is Mode.INT4W else {}),
             "classes": list(classes) if classes is not None else None,
             "edgecompress": __version__}
-    if mode in CALIBRATED and data is not None:
+    if check and mode in CALIBRATED and data is not None:
         problems = unfaithful(model, metadata.add(flatbuffer, info),
                               data.take(CHECK_SAMPLES, seed=0), how)
         if problems and not force:

@@ -710,7 +710,9 @@ def _add_search(commands) -> None:
                         "trains on its own, so give each its cores")
     p.add_argument("--storage", metavar="URL",
                    help="Optuna storage (default sqlite in --out); e.g. "
-                        "postgresql://user@host/db to share a study across machines")
+                        "postgresql://user:password@host/db to share a study across "
+                        "machines (pip install -e '.[postgres]'; give each machine its own "
+                        "--seed)")
     p.add_argument("--emulate", action="store_true",
                    help="judge each trial on the target's core or CPU class under QEMU: "
                         "latency from counted instructions (and on microcontrollers the "
