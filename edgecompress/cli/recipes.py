@@ -45,7 +45,9 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run in --out from its last completed stage "
-                        "or epoch (same recipe and options)")
+                        "or epoch (same recipe and options); from a stage boundary it ends "
+                        "in the bytes of an uninterrupted run, from within a stage not (the "
+                        "data order and augmentation start again)")
     p.add_argument("--transfer-data", metavar="DATA",
                    help="extra images learned only through the input model's predictions "
                         "(labels, if any, are ignored), e.g. many unlabelled photos next to a "
@@ -91,8 +93,12 @@ def parser(description: str) -> argparse.ArgumentParser:
                         "the end of each resolution, for students that keep its layers "
                         "(pruning, clustering, QAT); default %(default)s: none")
     p.add_argument("--strategy", default="none", choices=STRATEGIES,
-                   help="distribution strategy for fine-tuning (default none)")
-    p.add_argument("--seed", type=int, default=0)
+                   help="distribution strategy for fine-tuning (default none); results "
+                        "under mirrored or multiworker are not checked to repeat")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds the data order, augmentation, calibration sample and new "
+                        "weights: the same command and seed write the same .tflite bytes "
+                        "(default 0)")
     common.add_allow_code(p)
     p.add_argument("--new-head", action="store_true",
                    help="replace the model's classifier with a fresh one for the data's "
