@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from edgecompress import data, models, recipe, tflite
-from edgecompress.device import inspect, targets, verdict, verify
+from edgecompress.device import targets, verdict, verify
 from edgecompress.errors import EdgeCompressError
 from edgecompress.techniques import channels, cluster, lowrank, prune, quantize
 from edgecompress.train import FitConfig

@@ -118,7 +118,8 @@ def custom_layers(path: Path) -> list[str]:
             custom = registered and registered != node.get("class_name") or \
                 isinstance(module, str) and not module.startswith("keras")
             if "class_name" in node and custom and isinstance(node.get("config"), dict):
-                found.append(f"{node['config'].get('name', '?')} ({registered or node['class_name']})")
+                name = node["config"].get("name", "?")
+                found.append(f"{name} ({registered or node['class_name']})")
             for value in node.values():
                 walk(value)
         elif isinstance(node, list):
