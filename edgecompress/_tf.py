@@ -12,7 +12,10 @@ import os
 from ._io import quiet_native_logs
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# 3: not even its C++ "errors", e.g. "oneDNN supports DT_INT64 only on platforms with
+# AVX-512" printed during every training on other CPUs; real failures raise in Python
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL",
+                      "2" if os.environ.get("EDGECOMPRESS_VERBOSE") == "1" else "3")
 
 with quiet_native_logs():
     import tensorflow as tf
