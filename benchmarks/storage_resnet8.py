@@ -37,7 +37,7 @@ STAGE_2 = ("conv2d_3", "conv2d_4")
 # more bytes than their int8 values (432, 512 and 2,048 values; 16-64 channels)
 SMALL = dict.fromkeys(("conv2d", "conv2d_5", "conv2d_8"), "int8")
 PLANS = {
-    "int8 (trimmed)": {"*": "int8"},
+    "int8": {"*": "int8"},
     "lut4": {"*": "lut4"},
     "lut3 stage 3, lut4 rest": {**dict.fromkeys(STAGE_3, "lut3"), "*": "lut4"},
     "lut3": {"*": "lut3"},

@@ -3,8 +3,8 @@
 
 TFLite Micro's DECODE operator expands LUT and PRUNE kernels into the arena just before
 the operator that reads them, so the ordinary int8 kernels (CMSIS-NN included) run
-unchanged. LiteRT has no DECODE: a file written here is for TFLite Micro only, and its
-metadata says so (`RUNTIME`).
+unchanged. LiteRT has no DECODE: a file with a LUT or PRUNE kernel is for TFLite Micro
+only, and its metadata says so (`RUNTIME`); int4 and int8 layers alone run on both.
 
 A plan names a storage per layer (Keras layer names, as the converter keeps them in the
 kernels' tensor names), e.g. `{"conv2d_7": "lut2", "conv2d_6": "int4", "*": "lut4"}`; `*`
@@ -25,6 +25,7 @@ import re
 import tempfile
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -114,7 +115,7 @@ def parse_plan(plan) -> dict[str, Storage]:
     text = str(plan).strip()
     if text.endswith(".json") or os.path.isfile(text):
         try:
-            text = open(text, encoding="utf-8").read()
+            text = Path(text).read_text(encoding="utf-8")
         except OSError as e:
             raise OptionError(f"Cannot read the storage plan `{plan}`: {e.strerror}.") from None
     if text.startswith("{"):
