@@ -9,6 +9,8 @@ from pathlib import Path
 
 from .errors import OptionError
 
+__all__ = ["writable_path", "write_bytes", "write_text", "quiet_native_logs"]
+
 
 def writable_path(path) -> Path:
     """Checks that `path` can be created, before any slow work starts.

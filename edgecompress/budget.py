@@ -13,6 +13,8 @@ import numpy as np
 
 from .errors import OptionError
 
+__all__ = ["DEFAULT_MAX_DROP", "Drop", "paired_drop", "clearly_worse", "check_max_drop", "verdict"]
+
 Z95 = 1.959963984540054  # the standard normal's 97.5 % quantile
 DEFAULT_MAX_DROP = 1.0  # points of top-1 accuracy
 

@@ -23,6 +23,9 @@ from PIL import Image, ImageDraw, UnidentifiedImageError
 from .errors import DataError, OptionError
 from .options import Preprocess
 
+__all__ = ["SHAPE_CLASSES", "preprocess_scale", "preprocess", "Dataset", "leak_warning", "load",
+           "load_npz", "load_folder", "shapes"]
+
 BUILTIN = "shapes"
 SHAPE_CLASSES = ("circle", "square", "triangle", "diamond", "cross",
                  "ring", "hbar", "vbar", "star", "frame")

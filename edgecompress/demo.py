@@ -7,6 +7,8 @@ from pathlib import Path
 from . import data, models, pipeline, report, tflite, train
 from ._tf import keras
 
+__all__ = ["run"]
+
 IMAGE_SIZE = (32, 32)
 PREPROCESS = "unit"
 

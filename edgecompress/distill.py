@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from ._tf import keras, tf
 from .errors import OptionError
 
+__all__ = ["NO_LABEL", "Config", "stage_outputs", "feature_models", "Distiller"]
+
 NO_LABEL = -1  # an image learned only through the teacher's outputs
 
 

@@ -1,5 +1,7 @@
 """Errors for bad input. The CLI prints them as one line and exits with status 2."""
 
+__all__ = ["EdgeCompressError", "DataError", "ModelError", "OptionError"]
+
 
 class EdgeCompressError(Exception):
     """Something the user gave cannot be used: the message says what, and what to do."""

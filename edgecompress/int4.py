@@ -25,6 +25,8 @@ from . import _io
 from ._tf import keras, tflite_util, tfmot
 from .errors import ModelError, OptionError
 
+__all__ = ["convert", "bake", "int8_kernels", "check_lossless"]
+
 
 def convert(float_tflite: bytes, calibration: list[np.ndarray], io_type) -> bytes:
     """The int4w flatbuffer of a float `.tflite` (converted with its signature), with

@@ -11,6 +11,8 @@ import enum
 
 from .errors import OptionError
 
+__all__ = ["lookup", "Choice", "Mode", "Preprocess", "LearningRate", "Criterion", "Method"]
+
 
 def lookup(registry, name, parameter: str, hint: str = ""):
     """`registry[name]`, or an `OptionError` that names the parameter and the valid names

@@ -22,6 +22,10 @@ from .errors import OptionError
 from .options import DEFAULT_CALIBRATION_SAMPLES
 from .techniques import quantize
 
+__all__ = ["CHECKPOINTS", "prepare_output", "discard_partial", "compress", "suspicious",
+           "below_baseline", "weak_classes", "storage_plan", "split_preparation",
+           "learning_warnings", "judge", "markdown", "provenance", "sha256"]
+
 CHECKPOINTS = "checkpoints"
 PREPARATION = "reference"  # the preparation stage's own checkpoints, inside CHECKPOINTS
 PACKAGES = ("tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert",

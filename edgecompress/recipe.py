@@ -21,6 +21,8 @@ from .errors import OptionError
 from .techniques import prune
 from .train import FitConfig, fit
 
+__all__ = ["Stage", "pruning", "check_order", "run", "to_json", "from_json", "save", "load"]
+
 
 @dataclass(frozen=True)
 class Stage:

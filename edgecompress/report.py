@@ -17,6 +17,10 @@ import numpy as np
 
 from . import _io
 
+__all__ = ["comparison_row", "table", "text_table", "markdown_table", "write_text", "write_json",
+           "new_figure", "pareto_front", "pareto_plot", "latency_plot", "per_class_plot",
+           "confusion_matrix", "confusion_plot", "weights_plot", "html_report", "html_page"]
+
 
 # --- tables ----------------------------------------------------------------------------
 

@@ -45,6 +45,8 @@ from .errors import OptionError
 from .techniques import channels, quantize
 from .train import FitConfig
 
+__all__ = ["parse_duration", "run", "summarise"]
+
 RATIO_STEP = 0.125
 SEED_FRACTIONS = (0.7, 0.5)  # of weights and MACs, for the seeds of a search without budgets
 SEED_IMAGES = 300

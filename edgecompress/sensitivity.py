@@ -23,6 +23,9 @@ from .data import Dataset
 from .errors import OptionError
 from .techniques import channels
 
+__all__ = ["DEFAULT_RATIOS", "channel_sensitivity", "DEFAULT_STORAGES", "storage_sensitivity",
+           "symmetric_int4", "scan", "write", "allocate"]
+
 DEFAULT_RATIOS = (0.25, 0.5, 0.75)
 CACHE = "sensitivity.json"
 

@@ -32,6 +32,9 @@ import numpy as np
 from .device import inspect, metadata
 from .errors import ModelError, OptionError
 
+__all__ = ["Storage", "estimated_bytes", "parse_plan", "plan_json", "kernel_layers", "resolve",
+           "encode", "prune_encode", "INT4_LEVELS", "trim", "check_same_outputs"]
+
 RUNTIME = inspect.MICRO_RUNTIME  # the metadata's "runtime" of files only TFLite Micro runs
 DEFAULT_KEY = "*"
 KINDS = ("int8", "int4", "lut2", "lut3", "lut4", "lut5", "lut6", "lut7", "prune50",

@@ -19,6 +19,9 @@ from .options import DEFAULT_CALIBRATION_SAMPLES, Mode, Preprocess, lookup
 from . import techniques
 from .techniques import quantize
 
+__all__ = ["convert", "export", "unfaithful", "preprocessing_of", "quantization_errors",
+           "export_modes"]
+
 CALIBRATED = (Mode.INT8, Mode.INT16X8, Mode.INT4W)
 FULL_INTEGER = (Mode.INT8, Mode.INT4W)
 IO_TYPES = {"int8": tf.int8, "uint8": tf.uint8}

@@ -15,6 +15,8 @@ from .models import input_shape
 from .options import STRATEGIES, LearningRate, lookup
 from . import distill
 
+__all__ = ["FitConfig", "fit", "strategy"]
+
 
 @dataclass(frozen=True)
 class FitConfig:

@@ -16,6 +16,10 @@ from ..errors import OptionError
 from .common import (DATA_HELP, Parser, add_allow_code, add_calibration_samples, add_force,
                      add_mode, add_preprocess, add_strip_names, guarded, load_data_for)
 
+__all__ = ["main", "build_parser", "run_export", "run_evaluate", "run_inspect", "run_targets",
+           "run_verify", "run_phone_setup", "run_emulator_setup", "run_to_c", "run_run",
+           "run_compare_modes", "run_sensitivity", "run_search", "run_demo"]
+
 
 def main(argv=None) -> int:
     """Runs the command line; returns the exit status."""

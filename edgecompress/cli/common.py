@@ -15,6 +15,9 @@ from ..data import BUILTIN
 from ..errors import EdgeCompressError
 from ..options import DEFAULT_CALIBRATION_SAMPLES, LEFT_OUT_MODES, Mode, Preprocess
 
+__all__ = ["DATA_HELP", "Parser", "add_preprocess", "add_mode", "add_allow_code",
+           "add_calibration_samples", "add_strip_names", "load_data_for", "add_force", "guarded"]
+
 DATA_HELP = (f"an .npz with x (uint8 images N x H x W x C), y (labels) and optional classes; "
              f"a folder with one sub-folder of images per class; or `{BUILTIN}` (built in)")
 PREPROCESS_HELP = ("how uint8 pixels become model input: raw (0-255), unit (/255), "

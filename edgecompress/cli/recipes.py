@@ -17,6 +17,9 @@ from ..budget import DEFAULT_MAX_DROP, check_max_drop
 from ..options import STRATEGIES, ZOO_NAMES, LearningRate
 from . import common
 
+__all__ = ["parser", "fit_config", "qat_fit_config", "distill_config", "load_inputs",
+           "script_main", "run_recipe"]
+
 DEFAULT_LABEL_WEIGHT = 0.1
 # Options that build the stages; a recipe file carries its own.
 STAGE_OPTIONS = ("steps", "epochs", "qat_steps", "qat_learning_rate", "batch_size", "augment",

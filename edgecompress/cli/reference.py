@@ -10,6 +10,8 @@ import os
 from . import recipes
 from .commands import build_parser
 
+__all__ = ["markdown"]
+
 WIDTH = "100"  # argparse wraps help to $COLUMNS: fixed, so the page is the same everywhere
 
 

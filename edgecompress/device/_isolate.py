@@ -14,6 +14,8 @@ import tempfile
 
 from ..errors import EdgeCompressError, ModelError
 
+__all__ = ["call", "capture_native_output"]
+
 
 def call(function, *args, what: str = "the interpreter", **kwargs):
     """Returns `function(*args, **kwargs)` computed in a fresh Python process.

@@ -14,6 +14,8 @@ from .. import _io
 from ..errors import OptionError
 from . import inspect, micro
 
+__all__ = ["write", "arena_bytes", "header_text", "source_text"]
+
 BYTES_PER_LINE = 12
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 

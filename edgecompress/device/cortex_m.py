@@ -32,6 +32,12 @@ import numpy as np
 from ..errors import EdgeCompressError, OptionError
 from ..options import lookup
 
+__all__ = ["INSTALL", "ARCHIVES", "ARCHIVE_DIGESTS", "SOURCES_ENV", "EmulatorUnavailable",
+           "EmulationError", "UnknownOperator", "Board", "BOARDS", "Core", "CORES", "BuildOptions",
+           "missing_tools", "require_tools", "cache_dir", "default_sources", "setup_sources",
+           "Sources", "unpack_sources", "Operator", "operators", "check_operators", "ops_header",
+           "Firmware", "firmware", "plugin", "build_plugin", "EmulatedRun", "DoesNotFit", "run"]
+
 INSTALL = ("apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi "
            "libstdc++-arm-none-eabi-dev qemu-system-arm")
 TOOLS = ("arm-none-eabi-gcc", "arm-none-eabi-g++", "arm-none-eabi-gcc-ar", "arm-none-eabi-nm",

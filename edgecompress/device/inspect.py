@@ -18,6 +18,9 @@ from ..errors import ModelError, OptionError
 from ..options import Preprocess
 from . import metadata
 
+__all__ = ["Tensor", "Operator", "Model", "open", "read_tflite", "read", "MICRO_RUNTIME",
+           "stored_kernels", "layer_name", "byte_parts", "unpack_int4", "int8_twin"]
+
 # Operators whose second input is a weight kernel.
 KERNEL_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
 FLOAT_TYPES = ("FLOAT32", "FLOAT16", "FLOAT64")

@@ -14,6 +14,8 @@ from ai_edge_litert.tools import flatbuffer_utils
 
 from ..errors import ModelError
 
+__all__ = ["NAME", "add", "read", "of", "parse"]
+
 NAME = "edgecompress"
 
 

@@ -15,6 +15,8 @@ import numpy as np
 from . import _isolate
 from ..errors import EdgeCompressError, ModelError
 
+__all__ = ["MicroUnavailable", "available", "MicroRun", "run", "run_in_process", "MicroModel"]
+
 ARENA_LIMIT = 64 << 20
 MISSING_OP = re.compile(r"Didn't find op for builtin opcode '(\w+)'")
 

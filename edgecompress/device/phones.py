@@ -12,6 +12,8 @@ from . import arm64, inspect, targets as targets_module
 from .verdict import precision_of, zero_point_images
 from ..errors import OptionError
 
+__all__ = ["check_targets", "compare", "table_rows", "fastest"]
+
 PHONE_TARGETS = ("phone-cortex-a76", "phone-i8mm", "iot-cortex-a72", "iot-cortex-a53")
 MODES = ("fp32", "fp16", "dynamic", "int8")
 

@@ -15,6 +15,8 @@ from . import arm64
 from ..errors import OptionError
 from ..options import lookup
 
+__all__ = ["MCU_OPS", "Target", "register", "get", "names", "load_file"]
+
 RUNTIMES = ("litert", "tflm")
 
 # Operators TFLite Micro's optimised (CMSIS-NN) or reference kernels cover and that

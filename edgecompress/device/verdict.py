@@ -20,6 +20,9 @@ from ..data import Dataset, preprocess as preprocess_images
 from ..errors import OptionError
 from ..options import Preprocess
 
+__all__ = ["Check", "Verdict", "ARM64_IMAGES", "Emulation", "verify_target", "zero_point_images",
+           "precision_of"]
+
 PASS, FAIL, INFO = "pass", "fail", "info"
 
 

@@ -19,6 +19,10 @@ from ..data import Dataset, preprocess as preprocess_images
 from ..errors import DataError, ModelError, OptionError
 from ..options import Preprocess, lookup
 
+__all__ = ["LiteRTModel", "refuse_micro_only", "runner", "readable", "classification_output",
+           "to_input_type", "Evaluation", "evaluate", "evaluate_in_process",
+           "preprocessing_problem", "check_labels", "agreement", "per_class_accuracy"]
+
 CHUNK = 1024  # images preprocessed at a time: bounds memory on large datasets
 
 

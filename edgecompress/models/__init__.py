@@ -15,6 +15,10 @@ from .._tf import keras, tfmot
 from ..errors import ModelError, OptionError
 from ..options import lookup
 
+__all__ = ["load", "save", "input_shape", "resnet8", "mobilenet_v1", "mobilenet_v2", "tiny_cnn",
+           "ZOO", "copy", "kernel", "macs", "build", "new_head", "rescales_its_input",
+           "predict_labels"]
+
 # Layers whose saved config carries Python code that loading would run.
 CODE_LAYERS = ("Lambda",)
 

@@ -29,6 +29,9 @@ from ..errors import ModelError
 from .._io import quiet_native_logs
 from .._tf import keras as tf_keras, keras3
 
+__all__ = ["register", "is_keras3_file", "load", "custom_layers", "convert", "check_parity",
+           "save_keras3"]
+
 TOLERANCE = 1e-4  # max |difference| of outputs, relative to the outputs' largest magnitude
 # Layers that only act while training: dropped, the tensor passes through.
 TRAINING_ONLY = ("RandomFlip", "RandomRotation", "RandomTranslation", "RandomZoom",

@@ -9,6 +9,8 @@ in `TECHNIQUES`.
 from ..options import lookup
 from . import channels, cluster, lowrank, prune, quantize, storage, student
 
+__all__ = ["TECHNIQUES", "get", "strip"]
+
 TECHNIQUES = {"prune": prune, "cluster": cluster, "qat": quantize, "channels": channels,
               "lowrank": lowrank, "student": student, "storage": storage}
 

@@ -7,6 +7,8 @@ from typing import Callable
 from .._tf import keras
 from ..errors import ModelError
 
+__all__ = ["inbound", "rebuild"]
+
 
 def inbound(model: keras.Model) -> dict[str, list[str]]:
     """For each layer, the names of the layers whose outputs it reads (one call each)."""

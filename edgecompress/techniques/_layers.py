@@ -10,6 +10,8 @@ from typing import Callable
 from .._tf import keras
 from ..models import copy, kernel
 
+__all__ = ["Skipped", "wrap", "is_builtin", "has_wrapper", "warn_skipped", "check_layer_names"]
+
 
 @dataclass(frozen=True)
 class Skipped:

@@ -20,6 +20,8 @@ from ..errors import OptionError
 from ..options import Choice, Criterion
 from . import _graph, _layers
 
+__all__ = ["Scope", "Config", "Group", "analyse", "plan", "apply", "strip", "describe", "summary"]
+
 PASS_THROUGH = ("BatchNormalization", "Activation", "ReLU", "LeakyReLU", "PReLU", "ELU",
                 "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D",
                 "GlobalMaxPooling2D", "Dropout", "ZeroPadding2D", "Rescaling", "Softmax",

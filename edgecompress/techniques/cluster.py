@@ -15,6 +15,8 @@ from ..errors import OptionError
 from ..options import Choice
 from . import _layers
 
+__all__ = ["Init", "Config", "apply", "strip", "describe", "is_wrapped", "distinct_values"]
+
 
 class Init(Choice):
     """Centroid initialisation: where the cluster centres start."""

@@ -18,6 +18,8 @@ from ..errors import OptionError
 from ..options import Method
 from . import _graph, _layers
 
+__all__ = ["Config", "Decision", "plan", "apply", "strip", "describe"]
+
 
 @dataclass(frozen=True)
 class Config:

@@ -16,6 +16,9 @@ from ..errors import OptionError
 from ..options import Choice
 from . import _layers
 
+__all__ = ["Schedule", "Allocation", "Pattern", "Config", "apply", "allocate", "callbacks",
+           "strip", "describe", "is_wrapped", "LayerSparsity", "report", "is_two_four"]
+
 
 class Schedule(Choice):
     """Pruning schedule: how sparsity grows during fine-tuning."""

@@ -17,6 +17,9 @@ from ..errors import OptionError
 from ..options import Choice
 from . import _layers
 
+__all__ = ["Scheme", "Config", "apply", "strip", "describe", "is_wrapped", "export_mode",
+           "weight_bits"]
+
 
 class Scheme(Choice):
     """QAT scheme: what the fake quantisation preserves of earlier stages."""

@@ -24,6 +24,8 @@ from .. import models, storage as storage_plan
 from ..errors import OptionError
 from . import _layers, cluster, prune
 
+__all__ = ["Config", "plan_for", "apply", "callbacks", "strip", "describe"]
+
 
 @dataclass(frozen=True)
 class Config:

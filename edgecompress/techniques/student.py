@@ -13,6 +13,8 @@ from .._tf import keras
 from ..options import lookup
 from .. import models
 
+__all__ = ["Config", "apply", "strip", "describe"]
+
 
 @dataclass(frozen=True)
 class Config:

@@ -29,6 +29,9 @@ import numpy as np
 from ..cortex_m import EmulationError, EmulatorUnavailable, cache_dir
 from ...options import lookup
 
+__all__ = ["SETUP_COMMAND", "Cpu", "CPUS", "litert_version", "home", "missing", "require",
+           "ArmRun", "run"]
+
 SETUP_COMMAND = "edgecompress phone-setup"
 GUEST = Path(__file__).with_name("guest.py")
 

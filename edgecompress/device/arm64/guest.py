@@ -14,6 +14,8 @@ import sys
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
+__all__ = ["mark", "partitions", "file_maps", "main"]
+
 MARK = 0x45430000
 START, STOP, STOP_AND_BLOCKS = 1, 2, 3
 

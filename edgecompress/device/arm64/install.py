@@ -28,6 +28,8 @@ from . import CPUS, _prefix, home, litert_version
 from .. import cortex_m
 from ..cortex_m import EmulatorUnavailable
 
+__all__ = ["MIRROR_ENV", "setup", "debian_mirror"]
+
 PACKAGES = {"qemu-aarch64": "qemu-user", "mmdebstrap": "mmdebstrap", "gcc": "gcc",
             "readelf": "binutils"}
 SUITE = "bookworm"  # Python 3.11, which the cp311 wheels need
