@@ -22,14 +22,13 @@ import io
 import json
 import os
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .device import inspect, metadata
+from .device import decoding, inspect, metadata
 from .errors import ModelError, OptionError
 
 __all__ = ["Storage", "estimated_bytes", "parse_plan", "plan_json", "kernel_layers", "resolve",
@@ -216,19 +215,19 @@ def encode(flatbuffer: bytes, plan, *, strip_names: bool = False,
             _to_int4(model.subgraphs[0], tensor, layer, compression)
         else:
             results[(0, index)] = _compress(tensor, layer, storage, compression)
-    plain = _align(model.build())
+    plain = decoding.align(model.build())
     if not micro_only:  # int4 and int8 alone: LiteRT runs it too, so nothing is trimmed
         if check_inputs is not None:
             _micro_outputs(plain, check_inputs)  # TFLite Micro runs it
         return plain
     compression.decode_insert.insert_decode_operators(model, results)
-    encoded = _align(model.build())
+    encoded = decoding.align(model.build())
     if check_inputs is not None:
         check_same_outputs(plain, encoded, check_inputs)
     cuts = trim(model)
     model.metadata[metadata.NAME] = json.dumps({**info, "trimmed": cuts},
                                                sort_keys=True).encode("utf-8")
-    trimmed = _align(model.build())
+    trimmed = decoding.align(model.build())
     if check_inputs is not None:
         check_same_outputs(plain, trimmed, check_inputs, "trimmed of what TFLite Micro "
                            "does not read")
@@ -279,7 +278,7 @@ def _check_palette(values: np.ndarray, axis: int, layer: str, storage: Storage) 
 
 
 PRUNE_VERSION = 1  # decode_state_prune.cc checks it at byte 4 of the ancillary data
-DECODE_TYPE_PRUNE = 2
+DECODE_TYPE_PRUNE = decoding.TYPE_PRUNE
 
 
 def prune_encode(values: np.ndarray, zero_points, axis: int = 0) -> tuple[bytes, bytes]:
@@ -385,20 +384,6 @@ def trim(model) -> list[str]:
         del model.metadata[name]
         cuts.add("converter metadata")
     return sorted(cuts)
-
-
-def _align(unaligned: bytes) -> bytes:
-    """The flatbuffer rebuilt by TFLite Micro's aligning tool (the Python flatbuffers
-    library ignores the schema's 16-byte alignment of buffers)."""
-    from tflite_micro.tensorflow.lite.micro.tools import tflite_flatbuffer_align_wrapper
-
-    with tempfile.TemporaryDirectory(prefix="edgecompress-align-") as folder:
-        source, target = os.path.join(folder, "in.tflite"), os.path.join(folder, "out.tflite")
-        with open(source, "wb") as f:
-            f.write(unaligned)
-        tflite_flatbuffer_align_wrapper.align_tflite_model(source, target)
-        with open(target, "rb") as f:
-            return f.read()
 
 
 def check_same_outputs(plain: bytes, encoded: bytes, inputs: np.ndarray,

@@ -214,3 +214,23 @@ def test_mobilenet_v1_with_depthwise_kernels_stores_a_mixed_plan_byte_exact(tmp_
     runs = [micro.run(p.read_bytes(), inputs) for p in (plain, packed)]
     before, after = runs[0].outputs.argmax(1), runs[1].outputs.argmax(1)
     assert runs[1].outputs is not None and np.mean(before == after) >= 0.5  # int4 rounds
+
+
+def test_our_decoder_gives_back_the_plain_files_kernels(stored, test_set):
+    from edgecompress.device import decoding, verdict
+
+    plain, packed = stored
+    twin = inspect.read(decoding.decoded_twin(packed.read_bytes()))
+    assert "TFLM_DECODE" not in twin.op_counts()
+    expected = [k.data for _, k in inspect.open(plain).kernels()]
+    assert [k.data.tolist() for _, k in twin.kernels()] == [e.tolist() for e in expected]
+    checks = {c.name: c for c in verdict.verify_target(packed, "mcu-cortex-m4").checks}
+    assert checks["decoded kernels in the arena"].figure.endswith("bytes")
+    assert "for the same weights stored plainly" in checks["decoded kernels in the arena"].note
+
+
+def test_a_litert_target_refuses_a_stored_file_in_one_line(stored):
+    from edgecompress.device import verdict
+
+    with pytest.raises(ModelError, match="for TFLite Micro only.*phone-cpu"):
+        verdict.verify_target(stored[1], "phone-cpu")

@@ -209,6 +209,7 @@ def _verify(model, target, data, preprocess, reference, min_accuracy, micro_samp
         micro_run = micro.run_in_process(model.content, inputs)
     checks.append(_operators(model, target, micro_run))
     checks.append(_memory(model, target, micro_run))
+    checks += _decoding_cost(model, summary)
     if emulated is not None:
         checks = _with_emulation_finding(checks, emulated, target)
     checks += _latency(runner, target, data, how, latency_runs, summary)
@@ -217,6 +218,25 @@ def _verify(model, target, data, preprocess, reference, min_accuracy, micro_samp
     if data is not None:
         checks += _accuracy(runner, target, data, how, reference, min_accuracy, micro_run)
     return Verdict(model.path, target.to_json(), checks, summary)
+
+
+def _decoding_cost(model, summary) -> list[Check]:
+    """What DECODE adds to the arena: TFLite Micro's smallest arena for the file against
+    the same weights stored plainly (`decoding.decoded_twin`), both on its Python runtime;
+    nothing for a file without DECODE or without TFLite Micro's package."""
+    if inspect.DECODE not in model.op_counts() or not micro.available():
+        return []
+    from .decoding import decoded_twin
+
+    stored = micro.run_in_process(model.content, None).arena_bytes
+    plain = micro.run_in_process(decoded_twin(model.content), None).arena_bytes
+    if stored is None or plain is None:
+        return []
+    summary["decoding_arena_bytes"] = stored - plain
+    return [Check("decoded kernels in the arena", INFO, f"{stored - plain:+,} bytes",
+                  note=f"TFLite Micro's smallest arena: {stored:,} with DECODE, {plain:,} "
+                       "for the same weights stored plainly (its Python runtime); a decoded "
+                       "kernel lives in the arena while its layer runs")]
 
 
 def _int4_against_int8(runner, model, data, how, runs) -> Check:
@@ -267,6 +287,7 @@ def _verify_emulated(model, target, data, how, reference, min_accuracy, runner, 
         _budget("RAM", run.ram_bytes, target.ram_bytes,
                 f"data and bss {built.static_ram_bytes:,} + measured arena "
                 f"{run.arena_bytes:,}; the stack and the emulator's file buffers left out")]
+    checks += _decoding_cost(model, summary)
     instructions = float(np.median(run.instructions))
     spread = int(run.instructions.max() - run.instructions.min())
     checks.append(Check("instructions per inference", INFO, f"{instructions:,.0f}",
