@@ -64,7 +64,8 @@ def test_every_supported_layer_bridges_within_1e_5(every_layer, tmp_path, suffix
     assert bridge.check_parity(every_layer, model) <= 1e-5
 
 
-@pytest.mark.parametrize("application", ["MobileNet", "MobileNetV2"])
+@pytest.mark.parametrize("application", [
+    "MobileNet", pytest.param("MobileNetV2", marks=pytest.mark.slow)])  # 40 s
 def test_keras_applications_export_like_their_tf_keras_twins(application, tmp_path):
     options = dict(input_shape=(32, 32, 3), weights=None, classes=10, alpha=0.35)
     original = getattr(keras3.applications, application)(**options)

@@ -21,6 +21,7 @@ def board(monkeypatch):
         clock_mhz=100, cycles_per_mac=(1.6, 6.8)))
 
 
+@pytest.mark.slow  # a minute: the fast tier keeps the search's budget and naming tests
 def test_the_winner_meets_the_budget_and_the_study_resumes(trained, train_set, test_set,
                                                            tmp_path, board):
     model, out = trained[0], tmp_path / "search"
@@ -171,6 +172,7 @@ def test_a_killed_search_loses_only_its_running_trial(trained, tmp_path, monkeyp
     assert states == {0: "COMPLETE", 1: "FAIL", 2: "COMPLETE"}, states
 
 
+@pytest.mark.slow
 def test_storage_per_layer_is_a_dimension_and_the_bytes_are_the_stored_files(
         trained, train_set, test_set, tmp_path, board):
     from pathlib import Path

@@ -155,6 +155,7 @@ def test_int4_layer_is_requantised_with_its_bias_and_both_runtimes_run_the_mix(
     assert np.mean(litert.argmax(1) == after) >= 0.99  # the same int4 weights on both
 
 
+@pytest.mark.slow
 @pytest.mark.shared
 def test_prune_encoding_is_byte_exact_on_resnet8(tmp_path):
     from edgecompress import data, models
