@@ -23,7 +23,7 @@ import numpy as np
 
 from fidelity_resnet8 import ROOT, Setting
 from storage_resnet8 import SMALL, STAGE_2, STAGE_3, stages
-from edgecompress import budget, models, recipe, report, tflite
+from edgecompress import budget, models, recipe, report, search, tflite, train
 from edgecompress.device import verify
 
 PLANS = {
@@ -58,16 +58,47 @@ def arguments() -> argparse.ArgumentParser:
 def drop(setting, plan: dict, steps: int, learning_rate: float, seed: int,
          path: Path) -> dict:
     started = time.perf_counter()
+    interim = []
     final, _ = recipe.run(models.load(setting.h5), stages(plan, steps, learning_rate),
-                          setting.train, preprocess="raw", seed=seed, verbose=0)
+                          setting.train, preprocess="raw", seed=seed, verbose=0,
+                          callbacks=[interim_reports(setting, steps, interim)])
     tflite.export(final, path, data=setting.calibration, preprocess="raw", storage=plan,
                   strip_names=True, check=False)
     judged = setting.judged["val_original"]
     result = verify.evaluate(path, judged, reference=setting.keras_labels["val_original"],
                              latency_runs=1)
     points = budget.Drop(**result.drop).points
-    return {"bytes": result.bytes, "drop": points,
+    return {"bytes": result.bytes, "drop": points, "interim": interim,
             "minutes": round((time.perf_counter() - started) / 60, 1)}
+
+
+def interim_reports(setting, steps: int, into: list) -> train.StepReports:
+    """The drops a search trial reports (`search.REPORT_AT`, on the first
+    `search.REPORT_IMAGES` images of val_original), appended to `into`."""
+    probe = setting.judged["val_original"].take(search.REPORT_IMAGES)
+    float_right = setting.keras_labels["val_original"][:len(probe)] == probe.y
+
+    def report(step, model):
+        right = models.predict_labels(model, probe, "raw") == probe.y
+        drop = budget.paired_drop(float_right, right)
+        into.append({"points": round(drop.points, 2), "low": round(drop.low, 2)})
+
+    return train.StepReports({max(1, round(f * steps)) for f in search.REPORT_AT}, report)
+
+
+def pruned_by_rule(rows: list[dict], max_drop: float) -> list[str]:
+    """The plans the search's rule would prune from their short run's reports, each judged
+    against the recovery of all the other plans (leave one out)."""
+    pruned = []
+    for row in rows:
+        others = [r for r in rows if r is not row]
+        for k, interim in enumerate(row["short interim"]):
+            recovery = max(0.0, *(r["short interim"][k]["points"] - r["short drop"]
+                                  for r in others))
+            if interim["low"] > max_drop + recovery:
+                pruned.append(row["plan"])
+                break
+    return pruned
 
 
 def main(argv=None) -> int:
@@ -86,6 +117,7 @@ def main(argv=None) -> int:
             measured = drop(setting, plan, steps, args.learning_rate, args.seed,
                             args.keep / f"plan_{i}_{length}.tflite")
             row.update({"bytes": measured["bytes"], f"{length} drop": measured["drop"],
+                        f"{length} interim": measured["interim"],
                         f"{length} minutes": measured["minutes"]})
         rows.append(row)
         print(report.text_table(rows), flush=True)
@@ -94,8 +126,23 @@ def main(argv=None) -> int:
     tau = stats.kendalltau(short, long).statistic
     print(f"\n{len(rows)} plans, judged on val_original after {args.short_steps} and "
           f"{args.long_steps} steps (seed {args.seed}): Spearman {rho:.2f}, Kendall {tau:.2f}")
+    interim_rho = [stats.spearmanr([r["short interim"][k]["points"] for r in rows],
+                                   long).statistic
+                   for k in range(len(search.REPORT_AT))]
+    print("Spearman of the short runs' interim drops against the long drops: "
+          + ", ".join(f"{f:.2f} of the way {r:.2f}" for f, r in zip(search.REPORT_AT,
+                                                                   interim_rho)))
+    pruning = {}
+    for max_drop in (1.0, 2.0, 3.0):
+        pruned = pruned_by_rule(rows, max_drop)
+        lost = [r["plan"] for r in rows if r["plan"] in pruned and r["long drop"] <= max_drop]
+        pruning[max_drop] = {"pruned": pruned, "within the budget when long": lost}
+        print(f"budget {max_drop:g} points: the rule prunes {len(pruned)} of {len(rows)} "
+              f"plans, {len(lost)} of them within the budget after {args.long_steps} steps"
+              + (f" ({', '.join(lost)})" if lost else ""))
     if args.json:
         report.write_json(args.json, {"rows": rows, "spearman": rho, "kendall": tau,
+                                      "interim_spearman": interim_rho, "pruning": pruning,
                                       "short_steps": args.short_steps,
                                       "long_steps": args.long_steps, "seed": args.seed})
     return 0

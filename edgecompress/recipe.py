@@ -100,7 +100,7 @@ def check_order(stages: list[Stage]) -> None:
 def run(model: keras.Model, stages: list[Stage], train: Dataset, *, preprocess=None,
         validation: Dataset | None = None, strategy=None, seed: int = 0, verbose: int = 1,
         checkpoints: Path | None = None, transfer: Dataset | None = None,
-        what: str = "") -> tuple[keras.Model, list[dict]]:
+        what: str = "", callbacks=()) -> tuple[keras.Model, list[dict]]:
     """Applies and fine-tunes each stage in order; returns the final model and a record.
 
     Pruning and clustering wrappers are stripped after their fine-tuning, so the next stage
@@ -114,6 +114,8 @@ def run(model: keras.Model, stages: list[Stage], train: Dataset, *, preprocess=N
         transfer: extra images that the distilling stages learn through the teacher's
             outputs only (labels ignored).
         what: what the stages make, for the resume message (e.g. "the reference model").
+        callbacks: Keras callbacks given to every stage's fine-tuning (e.g.
+            `train.StepReports`).
 
     Returns:
         (model, records): one dict per stage with its description, settings, training
@@ -150,7 +152,7 @@ def run(model: keras.Model, stages: list[Stage], train: Dataset, *, preprocess=N
         with strategy.scope() if strategy is not None else contextlib.nullcontext():
             model = _apply(stage, model)
             history = _fine_tune(stage, model, train, preprocess, validation, strategy, seed,
-                                 verbose, teacher, backup, transfer)
+                                 verbose, teacher, backup + list(callbacks), transfer)
         if stage.technique != "finetune":
             model = techniques.get(stage.technique).strip(model)
         records.append(_record(stage, history, time.perf_counter() - started, fit_samples))

@@ -16,8 +16,12 @@ the user's own bytes and latency budgets, each as a share of its budget (accurac
 share of the images) so that the sampler can weigh one excess against another. A new
 study's first trials are seeded from the sensitivity scan: the greedy allocation of
 `sensitivity.allocate` fitted to the bytes and latency budgets.
-Optuna's pruners do not apply to multi-objective studies, so every trial runs its short
-fine-tuning to the end. Trials live in Optuna's storage (SQLite by default), so an
+A trial reports its drop on the first `REPORT_IMAGES` evaluation images at a third and two
+thirds of its fine-tuning, and stops there (pruned, never a finalist) when even the low end
+of that drop's 95 % interval is beyond the accuracy budget plus the most that any completed
+trial has recovered from the same point to its end (measured, once `PRUNE_AFTER` trials have
+completed). The rule is ours: Optuna 5 refuses `Trial.report` and its pruners in
+multi-objective studies. Trials live in Optuna's storage (SQLite by default), so an
 interrupted search resumes and several processes can share one study: `workers` starts
 more processes on this machine, each with its own share of the trials and its own sampler
 seed (the same seed would propose the same first candidates twice). A worker that dies
@@ -39,11 +43,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import optuna
+
 from . import budget, data, distill, models, recipe, report, sensitivity, tflite
 from .device import inspect, targets as targets_module, verdict, verify
 from .errors import OptionError
 from .techniques import channels, quantize
-from .train import FitConfig
+from .train import FitConfig, StepReports
 
 __all__ = ["parse_duration", "run", "summarise"]
 
@@ -51,6 +57,9 @@ RATIO_STEP = 0.125
 SEED_FRACTIONS = (0.7, 0.5)  # of weights and MACs, for the seeds of a search without budgets
 SEED_IMAGES = 300
 HEARTBEAT_SECONDS = 60  # a trial whose worker is silent for 3 beats is marked failed
+REPORT_AT = (1 / 3, 2 / 3)  # of a trial's fine-tuning steps
+REPORT_IMAGES = 500
+PRUNE_AFTER = 4  # completed trials with reports before a trial can be pruned
 
 
 def parse_duration(text) -> float | None:
@@ -105,7 +114,7 @@ def run(model, train, eval_data, out: Path, *, target, max_drop: float = 1.0,
 
     Returns:
         {"trials": rows, "front": rows, "best": row or None, "feasible": count,
-         "finalists": rows}.
+         "finalists": rows, "pruned": rows of the trials stopped early}.
     """
     target = targets_module.get(target)
     if emulate is not None and (not target.core or not target.cycles_per_instruction):
@@ -274,7 +283,6 @@ def _study(storage: str, name: str, seed: int):
     driver is missing, whose server does not answer or refuses the user, is one line."""
     import warnings
 
-    import optuna
     import sqlalchemy
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # its failed-trial tracebacks
@@ -392,13 +400,18 @@ class _Objective:
             if len(self.weight_bits) > 1 else self.weight_bits[0]
         plan = {layer: trial.suggest_categorical(f"storage {layer}", self.stored_as)
                 for layer in self.layers}
+        stages = self.stages(ratios, bits, plan=plan)
         try:
-            row, constraints = self.build(self.stages(ratios, bits, plan=plan),
-                                          self.out / "trials" / f"trial_{trial.number}.tflite")
+            row, constraints = self.build(stages, self.out / "trials" /
+                                          f"trial_{trial.number}.tflite",
+                                          callbacks=[self.reports(trial, stages)])
         except OptionError as e:  # the study goes on; Optuna marks the trial failed
             print(f"trial {trial.number}: failed: {e}", flush=True)
             raise
-        row = {"trial": trial.number, **row,
+        except optuna.TrialPruned as e:
+            print(f"trial {trial.number}: pruned {e}", flush=True)
+            raise
+        row = {"trial": trial.number, **row, "interim_drops": trial.user_attrs["reports"],
                "seconds": round(time.perf_counter() - started, 1)}
         trial.set_user_attr("row", row)
         for key, value in constraints.items():
@@ -415,12 +428,39 @@ class _Objective:
               flush=True)
         return float(row["bytes"]), float(row["latency_ms"])
 
-    def build(self, stages: list[recipe.Stage], path: Path) -> tuple[dict, dict]:
-        """Compresses a copy of the model with `stages`, exports `path` (and its recipe
-        beside it) and judges it: (row, constraints, each feasible when <= 0)."""
+    def reports(self, trial, stages: list[recipe.Stage]) -> StepReports:
+        """The trial's interim drops (its user attribute "reports", in points on the first
+        `REPORT_IMAGES` evaluation images), each a chance to prune it (see the module)."""
+        probe = self.eval_data.take(REPORT_IMAGES)
+        float_right = self.keras_labels[:len(probe)] == probe.require_labels()
+        samples = len(self.train) + (len(self.transfer) if self.transfer is not None else 0)
+        total = sum(stage.fit.total_steps(samples) for stage in stages)
+        trial.set_user_attr("reports", [])
+
+        def report(step, model):
+            drop = budget.paired_drop(float_right,
+                                      models.predict_labels(model, probe) == probe.y)
+            points = trial.user_attrs["reports"] + [round(drop.points, 2)]
+            trial.set_user_attr("reports", points)
+            limit = self.max_drop + _recovery(trial.study, len(points) - 1)
+            if drop.low > limit:
+                trial.set_constraint("accuracy drop", (drop.points - self.max_drop) / 100)
+                raise optuna.TrialPruned(
+                    f"after {step} of {total} steps: drop {drop.points:+.1f} points on "
+                    f"{len(probe)} evaluation images ({drop.low:+.1f} to {drop.high:+.1f}), "
+                    f"beyond the budget plus the most a trial recovered ({limit:.1f})")
+
+        return StepReports({max(1, round(f * total)) for f in REPORT_AT}, report)
+
+    def build(self, stages: list[recipe.Stage], path: Path,
+              callbacks=()) -> tuple[dict, dict]:
+        """Compresses a copy of the model with `stages` (`callbacks` watch its training),
+        exports `path` (and its recipe beside it) and judges it: (row, constraints, each
+        feasible when <= 0)."""
         with contextlib.redirect_stdout(io.StringIO()):  # one line per trial, by the caller
             final, _ = recipe.run(models.copy(self.model), stages, self.train,
-                                  seed=self.seed, verbose=0, transfer=self.transfer)
+                                  seed=self.seed, verbose=0, transfer=self.transfer,
+                                  callbacks=callbacks)
         plan = stages[-1].config.plan if stages[-1].technique == "storage" else None
         path = tflite.export(final, path, mode=quantize.export_mode(final), data=self.train,
                              strip_names=self.strip_names, storage=plan, check=False)
@@ -508,6 +548,18 @@ class _Objective:
         return all(c <= 0 for c in trial.user_attrs["constraints"])
 
 
+def _recovery(study, index: int) -> float:
+    """The most points by which a completed trial's drop fell from its `index`-th report
+    to its end (0 when none fell); infinite until `PRUNE_AFTER` trials have reported."""
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    done = [t for t in complete
+            if len(t.user_attrs.get("reports", ())) > index and "row" in t.user_attrs]
+    if len(done) < PRUNE_AFTER:
+        return float("inf")
+    return max(0.0, *(t.user_attrs["reports"][index] - t.user_attrs["row"]["drop_points"]
+                      for t in done))
+
+
 def _excess(value: float, limit: float | None) -> float:
     """How far `value` is over `limit`, as a share of it (<= 0 within it; -1 for no limit)."""
     return (value - limit) / limit if limit else -1.0
@@ -525,10 +577,14 @@ def summarise(study, out: Path, finals: list[dict] = ()) -> dict:
     fitting_finals = [r for r in finals if r["fits"]]
     best = min(fitting_finals or feasible, key=lambda r: (r["bytes"], r["latency_ms"])) \
         if fitting_finals or feasible else None
+    pruned = [{"trial": t.number, **{k: t.params[k] for k in sorted(t.params)},
+               "interim_drops": t.user_attrs.get("reports")}
+              for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
     result = {"trials": rows, "front": front, "best": best, "feasible": len(feasible),
-              "finalists": list(finals)}
+              "finalists": list(finals), "pruned": pruned}
     report.write_json(out / "trials.json", result)
-    headline = f"{len(rows)} trial(s), {len(feasible)} within every budget."
+    headline = f"{len(rows)} trial(s), {len(feasible)} within every budget" + (
+        f"; {len(pruned)} more pruned early, beyond the accuracy budget." if pruned else ".")
     lines = ["# Search", "", headline, ""]
     if best is not None:
         shutil.rmtree(out / "best", ignore_errors=True)
@@ -549,6 +605,9 @@ def summarise(study, out: Path, finals: list[dict] = ()) -> dict:
         lines += ["## Finalists, trained again at full length", "",
                   report.markdown_table(list(finals)), ""]
     lines += ["## All trials", "", report.markdown_table(rows) if rows else "(none)", ""]
+    if pruned:
+        lines += ["## Pruned early (interim drops in points)", "",
+                  report.markdown_table(pruned), ""]
     report.write_text(out / "report.md", "\n".join(lines))
     sections = [("Pareto front of the trials within every budget", front)]
     if rows:
@@ -558,6 +617,8 @@ def summarise(study, out: Path, finals: list[dict] = ()) -> dict:
     if finals:
         sections.append(("Finalists, trained again at full length", list(finals)))
     sections.append(("All trials", rows))
+    if pruned:
+        sections.append(("Pruned early (interim drops in points)", pruned))
     best_text = "" if best is None else (
         f" Best: trial {best['trial']}, {best['bytes']:,} bytes, {best['latency_ms']:.3g} ms, "
         f"drop {best['drop_points']:+.2f} points ({best['drop_95']})"

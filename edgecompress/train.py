@@ -15,7 +15,7 @@ from .models import input_shape
 from .options import STRATEGIES, LearningRate, lookup
 from . import distill
 
-__all__ = ["FitConfig", "fit", "strategy"]
+__all__ = ["FitConfig", "StepReports", "fit", "strategy"]
 
 
 @dataclass(frozen=True)
@@ -164,6 +164,26 @@ class _StopAfter(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if int(self.model.optimizer.iterations) >= self.steps:
             self.model.stop_training = True
+
+
+class StepReports(keras.callbacks.Callback):
+    """Calls `report(step, model)` after each of the optimizer steps `at`, counted over
+    every fit it is given to in turn (a recipe's stages one after another); `model` is the
+    model being trained (a distiller's student). `report` may raise to end the training.
+
+    Example:
+        >>> recipe.run(model, stages, data, callbacks=[StepReports([100, 200], print)])
+        ... # doctest: +SKIP
+    """
+
+    def __init__(self, at, report):
+        super().__init__()
+        self.at, self.report, self.step = set(at), report, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step += 1
+        if self.step in self.at:
+            self.report(self.step, getattr(self.model, "student", self.model))
 
 
 def _samples(data: Dataset, transfer: Dataset | None) -> int:

@@ -195,3 +195,40 @@ def test_storage_per_layer_is_a_dimension_and_the_bytes_are_the_stored_files(
     with pytest.raises(OptionError, match="runs LiteRT, which cannot decode them"):
         search.run(trained[0], train, judge, tmp_path / "phone", target="phone-cpu-1t",
                    trials=1, stored_as=("lut3",), **SHORT)
+
+
+@pytest.mark.slow
+def test_trials_in_a_hopeless_region_are_pruned_and_the_winner_comes_from_elsewhere(
+        trained, train_set, test_set, tmp_path, board, monkeypatch):
+    import dataclasses
+
+    import optuna
+
+    monkeypatch.setattr(search, "PRUNE_AFTER", 2)
+    stages = search._Objective.stages
+
+    def planted(self, ratios, *args, **kwargs):  # the hopeless region: conv2d ratio >= 0.5
+        made = stages(self, ratios, *args, **kwargs)
+        if ratios.get("conv2d", 0) >= 0.5:  # a learning rate that wrecks the weights
+            made[0] = dataclasses.replace(made[0], fit=dataclasses.replace(
+                made[0].fit, learning_rate=10.0))
+        return made
+
+    monkeypatch.setattr(search._Objective, "stages", planted)
+    train, judge = train_set.with_preprocess("unit"), test_set.with_preprocess("unit")
+    result = search.run(trained[0], train, judge, tmp_path, target=board, max_drop=30,
+                        trials=10, finalists=1, final_steps=2, final_qat_steps=1, **SHORT)
+    study = optuna.load_study(study_name="edgecompress",
+                              storage=f"sqlite:///{tmp_path / 'study.db'}")
+    hopeless = [t for t in study.trials if t.params["ratio conv2d"] >= 0.5]
+    completed = sorted(t.number for t in study.trials if t.state.name == "COMPLETE")
+    after_startup = [t for t in hopeless if t.number > completed[1]]
+    assert after_startup and all(t.state.name == "PRUNED" for t in after_startup), \
+        [(t.number, t.state.name, t.user_attrs["reports"]) for t in hopeless]
+    assert len(result["pruned"]) == len(study.trials) - len(result["trials"]) > 0
+    assert all(len(p["interim_drops"]) == 1 for p in result["pruned"])  # after the first
+    assert result["best"]["trial"] in completed
+    assert study.trials[result["best"]["trial"]].params["ratio conv2d"] < 0.5
+    assert {f["trial"] for f in result["finalists"]}.isdisjoint(
+        p["trial"] for p in result["pruned"])
+    assert "pruned early" in (tmp_path / "report.md").read_text()
