@@ -465,10 +465,11 @@ class _Objective:
         path = tflite.export(final, path, mode=quantize.export_mode(final), data=self.train,
                              strip_names=self.strip_names, storage=plan, check=False)
         recipe.save(stages, path.with_suffix(".json"))
-        result = verify.evaluate(path, self.eval_data, reference=self.keras_labels,
+        file = inspect.open(path)  # parsed once, for every figure below
+        result = verify.evaluate(file, self.eval_data, reference=self.keras_labels,
                                  latency_runs=50)
         drop = budget.Drop(**result.drop)
-        latency, flash, ram = self.device_figures(inspect.open(path), result)
+        latency, flash, ram = self.device_figures(file, result)
         row = {"weight_bits": 8 if plan else stages[-1].config.weight_bits,
                **({"storage": plan} if plan else {}),
                "bytes": result.bytes, "latency_ms": latency, "flash_bytes": flash,
@@ -491,7 +492,7 @@ class _Objective:
                              data=self.train, strip_names=self.strip_names)
         file = inspect.open(path)
         weights = sum(t.bytes for t in file.tensors if t.is_constant)
-        result = verify.evaluate(path, self.eval_data, reference=self.keras_labels,
+        result = verify.evaluate(file, self.eval_data, reference=self.keras_labels,
                                  latency_runs=50)
         latency = self.device_figures(file, result)[0]
         flash = self.target.flash_bytes if self.emulate is None else None

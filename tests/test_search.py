@@ -74,13 +74,20 @@ def test_budgets_seed_the_first_trials_and_bound_the_winner(trained, train_set, 
                    max_ms=0, **SHORT)
 
 
-def test_trials_can_be_written_without_names(trained, train_set, test_set, tmp_path):
+def test_trials_are_written_without_names_and_parsed_once(trained, train_set, test_set,
+                                                          tmp_path, monkeypatch):
+    from collections import Counter
+
     from edgecompress.device import inspect
 
+    opened, open_file = Counter(), inspect.open
+    monkeypatch.setattr(inspect, "open", lambda path: opened.update([str(path)]) or
+                        open_file(path))
     result = search.run(trained[0], train_set.with_preprocess("unit"),
                         test_set.with_preprocess("unit"), tmp_path, target="phone-cpu-1t",
                         trials=1, strip_names=True, **SHORT)
     (trial,) = result["trials"]
+    assert opened[trial["file"]] == 1, opened
     assert not any(t.name for t in inspect.open(trial["file"]).tensors)
 
 
