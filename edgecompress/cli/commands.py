@@ -660,7 +660,10 @@ def _add_search(commands) -> None:
                     "recipe.json, for edgecompress run at full length). Trials are kept in "
                     "--storage, so the same command resumes, and several processes can share "
                     "one study. A new study's first trials are seeded from a sensitivity "
-                    "scan, fitted to --max-bytes and --max-ms. Exit status 0, 1 when no "
+                    "scan, fitted to --max-bytes and --max-ms. A trial whose drop at a "
+                    "third or two thirds of its fine-tuning is clearly beyond --max-drop "
+                    "plus what completed trials recovered from there stops early (pruned; "
+                    "counted in the report, never a finalist). Exit status 0, 1 when no "
                     "candidate fits, 2 for bad input.")
     p.add_argument("model", help="the Keras model file")
     p.add_argument("--data", required=True, help=f"fine-tuning and calibration images: "
