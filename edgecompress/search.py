@@ -137,8 +137,7 @@ def run(model, train, eval_data, out: Path, *, target, max_drop: float = 1.0,
     (out / "trials").mkdir(parents=True, exist_ok=True)
     groups = [g.producers[0] for g in channels.analyse(model) if not g.fixed_by] \
         if max_ratio > 0 else []
-    layers = [layer.name for layer in model.layers if models.kernel(layer) is not None] \
-        if stored_as else []
+    layers = _storage_choices(model, stored_as)
     if not groups and not layers:
         raise OptionError(f"`{model.name}` has no channel group that structured pruning can "
                           "shrink, and no storage was offered: the search has nothing to "
@@ -169,6 +168,9 @@ def run(model, train, eval_data, out: Path, *, target, max_drop: float = 1.0,
     if not study.trials and trials and groups:
         for ratios in _seeds(objective):
             study.enqueue_trial({f"ratio {g}": r for g, r in ratios.items()})
+    elif not study.trials and trials:
+        for plan in _storage_seeds(objective):
+            study.enqueue_trial({f"storage {layer}": kind for layer, kind in plan.items()})
     shares = [trials // workers + (i < trials % workers) for i in range(workers)]
     children = [_start_worker(objective, storage, study_name, i, shares[i], seconds)
                 for i in range(1, workers)]
@@ -207,6 +209,17 @@ def _check_stored_as(stored_as, target, weight_bits) -> tuple[str, ...]:
     return kinds
 
 
+def _storage_choices(model, stored_as) -> dict[str, list[str]]:
+    """Each kernel layer's storages among `stored_as` (int4 is for Conv2D only)."""
+    from . import storage
+    from .techniques import storage as for_storage
+
+    layers = [layer for layer in model.layers if models.kernel(layer) is not None]
+    return {layer.name: [k for k in stored_as
+                         if not for_storage.unsupported(layer, storage.Storage.parse(k))]
+            for layer in layers} if stored_as else {}
+
+
 def _seeds(objective) -> list[dict]:
     """Channel ratios for a new study's first trials: the sensitivity scan on
     `SEED_IMAGES` fine-tuning images, allocated greedily to the bytes and latency budgets
@@ -225,6 +238,32 @@ def _seeds(objective) -> list[dict]:
         print("search: a trial seeded from the sensitivity scan: " + ", ".join(
             f"{g} {r:g}" for g, r in ratios.items()), flush=True)
     return seeds
+
+
+def _storage_seeds(objective) -> list[dict]:
+    """Storage plans for a new storage-only study's first trials when a bytes budget (or
+    the flash, without emulation) bounds the file: the storage scan on `SEED_IMAGES`
+    fine-tuning images, allocated greedily to the kernel bytes that the budget leaves
+    beside the rest of the untouched INT8 file (and to 90 % of them)."""
+    flash = objective.target.flash_bytes if objective.emulate is None else None
+    limit = min((b for b in (objective.max_bytes, flash) if b), default=None)
+    if limit is None:
+        return []
+    model = objective.model
+    path = tflite.export(model, objective.out / "untouched_int8.tflite", mode="int8",
+                         data=objective.train, strip_names=objective.strip_names)
+    kernels = sum(int(models.kernel(model.get_layer(name)).size) for name in objective.layers)
+    room = limit - (inspect.open(path).size - kernels)
+    rows = sensitivity.storage_sensitivity(
+        model, objective.train.take(SEED_IMAGES, seed=0),
+        storages=[k for k in objective.stored_as if k != "int8"])
+    plans = [sensitivity.allocate_storage(rows, share * room, kinds=objective.stored_as)
+             for share in (1.0, 0.9)]
+    plans = [dict(p) for p in dict.fromkeys(tuple(p.items()) for p in plans)]
+    for plan in plans:
+        print("search: a trial seeded from the storage scan: " + ", ".join(
+            f"{layer} {kind}" for layer, kind in plan.items()), flush=True)
+    return plans
 
 
 def _finalists(objective, study, count: int, steps: int, qat_steps: int) -> list[dict]:
@@ -389,7 +428,7 @@ class _Objective:
     max_bytes: int | None = None
     max_ms: float | None = None
     stored_as: tuple = ()  # storages a kernel layer chooses from (none: QAT, int8)
-    layers: list = dataclasses.field(default_factory=list)  # the kernel layers stored
+    layers: dict = dataclasses.field(default_factory=dict)  # kernel layer -> its storages
     best: tuple | None = None  # (trial, bytes) of this process's smallest fitting trial
 
     def __call__(self, trial) -> tuple[float, float]:
@@ -398,8 +437,8 @@ class _Objective:
                   for g in self.groups}
         bits = trial.suggest_categorical("weight bits", self.weight_bits) \
             if len(self.weight_bits) > 1 else self.weight_bits[0]
-        plan = {layer: trial.suggest_categorical(f"storage {layer}", self.stored_as)
-                for layer in self.layers}
+        plan = {layer: trial.suggest_categorical(f"storage {layer}", kinds)
+                for layer, kinds in self.layers.items()}
         stages = self.stages(ratios, bits, plan=plan)
         try:
             row, constraints = self.build(stages, self.out / "trials" /

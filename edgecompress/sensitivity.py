@@ -24,6 +24,7 @@ from .errors import OptionError
 from .techniques import channels
 
 __all__ = ["DEFAULT_RATIOS", "channel_sensitivity", "DEFAULT_STORAGES", "storage_sensitivity",
+           "allocate_storage",
            "symmetric_int4", "scan", "write", "allocate"]
 
 DEFAULT_RATIOS = (0.25, 0.5, 0.75)
@@ -66,7 +67,8 @@ def storage_sensitivity(model, data: Dataset, *, storages=DEFAULT_STORAGES,
     any fine-tuning (accuracy and top-1 agreement with the unchanged model on `data`), and
     the kernel's estimated stored bytes. LUT and pruned layers start as training for the
     storage starts (`techniques.storage`: k-means per output channel, magnitude pruning);
-    int4 is symmetric per output channel, as the export requantises it."""
+    int4 is symmetric per output channel, as the export requantises it (Conv2D only:
+    a kind that cannot store a layer has no row)."""
     from ._tf import keras
     from .techniques import storage as for_storage
     from . import storage as stored
@@ -79,6 +81,8 @@ def storage_sensitivity(model, data: Dataset, *, storages=DEFAULT_STORAGES,
     for layer in [layer for layer in model.layers if models.kernel(layer) is not None]:
         kernel = models.kernel(layer)
         for kind in kinds:
+            if for_storage.unsupported(layer, kind):
+                continue
             keras.utils.set_random_seed(seed)  # k-means++ draws its first centroids
             if kind.kind == "int4":
                 changed = models.copy(model)
@@ -221,3 +225,35 @@ def allocate(model, rows: list[dict], *, params: float = 1.0, macs: float = 1.0,
             break
         _, group, ratios[group], over = max(options)
     return ratios
+
+
+def allocate_storage(rows: list[dict], kernel_bytes: float, kinds=None) -> dict:
+    """A storage per kernel layer (layer name -> kind) whose kernels' estimated bytes total
+    at most `kernel_bytes`, giving up as little measured agreement as it can: from each
+    layer's least harmful kind (int8, when offered: its loss is taken as none), step by step
+    the change that saves the most bytes per point of agreement lost, as `allocate` does for
+    channels (the losses of layers taken to add up). `rows` are `storage_sensitivity`'s;
+    `kinds` limits the choice (default: the rows' and int8). Stops at the cheapest plan
+    even when `kernel_bytes` is not reached."""
+    kinds = set(kinds or {r["storage"] for r in rows} | {"int8"})
+    choices: dict[str, dict[str, tuple[int, float]]] = {}
+    for r in rows:
+        layer = choices.setdefault(r["layer"], {})
+        if "int8" in kinds:
+            layer["int8"] = (r["weights"], 0.0)
+        if r["storage"] in kinds:
+            layer[r["storage"]] = (r["bytes"], 1 - r["agreement"])
+    plan = {layer: min(options, key=lambda k: (options[k][1], -options[k][0]))
+            for layer, options in choices.items() if options}
+    total = sum(choices[layer][kind][0] for layer, kind in plan.items())
+    while total > kernel_bytes:
+        steps = [((bytes_now - size) / max(loss - loss_now, 1e-3), layer, kind)
+                 for layer, now in plan.items()
+                 for bytes_now, loss_now in [choices[layer][now]]
+                 for kind, (size, loss) in choices[layer].items() if size < bytes_now]
+        if not steps:
+            break
+        _, layer, kind = max(steps)
+        total -= choices[layer][plan[layer]][0] - choices[layer][kind][0]
+        plan[layer] = kind
+    return plan

@@ -239,3 +239,20 @@ def test_trials_in_a_hopeless_region_are_pruned_and_the_winner_comes_from_elsewh
     assert {f["trial"] for f in result["finalists"]}.isdisjoint(
         p["trial"] for p in result["pruned"])
     assert "pruned early" in (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_storage_search_with_a_bytes_budget_starts_from_the_storage_scan(
+        trained, train_set, test_set, tmp_path, board):
+    from pathlib import Path
+
+    train, judge = train_set.with_preprocess("unit"), test_set.with_preprocess("unit")
+    untouched = search.tflite.export(trained[0], tmp_path / "int8.tflite", mode="int8",
+                                     data=train, strip_names=True).stat().st_size
+    budget = untouched - 500
+    result = search.run(trained[0], train, judge, tmp_path / "s", target=board, max_drop=100,
+                        trials=1, steps=2, qat_steps=4, max_ratio=0.0, max_bytes=budget,
+                        stored_as=("int8", "int4", "lut2"), strip_names=True)
+    (seeded,) = result["trials"]
+    assert set(seeded["storage"].values()) != {"int8"}, seeded["storage"]
+    assert Path(seeded["file"]).stat().st_size <= budget, (untouched, seeded)

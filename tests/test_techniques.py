@@ -210,3 +210,12 @@ def test_every_technique_describes_itself_and_strips_its_wrappers(trained):
     assert prune.is_wrapped(wrapped) and not prune.is_wrapped(techniques.strip(wrapped))
     with pytest.raises(OptionError, match="`technique` must be one of .* technique='x'"):
         techniques.get("x")
+
+
+def test_a_storage_a_layer_cannot_take_is_refused_before_training(trained):
+    from edgecompress.techniques import storage
+
+    with pytest.raises(OptionError, match="`dense` .Dense.: int4 storage is for Conv2D"):
+        storage.apply(trained[0], storage.Config({"*": "int4"}))
+    assert storage.plan_for(trained[0], storage.Config({"conv2d": "int4"}))["conv2d"].kind \
+        == "int4"

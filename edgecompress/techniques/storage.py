@@ -24,7 +24,7 @@ from .. import models, storage as storage_plan
 from ..errors import OptionError
 from . import _layers, cluster, prune
 
-__all__ = ["Config", "plan_for", "apply", "callbacks", "strip", "describe"]
+__all__ = ["Config", "plan_for", "unsupported", "apply", "callbacks", "strip", "describe"]
 
 
 @dataclass(frozen=True)
@@ -58,8 +58,24 @@ def plan_for(model: keras.Model, config: Config) -> dict[str, storage_plan.Stora
     plan = config.storages()
     _layers.check_layer_names(model, set(plan) - {storage_plan.DEFAULT_KEY})
     default = plan.get(storage_plan.DEFAULT_KEY, storage_plan.Storage("int8"))
-    return {layer.name: plan.get(layer.name, default) for layer in model.layers
-            if models.kernel(layer) is not None}
+    chosen = {layer.name: plan.get(layer.name, default) for layer in model.layers
+              if models.kernel(layer) is not None}
+    for name, kind in chosen.items():
+        reason = unsupported(model.get_layer(name), kind)
+        if reason:
+            raise OptionError(f"Layer `{name}` ({type(model.get_layer(name)).__name__}): "
+                              f"{reason}.")
+    return chosen
+
+
+def unsupported(layer, kind: storage_plan.Storage) -> str | None:
+    """Why `kind` cannot store `layer`'s kernel, or None: int4 is for Conv2D, whose int8
+    kernels are quantised per output channel on their first axis (TFLite Micro's fully
+    connected int4 kernels are per tensor; depthwise kernels are per channel on their
+    last axis)."""
+    if kind.kind == "int4" and type(layer).__name__ != "Conv2D":
+        return "int4 storage is for Conv2D kernels; store it as int8 or lutN"
+    return None
 
 
 def _reason_to_skip(layer, chosen) -> str | None:
