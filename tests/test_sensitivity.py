@@ -105,3 +105,19 @@ def test_storage_sensitivity_stores_one_layer_at_a_time(trained, test_set):
     assert conv["bytes"] == storage.estimated_bytes(storage.Storage.parse("int4"),
                                                     conv["weights"], 16)
     assert min(r["agreement"] for r in rows) < 0.9  # something is lost somewhere
+
+
+def test_storage_allocation_meets_the_bytes_giving_up_the_least_agreement():
+    rows = [{"layer": "big", "weights": 1000, "storage": "lut4", "bytes": 600,
+             "agreement": 0.99},
+            {"layer": "big", "weights": 1000, "storage": "lut2", "bytes": 350,
+             "agreement": 0.80},
+            {"layer": "small", "weights": 100, "storage": "lut4", "bytes": 90,
+             "agreement": 0.50}]
+    assert sensitivity.allocate_storage(rows, 1100) == {"big": "int8", "small": "int8"}
+    assert sensitivity.allocate_storage(rows, 800) == {"big": "lut4", "small": "int8"}
+    assert sensitivity.allocate_storage(rows, 450) == {"big": "lut2", "small": "int8"}
+    # out of reach: the cheapest plan, not an error
+    assert sensitivity.allocate_storage(rows, 10) == {"big": "lut2", "small": "lut4"}
+    assert sensitivity.allocate_storage(rows, 800, kinds=("lut2", "lut4")) == \
+        {"big": "lut4", "small": "lut4"}
