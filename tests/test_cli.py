@@ -219,3 +219,30 @@ def test_the_command_line_reference_page_is_the_parsers_own():
     page = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
     assert page.read_text() == reference.markdown(), \
         "docs/cli.md is stale: python -m edgecompress.cli.reference > docs/cli.md"
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_ctrl_c_lost_in_a_finalizer_is_raised_again(capsys):
+    """CPython ignores an exception raised in `__del__`; TensorFlow's converter runs many
+    finalizers, and a single Ctrl-C during an export was lost (the run ended with 0)."""
+    import signal
+    import threading
+    import time
+
+    from edgecompress.cli import common
+
+    class Slow:
+        def __del__(self):
+            time.sleep(1)  # the interrupt lands here and is ignored
+
+    def run():
+        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+        Slow()
+        time.sleep(10)  # reached only once __del__ has swallowed the first interrupt
+        return 0
+
+    started = time.monotonic()
+    assert common.guarded("test", run) == 130
+    assert time.monotonic() - started < 5
+    assert "test: interrupted" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

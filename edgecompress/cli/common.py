@@ -8,7 +8,11 @@ line on stderr), 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import signal
 import sys
+import threading
 import warnings
 
 from ..data import BUILTIN
@@ -94,7 +98,7 @@ def guarded(prog: str, run, *, on_error=lambda: "", on_interrupt: str = "") -> i
     """`run()`'s exit status (None counts as 0); bad input becomes one line on stderr and
     status 2, Ctrl-C status 130. `on_error()` may clean up and return a hint to append."""
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _repeated_interrupts():
             warnings.showwarning = _one_line
             return run() or 0
     except EdgeCompressError as e:
@@ -103,3 +107,41 @@ def guarded(prog: str, run, *, on_error=lambda: "", on_interrupt: str = "") -> i
     except KeyboardInterrupt:
         print(f"{prog}: interrupted{on_interrupt}", file=sys.stderr)
         return 130
+
+
+REPEAT_SECONDS = 0.2
+
+
+@contextlib.contextmanager
+def _repeated_interrupts():
+    """After Ctrl-C, raises KeyboardInterrupt again every `REPEAT_SECONDS` until the run
+    stops. CPython ignores an exception raised while a finalizer (`__del__`) runs, and
+    TensorFlow's converter runs many: a single Ctrl-C during an export was lost and the run
+    went on to exit status 0. Outside the main thread (no signal handlers) it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    interrupted, stopped = threading.Event(), threading.Event()
+
+    def repeat():
+        while not stopped.wait(REPEAT_SECONDS):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    repeater = threading.Thread(target=repeat, daemon=True)
+
+    def handler(signum, frame):
+        if stopped.is_set():
+            return  # a repeat that arrived as the run stopped
+        if not interrupted.is_set():
+            interrupted.set()
+            repeater.start()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        stopped.set()
+        if interrupted.is_set():
+            repeater.join()
+        signal.signal(signal.SIGINT, previous)  # runs a pending repeat's handler first
