@@ -126,6 +126,7 @@ def test_a_channel_pruned_model_goes_back_to_keras3(every_layer, tmp_path):
 def test_a_keras3_model_through_a_recipe_comes_back_as_keras3(tmp_path):
     from edgecompress.cli import recipes
 
+    keras3.utils.set_random_seed(0)  # an untrained model: unseeded, its verdict varied
     inputs = keras3.Input((16, 16, 3))
     x = L.Conv2D(8, 3, activation="relu")(L.Rescaling(1 / 255)(inputs))
     original = keras3.Model(inputs, L.Dense(10, activation="softmax")(
