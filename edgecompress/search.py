@@ -51,7 +51,7 @@ from .errors import OptionError
 from .techniques import channels, quantize
 from .train import FitConfig, StepReports
 
-__all__ = ["parse_duration", "run", "summarise"]
+__all__ = ["chosen_caution", "parse_duration", "run", "summarise"]
 
 RATIO_STEP = 0.125
 SEED_FRACTIONS = (0.7, 0.5)  # of weights and MACs, for the seeds of a search without budgets
@@ -637,7 +637,8 @@ def summarise(study, out: Path, finals: list[dict] = ()) -> dict:
                   f"{best['latency_ms']:.3g} ms, drop {best['drop_points']:+.2f} points "
                   f"({best['drop_95']})" + (" after full-length training" if fitting_finals
                                              else "") + "; `best/recipe.json` re-runs it "
-                  "with `edgecompress run`.", "", "## Pareto front", "",
+                  "with `edgecompress run`.", "", chosen_caution(len(rows)), "",
+                  "## Pareto front", "",
                   report.markdown_table(front), ""]
     else:
         lines += ["No candidate fit every budget.", ""]
@@ -662,10 +663,19 @@ def summarise(study, out: Path, finals: list[dict] = ()) -> dict:
     best_text = "" if best is None else (
         f" Best: trial {best['trial']}, {best['bytes']:,} bytes, {best['latency_ms']:.3g} ms, "
         f"drop {best['drop_points']:+.2f} points ({best['drop_95']})"
-        + (" after full-length training" if fitting_finals else "") + ", in best/.")
+        + (" after full-length training" if fitting_finals else "") + ", in best/. "
+        + chosen_caution(len(rows)))
     report.html_page(out / "report.html", "Search", headline + (
         best_text or " No candidate fit every budget."), sections)
     return result
+
+
+def chosen_caution(trials: int) -> str:
+    """Why the winner's drop on the evaluation images is optimistic, and what to do."""
+    return (f"The winner was chosen on the evaluation images among {trials} trial(s), so its "
+            "drop there is optimistic (the best of several noisy measurements): judge it on images the search "
+            "never saw (`edgecompress run --model MODEL --train-data ... --eval-data NEW "
+            "best/recipe.json`).")
 
 
 def _front(rows: list[dict]) -> list[int]:

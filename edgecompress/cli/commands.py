@@ -763,6 +763,7 @@ def run_search(args) -> int:
     best = result["best"]
     print(f"best: trial {best['trial']}, {best['bytes']:,} bytes, {best['latency_ms']:.3g} "
           f"ms, drop {best['drop_points']:+.2f} points; wrote {args.out}/best/")
+    print(search.chosen_caution(len(result["trials"])))
     return 0
 
 
