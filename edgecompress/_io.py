@@ -2,6 +2,7 @@
 quiet native code."""
 
 import contextlib
+import hashlib
 import os
 import sys
 import tempfile
@@ -9,7 +10,7 @@ from pathlib import Path
 
 from .errors import OptionError
 
-__all__ = ["writable_path", "write_bytes", "write_text", "quiet_native_logs"]
+__all__ = ["writable_path", "write_bytes", "write_text", "file_sha256", "quiet_native_logs"]
 
 
 def writable_path(path) -> Path:
@@ -27,6 +28,12 @@ def writable_path(path) -> Path:
     if not os.access(folder, os.W_OK):
         raise OptionError(f"Output folder `{folder}` is not writable. Choose another output path.")
     return path
+
+
+def file_sha256(path) -> str:
+    """The SHA-256 of a file's bytes, as hex."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def write_bytes(path, data: bytes) -> Path:

@@ -1,6 +1,7 @@
 """Errors for bad input. The CLI prints them as one line and exits with status 2."""
 
-__all__ = ["EdgeCompressError", "DataError", "ModelError", "OptionError"]
+__all__ = ["EdgeCompressError", "DataError", "ModelError", "OptionError", "EmulatorUnavailable",
+           "EmulationError", "UnknownOperator", "DoesNotFit"]
 
 
 class EdgeCompressError(Exception):
@@ -17,3 +18,20 @@ class ModelError(EdgeCompressError):
 
 class OptionError(EdgeCompressError):
     """An option has a value outside what it accepts."""
+
+
+class EmulatorUnavailable(EdgeCompressError):
+    """An emulator's tools, sources or set-up are missing (a cross compiler, QEMU, the
+    TFLite Micro sources, the arm64 root filesystem)."""
+
+
+class EmulationError(EdgeCompressError):
+    """The emulated run faulted, ran past its time limit or refused the model."""
+
+
+class UnknownOperator(EmulationError):
+    """The model uses an operator that the firmware's kernel set lacks."""
+
+
+class DoesNotFit(EmulationError):
+    """The model or its arena does not fit the board's buffers."""

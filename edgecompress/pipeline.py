@@ -6,7 +6,6 @@ with `judge`, so a figure means the same wherever it is printed.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import platform
 import shutil
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._io import file_sha256
 from . import budget, data, models, recipe, report, tflite
 from .device import inspect, verify
 from .errors import OptionError
@@ -24,7 +24,7 @@ from .techniques import quantize
 
 __all__ = ["CHECKPOINTS", "prepare_output", "discard_partial", "compress", "suspicious",
            "below_baseline", "weak_classes", "storage_plan", "split_preparation",
-           "learning_warnings", "judge", "markdown", "provenance", "sha256"]
+           "learning_warnings", "judge", "markdown", "provenance"]
 
 CHECKPOINTS = "checkpoints"
 PREPARATION = "reference"  # the preparation stage's own checkpoints, inside CHECKPOINTS
@@ -335,17 +335,7 @@ def provenance(seed: int, inputs: dict) -> dict:
         except importlib.metadata.PackageNotFoundError:
             versions[package] = None
     versions["python"] = platform.python_version()
-    hashes = {name: sha256(path) for name, path in inputs.items()
+    hashes = {name: file_sha256(path) for name, path in inputs.items()
               if path is not None and Path(path).is_file()}
     return {"seed": seed, "versions": versions, "inputs": {k: str(v) for k, v in inputs.items()},
             "sha256": hashes, "command": sys.argv}
-
-
-def sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-

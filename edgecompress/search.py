@@ -673,9 +673,9 @@ def summarise(study, out: Path, finals: list[dict] = ()) -> dict:
 def chosen_caution(trials: int) -> str:
     """Why the winner's drop on the evaluation images is optimistic, and what to do."""
     return (f"The winner was chosen on the evaluation images among {trials} trial(s), so its "
-            "drop there is optimistic (the best of several noisy measurements): judge it on images the search "
-            "never saw (`edgecompress run --model MODEL --train-data ... --eval-data NEW "
-            "best/recipe.json`).")
+            "drop there is optimistic (the best of several noisy measurements): judge it on "
+            "images the search never saw (`edgecompress run --model MODEL --train-data ... "
+            "--eval-data NEW best/recipe.json`).")
 
 
 def _front(rows: list[dict]) -> list[int]:

@@ -12,10 +12,9 @@ import pytest
 
 from conftest import shared_path
 from edgecompress import cli
-from edgecompress.device import arm64, inspect, phones, targets, verdict
+from edgecompress.device import arm64, cores, inspect, phones, targets, verdict
 from edgecompress.device.arm64 import install
-from edgecompress.device.cortex_m import EmulationError, EmulatorUnavailable
-from edgecompress.errors import OptionError
+from edgecompress.errors import EmulationError, EmulatorUnavailable, OptionError
 
 RESNET8 = ("models", "mlperf_tiny_resnet8", "pretrainedResnet_quant.tflite")
 RESNET8_FLOAT = ("models", "mlperf_tiny_resnet8", "pretrainedResnet.tflite")
@@ -49,10 +48,10 @@ def int8_runs(emulator, resnet8):
 # --- without the emulator ---------------------------------------------------------------
 
 def test_cpuinfo_names_the_class():
-    text = arm64.CPUS["cortex-a76"].cpuinfo()
+    text = cores.CPUS["cortex-a76"].cpuinfo()
     assert "CPU implementer\t: 0x41" in text and "CPU part\t: 0xd0b" in text
     assert "CPU variant\t: 0x4" in text and "asimddp" in text
-    assert "asimddp" not in arm64.CPUS["cortex-a53"].cpuinfo()
+    assert "asimddp" not in cores.CPUS["cortex-a53"].cpuinfo()
 
 
 def test_counts_subtract_the_cost_of_marking():
@@ -77,8 +76,8 @@ def test_blocks_are_named_from_the_symbol_table(tmp_path, monkeypatch):
 def test_each_cpu_class_gets_its_own_cpuinfo(tmp_path):
     """Runs with different CPUs in parallel never read one another's /proc/cpuinfo."""
     (tmp_path / "rootfs" / "usr").mkdir(parents=True)
-    first = arm64._prefix(tmp_path, arm64.CPUS["cortex-a53"])
-    second = arm64._prefix(tmp_path, arm64.CPUS["cortex-a76"])
+    first = arm64._prefix(tmp_path, cores.CPUS["cortex-a53"])
+    second = arm64._prefix(tmp_path, cores.CPUS["cortex-a76"])
     assert first != second
     assert "0xd03" in (first / "proc" / "cpuinfo").read_text()
     assert "0xd0b" in (second / "proc" / "cpuinfo").read_text()
@@ -87,7 +86,7 @@ def test_each_cpu_class_gets_its_own_cpuinfo(tmp_path):
 
 def test_phone_profiles_name_a_cpu_class():
     for name in ("phone-cortex-a76", "phone-i8mm", "iot-cortex-a72", "iot-cortex-a53"):
-        assert targets.get(name).core in arm64.CPUS
+        assert targets.get(name).core in cores.CPUS
     with pytest.raises(OptionError, match="core must be one of"):
         targets.Target("x", "x", runtime="litert", core="cortex-m4")
     assert targets.get("phone-i8mm").estimate_ms_from_instructions(1e6) is None
@@ -196,9 +195,9 @@ def test_verdict_on_a_phone(emulator):
 def test_a_wrong_cpu_id_is_caught(emulator, monkeypatch):
     """`-cpu cortex-a53` with a Cortex-A72's CPU ID: XNNPACK silently takes a generic
     kernel, and the verdict's kernel path check fails."""
-    wrong = dataclasses.replace(arm64.CPUS["cortex-a53"], name="a53-wrong-id",
-                                midr=arm64.CPUS["cortex-a72"].midr)
-    monkeypatch.setitem(arm64.CPUS, wrong.name, wrong)
+    wrong = dataclasses.replace(cores.CPUS["cortex-a53"], name="a53-wrong-id",
+                                midr=cores.CPUS["cortex-a72"].midr)
+    monkeypatch.setitem(cores.CPUS, wrong.name, wrong)
     target = dataclasses.replace(targets.get("iot-cortex-a53"), name="wrong", core=wrong.name)
     result = verdict.verify_target(shared_path(*RESNET8), target, _val_original(3),
                                    preprocess="raw", emulate=verdict.Emulation())

@@ -1,8 +1,11 @@
 """TFLite Micro on emulated Cortex-M cores (`cortex_m`, `verify --emulate`).
 
-The firmware builds once per session into a temporary cache (about 2.5 minutes for the M4
-with CMSIS-NN, then well under a minute for the reference kernels, which share the
-framework's objects). Without the cross compiler and QEMU, or without the TFLite Micro
+The firmware builds into the cache every emulated run uses (`cache.cache_dir()`, as the
+other tests' and the CLI's runs do): its builds are keyed by the sources' digest, the core,
+the kernel set, the build options and the firmware's own sources, so a build found there is
+the one these sources make. A first build takes about 2.5 minutes for the M4 with CMSIS-NN,
+then well under a minute for the reference kernels, which share the framework's objects;
+`test_a_fresh_cache_builds_the_firmware` builds into an empty one. Without the cross compiler and QEMU, or without the TFLite Micro
 sources in ../shared/tflm, these tests skip and say why.
 """
 
@@ -13,8 +16,8 @@ import numpy as np
 import pytest
 
 from conftest import shared_path
-from edgecompress.device import cortex_m, inspect, targets, verdict
-from edgecompress.errors import OptionError
+from edgecompress.device import cache, cores, cortex_m, inspect, targets, verdict
+from edgecompress.errors import DoesNotFit, EmulationError, EmulatorUnavailable, OptionError
 
 pytestmark = pytest.mark.slow
 
@@ -22,13 +25,12 @@ RESNET8 = ("models", "mlperf_tiny_resnet8", "pretrainedResnet_quant.tflite")
 
 
 @pytest.fixture(scope="module")
-def emulation(tmp_path_factory):
-    """Build settings shared by every test here: the sources and a fresh cache."""
+def emulation():
+    """Build settings shared by every test here: the sources and the shared cache."""
     missing = cortex_m.missing_tools()
     if missing:
         pytest.skip(f"needs {', '.join(missing)}: {cortex_m.INSTALL}")
-    sources = shared_path("tflm")
-    return {"sources": sources, "cache": tmp_path_factory.mktemp("emulation-cache")}
+    return {"sources": shared_path("tflm"), "cache": cache.cache_dir()}
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +129,15 @@ def test_instruction_counts_are_deterministic_and_kernel_sets_differ_as_publishe
     assert 0.98 * cmsis <= operators <= 1.001 * cmsis
 
 
+def test_a_fresh_cache_builds_the_firmware(emulation, resnet8_images, resnet8_runs, tmp_path):
+    model, x, _ = resnet8_images
+    fresh = dict(emulation, cache=tmp_path)
+    run = cortex_m.run(model, x[:2], core="cortex-m4", kernels="reference", **fresh)
+    assert not run.firmware.cached and run.firmware.elf.is_relative_to(tmp_path)
+    assert np.array_equal(run.outputs[0], resnet8_runs["reference"].outputs[0][:2])
+    assert np.array_equal(run.instructions, resnet8_runs["reference"].instructions[:2])
+
+
 def test_a_second_call_hits_the_cache(emulation, resnet8_images, resnet8_runs, monkeypatch):
     model, x, _ = resnet8_images
     monkeypatch.setattr(cortex_m, "_compile", lambda *a: pytest.fail("compiled again"))
@@ -176,30 +187,30 @@ def test_an_operator_the_firmware_lacks_is_found_before_building(emulation, int8
 def test_a_model_or_arena_too_big_for_the_board_is_a_failed_budget(emulation, resnet8_images,
                                                                    monkeypatch):
     model, x, _ = resnet8_images
-    board = cortex_m.BOARDS["mps2-an386"]
-    monkeypatch.setitem(cortex_m.BOARDS, "mps2-an386",
+    board = cores.BOARDS["mps2-an386"]
+    monkeypatch.setitem(cores.BOARDS, "mps2-an386",
                         dataclasses.replace(board, arena_capacity=16 << 10))
     result = verdict.verify_target(model, "mcu-cortex-m4", emulate=verdict.Emulation(
         kernels="reference", sources=str(emulation["sources"]),
         cache=str(emulation["cache"])))
     ram = next(c for c in result.checks if c.name == "RAM (emulated)")
     assert ram.status == "fail" and "16,384-byte arena" in ram.figure
-    monkeypatch.setitem(cortex_m.BOARDS, "mps2-an386",
+    monkeypatch.setitem(cores.BOARDS, "mps2-an386",
                         dataclasses.replace(board, model_capacity=50_000))
     monkeypatch.setattr(cortex_m, "_build", lambda *a: pytest.fail("built"))
-    with pytest.raises(cortex_m.DoesNotFit, match="98,496 bytes.*50,000"):
+    with pytest.raises(DoesNotFit, match="98,496 bytes.*50,000"):
         cortex_m.run(model, x[:1], core="cortex-m4", kernels="reference", **emulation)
 
 
 def test_a_fault_or_a_time_out_is_an_error_naming_model_and_image(emulation, resnet8_images):
     model, x, _ = resnet8_images
-    with pytest.raises(cortex_m.EmulationError, match=r"ran past its 1 s limit.*image \d+"):
+    with pytest.raises(EmulationError, match=r"ran past its 1 s limit.*image \d+"):
         cortex_m.run(model, np.repeat(x, 50, axis=0), core="cortex-m4", kernels="reference",
                      timeout=1, **emulation)
     # a root offset that points far outside the board's memory: TFLite Micro reads there
     wild = b"\xf0\xff\xff\x7f" + model.content[4:]
     broken = dataclasses.replace(model, content=wild, path="wild.tflite")
-    with pytest.raises(cortex_m.EmulationError, match=r"faulted \(HardFault exception 3\) "
+    with pytest.raises(EmulationError, match=r"faulted \(HardFault exception 3\) "
                                                       r"on `wild.tflite`, at image 0"):
         cortex_m.run(broken, x[:1], core="cortex-m4", kernels="reference", **emulation)
 
@@ -208,7 +219,7 @@ def test_missing_tools_are_one_line_with_the_install_command(monkeypatch, int8_f
     from edgecompress import cli
 
     monkeypatch.setattr(shutil, "which", lambda tool: None)
-    with pytest.raises(cortex_m.EmulatorUnavailable, match="apt-get install gcc-arm-none-eabi"):
+    with pytest.raises(EmulatorUnavailable, match="apt-get install gcc-arm-none-eabi"):
         cortex_m.require_tools()
     assert cli.main(["verify", str(int8_file), "--target", "mcu-cortex-m4", "--emulate"]) == 2
     error = capsys.readouterr().err

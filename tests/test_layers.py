@@ -9,7 +9,8 @@ import edgecompress
 ROOT = Path(edgecompress.__file__).parent
 # lowest first; a module may import its own layer and those below
 LAYERS = [
-    ["errors", "options", "_io", "budget", "device.metadata", "device._isolate"],
+    ["errors", "options", "_io", "budget", "device.metadata", "device._isolate", "device.cores",
+     "device.cache", "device.child"],
     ["data", "_tf", "device.inspect", "device.decoding"],
     ["device.micro", "device.verify", "device.cortex_m", "device.arm64",
      "device.arm64.install", "device.arm64.guest", "device.targets", "device.verdict",

@@ -626,7 +626,7 @@ def _add_sensitivity(commands) -> None:
 
 def run_sensitivity(args) -> int:
     from .. import models, report, sensitivity, storage, tflite
-    from ..pipeline import sha256
+    from .._io import file_sha256
 
     model = models.load(args.model, allow_code=args.allow_code)
     data = load_data_for(args.data, models.input_shape(model))
@@ -637,7 +637,7 @@ def run_sensitivity(args) -> int:
         storage.Storage.parse(kind, "--storage")  # before the slow work
     result = sensitivity.scan(model, data, Path(args.out), ratios=args.ratios,
                               samples=args.samples, quantisation=args.quantisation,
-                              key=sha256(args.model) if Path(args.model).is_file() else "",
+                              key=file_sha256(args.model) if Path(args.model).is_file() else "",
                               storages=storages)
     print(report.text_table(result["channels"]))
     if "storage" in result:

@@ -7,11 +7,11 @@ import contextlib
 import importlib
 import os
 import pickle
-import signal
 import subprocess
 import sys
 import tempfile
 
+from . import child
 from ..errors import EdgeCompressError, ModelError
 
 __all__ = ["call", "capture_native_output"]
@@ -34,12 +34,12 @@ def call(function, *args, what: str = "the interpreter", **kwargs):
         done = subprocess.run([sys.executable, "-P", "-m", __name__, result_path],
                               input=request, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         if done.returncode < 0:
-            raise ModelError(f"{what} crashed on this file ({_signal_name(done.returncode)});"
+            raise ModelError(f"{what} crashed on this file ({child.ending(done.returncode)});"
                              " the file is probably malformed.")
         if done.returncode != 0 or not os.path.exists(result_path):
-            last = done.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
-            raise ModelError(f"{what} failed in its child process (exit status "
-                             f"{done.returncode}): {last[0][:300]}")
+            last = child.last_lines(done.stderr.decode("utf-8", "replace"), 1, 300)
+            raise ModelError(f"{what} failed in its child process "
+                             f"({child.ending(done.returncode)}): {last}")
         with open(result_path, "rb") as f:
             ok, value = pickle.load(f)
     if not ok:
@@ -48,13 +48,6 @@ def call(function, *args, what: str = "the interpreter", **kwargs):
         raise ModelError(f"{what} failed on this file ({value}); the file is probably "
                          "malformed.") from None
     return value
-
-
-def _signal_name(returncode: int) -> str:
-    try:
-        return f"killed by {signal.Signals(-returncode).name}"
-    except ValueError:
-        return f"killed by signal {-returncode}"
 
 
 def _serve(result_path: str) -> None:

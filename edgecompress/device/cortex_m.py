@@ -18,7 +18,6 @@ import hashlib
 import os
 import re
 import shutil
-import subprocess
 import tarfile
 import tempfile
 import threading
@@ -29,14 +28,18 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import EdgeCompressError, OptionError
+from . import child
+from .cache import cache_dir
+from .cores import BOARDS, CORES, Board, Core
+from .._io import file_sha256
+from ..errors import (DoesNotFit, EmulationError, EmulatorUnavailable, OptionError,
+                      UnknownOperator)
 from ..options import lookup
 
-__all__ = ["INSTALL", "ARCHIVES", "ARCHIVE_DIGESTS", "SOURCES_ENV", "EmulatorUnavailable",
-           "EmulationError", "UnknownOperator", "Board", "BOARDS", "Core", "CORES", "BuildOptions",
-           "missing_tools", "require_tools", "cache_dir", "default_sources", "setup_sources",
-           "Sources", "unpack_sources", "Operator", "operators", "check_operators", "ops_header",
-           "Firmware", "firmware", "plugin", "build_plugin", "EmulatedRun", "DoesNotFit", "run"]
+__all__ = ["INSTALL", "ARCHIVES", "ARCHIVE_DIGESTS", "SOURCES_ENV", "BuildOptions",
+           "missing_tools", "require_tools", "default_sources", "setup_sources", "Sources",
+           "unpack_sources", "Operator", "operators", "check_operators", "ops_header",
+           "Firmware", "firmware", "plugin", "build_plugin", "EmulatedRun", "run"]
 
 INSTALL = ("apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi "
            "libstdc++-arm-none-eabi-dev qemu-system-arm")
@@ -58,74 +61,6 @@ KERNEL_SETS = ("cmsis-nn", "reference")
 SOURCES_ENV = "EDGECOMPRESS_TFLM_SOURCES"
 FIRMWARE = resources.files("edgecompress.device") / "firmware"  # our own sources
 FIRMWARE_FILES = ("runner.cc", "runtime.cc", "startup.c", "board.ld")
-CACHE_ENV = "EDGECOMPRESS_CACHE"
-
-
-class EmulatorUnavailable(EdgeCompressError):
-    """A cross compiler, QEMU or the TFLite Micro sources are missing."""
-
-
-class EmulationError(EdgeCompressError):
-    """The firmware faulted, ran past its time limit or refused the model."""
-
-
-class UnknownOperator(EmulationError):
-    """The model uses an operator that the firmware's kernel set lacks."""
-
-
-@dataclass(frozen=True)
-class Board:
-    """A QEMU machine: its memory regions (origin, length) and the capacities of the
-    buffers that the emulator's file loading needs."""
-
-    machine: str
-    code: tuple[int, int]
-    data: tuple[int, int]
-    large: tuple[int, int]
-    model_capacity: int
-    arena_capacity: int
-    record_capacity: int = 1 << 20
-
-
-# Memory maps of QEMU 7.2's hw/arm/mps2.c and mps2-tz.c (../shared/MCU-EMULATION.md, 3).
-MPS2_LARGE = dict(model_capacity=6 << 20, arena_capacity=8 << 20)
-BOARDS = {
-    "mps2-an385": Board("mps2-an385", (0, 4 << 20), (0x20000000, 4 << 20),
-                        (0x21000000, 16 << 20), **MPS2_LARGE),
-    "mps2-an386": Board("mps2-an386", (0, 4 << 20), (0x20000000, 4 << 20),
-                        (0x21000000, 16 << 20), **MPS2_LARGE),
-    "mps2-an500": Board("mps2-an500", (0, 4 << 20), (0x20000000, 4 << 20),
-                        (0x60000000, 16 << 20), **MPS2_LARGE),
-    # The stack sits at the top of the 512 KB ITCM (QEMU's SYS_HEAPINFO), the heap under it.
-    "mps3-an547": Board("mps3-an547", (0, 512 << 10), (0x20000000, 512 << 10),
-                        (0x21000000, 4 << 20), model_capacity=1536 << 10,
-                        arena_capacity=2 << 20, record_capacity=256 << 10),
-}
-
-
-@dataclass(frozen=True)
-class Core:
-    """A Cortex-M core: compiler flags (also given to the linker, which picks newlib's
-    matching multilib), the board that runs it, and what the emulation cannot show."""
-
-    name: str
-    flags: tuple[str, ...]
-    board: str
-    note: str = ""
-
-
-CORES = {core.name: core for core in (
-    Core("cortex-m0plus", ("-mcpu=cortex-m0plus", "-mfloat-abi=soft"), "mps2-an385",
-         "QEMU has no Cortex-M0+: its ARMv6-M code runs on the Cortex-M3 board, where an "
-         "ARMv7-M instruction would not trap"),
-    Core("cortex-m3", ("-mcpu=cortex-m3", "-mfloat-abi=soft"), "mps2-an385"),
-    Core("cortex-m4", ("-mcpu=cortex-m4", "-mfpu=fpv4-sp-d16", "-mfloat-abi=hard"),
-         "mps2-an386"),
-    Core("cortex-m7", ("-mcpu=cortex-m7", "-mfpu=fpv5-d16", "-mfloat-abi=hard"),
-         "mps2-an500"),
-    # soft float would silently drop Helium (MVE)
-    Core("cortex-m55", ("-mcpu=cortex-m55", "-mfloat-abi=hard"), "mps3-an547"),
-)}
 
 
 @dataclass(frozen=True)
@@ -181,16 +116,6 @@ def require_tools() -> None:
                                   f"install them with `{INSTALL}` (Debian/Ubuntu).")
 
 
-def cache_dir(given=None) -> Path:
-    """`given`, else $EDGECOMPRESS_CACHE, else the user's cache folder."""
-    if given:
-        return Path(given)
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "edgecompress"
-
-
 def default_sources() -> Path | None:
     """$EDGECOMPRESS_TFLM_SOURCES, else `../shared/tflm` beside this checkout or the
     working folder, else what `setup_sources` fetched into the cache, when it exists."""
@@ -215,7 +140,7 @@ def setup_sources(url: str, destination=None, progress=None) -> Path:
     destination.mkdir(parents=True, exist_ok=True)
     for name, digest in ARCHIVE_DIGESTS.items():
         target = destination / f"{name}.tar.xz"
-        if target.is_file() and _file_digest(target) == digest:
+        if target.is_file() and file_sha256(target) == digest:
             continue
         source = f"{url.rstrip('/')}/{name}.tar.xz"
         (progress or (lambda line: None))(f"fetching {source}")
@@ -227,7 +152,7 @@ def setup_sources(url: str, destination=None, progress=None) -> Path:
         except (OSError, urllib.error.URLError) as e:
             partial.unlink(missing_ok=True)
             raise EmulatorUnavailable(f"cannot fetch {source}: {e}.") from None
-        if _file_digest(partial) != digest:
+        if file_sha256(partial) != digest:
             partial.unlink()
             raise EmulatorUnavailable(f"{source} is not the pinned archive (SHA-256 differs); "
                                       "nothing was kept.")
@@ -260,18 +185,13 @@ def unpack_sources(folder=None, cache=None) -> Sources:
         archive = folder / f"{name}.tar.xz"
         if not archive.is_file():
             raise EmulatorUnavailable(f"`{archive}` is missing from the TFLite Micro sources.")
-        digest = _file_digest(archive)
+        digest = file_sha256(archive)
         digests.append(digest)
         target = cache_dir(cache) / "sources" / f"{name}-{digest[:16]}"
         if not (target / name).is_dir():
             _unpack(archive, target)
         trees[key] = target / name
     return Sources(trees, hashlib.sha256("".join(digests).encode()).hexdigest()[:16])
-
-
-def _file_digest(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _unpack(archive: Path, target: Path) -> None:
@@ -593,16 +513,13 @@ def _linker_script(board: Board) -> str:
 
 
 def _run(command, what: str, timeout: float = 600) -> str:
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    done = child.run(command, timeout=timeout)
+    if done is None:
+        raise EmulatorUnavailable(f"{what} ran past its {timeout:.0f} s limit and was ended.")
     if done.returncode != 0:
-        raise EmulatorUnavailable(f"{what} failed (exit status {done.returncode}): "
-                                  f"{_last_lines(done.stderr)}")
+        raise EmulatorUnavailable(f"{what} failed ({child.ending(done.returncode)}): "
+                                  f"{child.last_lines(done.stderr)}")
     return done.stdout
-
-
-def _last_lines(text: str, count: int = 3) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return " | ".join(lines[-count:])[:600]
 
 
 def _sections(elf: Path) -> dict:
@@ -667,10 +584,6 @@ class EmulatedRun:
 
     def flash_bytes(self, model_bytes: int) -> int:
         return self.firmware.flash_bytes + model_bytes
-
-
-class DoesNotFit(EmulationError):
-    """The model or its arena does not fit the board's buffers."""
 
 
 FAULTS = {2: "NMI", 3: "HardFault", 4: "MemManage", 5: "BusFault", 6: "UsageFault"}
@@ -749,13 +662,11 @@ def _boot(built: Firmware, work: Path, timeout: float, model, counter: Path):
         f"{counter},invoke={built.invoke_mark:#x},op={built.op_mark:#x}",
         "-d", "plugin", "-D", "marks.log"]
     name = f"`{model.path}`" if model.path else "the model"
-    try:
-        done = subprocess.run(command, cwd=work, capture_output=True, text=True,
-                              timeout=timeout)
-    except subprocess.TimeoutExpired:
+    done = child.run(command, timeout=timeout, cwd=work)
+    if done is None:
         raise EmulationError(f"the {built.core.name} firmware ran past its {timeout:.0f} s "
                              f"limit on {name}, at image {_images_done(work, model)}; QEMU "
-                             "was ended.") from None
+                             "was ended.")
     log = (work / "marks.log").read_text() if (work / "marks.log").exists() else ""
     fault = re.search(r"fault: exception (\d+)", done.stderr)
     if fault:
@@ -766,10 +677,11 @@ def _boot(built: Firmware, work: Path, timeout: float, model, counter: Path):
     if done.returncode == 3:
         raise DoesNotFit(f"{name} does not allocate in the {built.board.arena_capacity:,}-"
                          f"byte arena of the {built.board.machine} firmware: "
-                         f"{_last_lines(done.stderr)}")
+                         f"{child.last_lines(done.stderr)}")
     if done.returncode != 0:
-        raise EmulationError(f"the {built.core.name} firmware failed on {name} (exit status "
-                             f"{done.returncode}): {_last_lines(done.stderr)}")
+        raise EmulationError(f"the {built.core.name} firmware failed on {name} "
+                             f"({child.ending(done.returncode)}): "
+                             f"{child.last_lines(done.stderr)}")
     return log, done.stdout
 
 

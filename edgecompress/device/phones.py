@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import arm64, inspect, targets as targets_module
+from .cores import CPUS
 from .verdict import precision_of, zero_point_images
 from ..errors import OptionError
 
@@ -22,7 +23,7 @@ def check_targets(target_names) -> list:
     """The targets, if each is a LiteRT target with an ARM64 CPU class."""
     chosen = [targets_module.get(name) for name in target_names]
     for target in chosen:
-        if target.runtime != "litert" or target.core not in arm64.CPUS:
+        if target.runtime != "litert" or target.core not in CPUS:
             raise OptionError(f"{target.name} has no ARM64 CPU class to emulate; choose from "
                               f"{', '.join(PHONE_TARGETS)}.")
     return chosen

@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from . import arm64
+from .cores import CORES, CPUS
 from ..errors import OptionError
 from ..options import lookup
 
@@ -39,17 +39,6 @@ M7_CYCLES_PER_MAC = (40.8e-3 * 280e6 / 12.5e6, M4_CYCLES_PER_MAC[1])  # 0.91, 6.
 # model (CMSIS-NN's plain-C path 97.6 M, reference kernels 167.7 M), at one cycle each,
 # the fastest an M0+ can retire them: a lower bound.
 M0PLUS_CYCLES_PER_MAC = (97.6 / 12.5, 167.7 / 12.5)  # 7.8, 13.4
-
-# Cycles per instruction for turning emulated instruction counts into time: (lowest the
-# core can reach, typical). Lowest: a Cortex-M0+/M3/M4/M55 retires at most one instruction
-# per cycle, the dual-issue M7 two (Arm's technical reference manuals). Typical: our reading
-# of the same manuals' timings for the loops that dominate inference (loads 2 cycles, taken
-# branches 2-4, MACs 1), not a measurement. Published runs of the ResNet-8 took fewer
-# cycles than these counts at one cycle each (../shared/MCU-EMULATION.md, 8): they
-# executed other, older builds. No cycles per instruction is ever fitted below these bounds.
-CYCLES_PER_INSTRUCTION = {
-    "cortex-m0plus": (1.0, 1.3), "cortex-m3": (1.0, 1.25), "cortex-m4": (1.0, 1.25),
-    "cortex-m7": (0.5, 0.8), "cortex-m55": (1.0, 1.5)}
 
 # Published MLPerf Tiny latencies of its ResNet-8 (12,501,632 MACs, 77,708 parameters in the
 # reference INT8 file), for showing beside an emulated estimate of the same model:
@@ -87,13 +76,14 @@ class Target:
         clock_mhz, cycles_per_mac: for the latency estimate of a microcontroller:
             (with optimised kernels, with reference kernels).
         core: what `verify --emulate` runs on, or None: a Cortex-M core for TFLite Micro
-            (see `cortex_m.CORES`), or an ARM64 CPU class for LiteRT (`arm64.CPUS`).
+            (see `cores.CORES`), or an ARM64 CPU class for LiteRT (`cores.CPUS`).
         kernels: TFLite Micro's kernel set for it: "cmsis-nn" (what products ship) or
             "reference".
         cycles_per_instruction: (low, high), to turn emulated instruction counts into a
-            latency range, judged on the high end. Cortex-M: the lowest the core can reach
-            and a typical value. ARM64: the range of values fitted on published latencies
-            (`benchmarks/phone_calibration.py`); None where nothing was published.
+            latency range, judged on the high end. Cortex-M: by default its core's
+            (`cores.CORES`), the lowest it can reach and a typical value. ARM64: the range
+            of values fitted on published latencies (`benchmarks/phone_calibration.py`);
+            None where nothing was published.
         int8_cycles_per_instruction: the same for full-integer models, where it differs
             (XNNPACK's int8 kernels retire more instructions per cycle than its float
             ones); None: `cycles_per_instruction` serves every precision.
@@ -127,7 +117,7 @@ class Target:
         if self.ops is not None and not isinstance(self.ops, frozenset):
             object.__setattr__(self, "ops", frozenset(self.ops))
         self._ordered_pair("cycles_per_mac", "(optimised, reference), 0 < first <= second")
-        cores = CYCLES_PER_INSTRUCTION if self.runtime == "tflm" else arm64.CPUS
+        cores = CORES if self.runtime == "tflm" else CPUS
         if self.core is not None and self.core not in cores:
             raise OptionError(f"Target {self.name!r}: core must be one of "
                               f"{', '.join(cores)} for runtime {self.runtime}. Received: "
@@ -135,9 +125,9 @@ class Target:
         if self.kernels not in ("cmsis-nn", "reference"):
             raise OptionError(f"Target {self.name!r}: kernels must be one of cmsis-nn, "
                               f"reference. Received: kernels={self.kernels!r}.")
-        if self.cycles_per_instruction is None and self.core in CYCLES_PER_INSTRUCTION:
+        if self.cycles_per_instruction is None and self.runtime == "tflm" and self.core:
             object.__setattr__(self, "cycles_per_instruction",
-                               CYCLES_PER_INSTRUCTION[self.core])
+                               CORES[self.core].cycles_per_instruction)
         self._ordered_pair("cycles_per_instruction", "(low, high), 0 < low <= high")
         self._ordered_pair("int8_cycles_per_instruction", "(low, high), 0 < low <= high")
 

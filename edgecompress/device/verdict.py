@@ -17,7 +17,7 @@ import numpy as np
 
 from . import _isolate, arm64, cortex_m, inspect, micro, targets as targets_module, verify
 from ..data import Dataset, preprocess as preprocess_images
-from ..errors import OptionError
+from ..errors import DoesNotFit, EmulationError, OptionError, UnknownOperator
 from ..options import Preprocess
 
 __all__ = ["Check", "Verdict", "ARM64_IMAGES", "Emulation", "verify_target", "zero_point_images",
@@ -118,7 +118,7 @@ def verify_target(path, target, data: Dataset | None = None, *, preprocess=None,
     Raises:
         ModelError: the file is malformed or crashes the interpreter.
         OptionError: unknown target, or emulation asked of a target without a core.
-        cortex_m.EmulatorUnavailable: emulation asked without its tools, sources or set-up.
+        EmulatorUnavailable: emulation asked without its tools, sources or set-up.
     """
     target = targets_module.get(target)
     model = path if isinstance(path, inspect.Model) else inspect.open(path)  # checked here
@@ -146,7 +146,7 @@ def _emulate(model, target, data, preprocess, samples, emulate: Emulation):
                           f"{target.name} has none. These have one: {', '.join(emulated)}.")
     if model.float_tensors() or any(model.tensors[i].dtype not in ("INT8", "UINT8")
                                     for i in model.inputs):
-        return cortex_m.EmulationError("the emulated firmware runs integer models only")
+        return EmulationError("the emulated firmware runs integer models only")
     if data is not None:
         how = model.preprocess(preprocess, fallback=data.preprocess)
         inputs = _quantize(model, preprocess_images(data.take(samples).x, how))
@@ -157,7 +157,7 @@ def _emulate(model, target, data, preprocess, samples, emulate: Emulation):
                             kernels=emulate.kernels or target.kernels,
                             options=emulate.options, sources=emulate.sources,
                             cache=emulate.cache, progress=emulate.progress)
-    except (cortex_m.DoesNotFit, cortex_m.UnknownOperator) as e:
+    except (DoesNotFit, UnknownOperator) as e:
         return e
 
 
@@ -261,8 +261,8 @@ def _with_emulation_finding(checks, error, target) -> list[Check]:
     """The checks with the emulation's finding in place of the estimate it overrules: an
     operator the firmware lacks, a model or arena too big for the board, or why the
     emulation could not run."""
-    replaced = {cortex_m.UnknownOperator: ("operators", "operators"),
-                cortex_m.DoesNotFit: ("RAM", "RAM (emulated)")}.get(type(error))
+    replaced = {UnknownOperator: ("operators", "operators"),
+                DoesNotFit: ("RAM", "RAM (emulated)")}.get(type(error))
     if replaced is None:
         return checks + [Check("emulation", FAIL, str(error), f"{target.core} firmware",
                                "the emulated run did not take place")]

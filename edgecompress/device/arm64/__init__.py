@@ -26,65 +26,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cortex_m import EmulationError, EmulatorUnavailable, cache_dir
+from .. import child
+from ..cache import cache_dir
+from ..cores import CPUS, Cpu
+from ...errors import EmulationError, EmulatorUnavailable
 from ...options import lookup
 
-__all__ = ["SETUP_COMMAND", "Cpu", "CPUS", "litert_version", "home", "missing", "require",
+__all__ = ["SETUP_COMMAND", "litert_version", "home", "missing", "require",
            "ArmRun", "run"]
 
 SETUP_COMMAND = "edgecompress phone-setup"
 GUEST = Path(__file__).with_name("guest.py")
-
-
-@dataclass(frozen=True)
-class Cpu:
-    """An ARM64 CPU class as QEMU emulates it and XNNPACK sees it.
-
-    Args:
-        name: the class, e.g. `cortex-a76`.
-        qemu: QEMU's `-cpu` argument.
-        midr: (implementer, variant, part, revision) for the emulated `/proc/cpuinfo`.
-        features: its `Features` line (XNNPACK reads the features from the auxiliary
-            vector, which QEMU fills from `-cpu`; the line is for completeness).
-        kernels: per precision ("int8", "float"), a part of the name of the XNNPACK GEMM
-            kernel this class should run; another name means the CPU was not recognised.
-        note: what the emulation stands in for.
-    """
-
-    name: str
-    qemu: str
-    midr: tuple[int, int, int, int]
-    features: str
-    kernels: dict
-    note: str = ""
-
-    def cpuinfo(self) -> str:
-        implementer, variant, part, revision = self.midr
-        return (f"processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: {self.features}\n"
-                f"CPU implementer\t: {implementer:#x}\nCPU architecture: 8\n"
-                f"CPU variant\t: {variant:#x}\nCPU part\t: {part:#05x}\n"
-                f"CPU revision\t: {revision}\n\n")
-
-
-V8_FEATURES = "fp asimd evtstrm aes pmull sha1 sha2 crc32 cpuid"
-V82_FEATURES = V8_FEATURES + " atomics fphp asimdhp asimdrdm lrcpc dcpop asimddp"
-# Kernels measured in ../shared/PHONE-EMULATION.md (MLPerf Tiny ResNet-8, QEMU 7.2).
-CPUS = {cpu.name: cpu for cpu in (
-    Cpu("cortex-a53", "cortex-a53", (0x41, 0x0, 0xd03, 4), V8_FEATURES,
-        {"int8": "neon_mlal_lane_cortex_a53", "float": "cortex_a53"}),
-    Cpu("cortex-a72", "cortex-a72", (0x41, 0x0, 0xd08, 3), V8_FEATURES,
-        {"int8": "c8__asm_aarch64_neon_mlal", "float": "cortex_a75"}),
-    Cpu("cortex-a76", "cortex-a76", (0x41, 0x4, 0xd0b, 1), V82_FEATURES,
-        {"int8": "neondot", "float": "cortex_a75"},
-        "QEMU 7.2 has no Cortex-A75; the A76 model runs the same float kernel"),
-    # -cpu max would give SME, whose int8 results QEMU 7.2 computes wrongly (QEMU issue 2083)
-    # The ID of a Neoverse N2 (Armv9, the A710's server twin): LiteRT 2.3.0 crashes under
-    # QEMU 7.2 when /proc/cpuinfo names a Cortex-A710, X2 or A715 (SIGSEGV at start).
-    Cpu("i8mm", "max,sme=off", (0x41, 0x0, 0xd49, 0),
-        V82_FEATURES + " asimdfhm sve sve2 i8mm bf16 svei8mm",
-        {"int8": "neoni8mm", "float": "ld128"},
-        "QEMU 7.2's only i8mm CPU is `max` (SVE, no SME), shown to XNNPACK as a Neoverse N2"),
-)}
 
 
 # --- set-up ------------------------------------------------------------------------------
@@ -212,18 +164,14 @@ def _emulate(root: Path, prefix: Path, cpu: Cpu, work: Path, timeout: float, nam
     environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8",
                    "PYTHONPATH": str(root / "rootfs" / "opt" / "py"), "PYTHONNOUSERSITE": "1",
                    "PYTHONHASHSEED": "0"}
-    try:
-        done = subprocess.run(command, cwd=work, env=environment, capture_output=True,
-                              text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
+    done = child.run(command, timeout=timeout, cwd=work, env=environment)
+    if done is None:
         raise EmulationError(f"LiteRT on the emulated {cpu.name} ran past its {timeout:.0f} s "
-                             f"limit on `{name}`; QEMU was ended.") from None
+                             f"limit on `{name}`; QEMU was ended.")
     if done.returncode != 0 or not (work / "graph.json").is_file():
-        how = (f"killed by signal {-done.returncode}" if done.returncode < 0
-               else f"exit status {done.returncode}")
-        last = [line for line in done.stderr.splitlines() if line.strip()][-1:] or [""]
-        raise EmulationError(f"LiteRT on the emulated {cpu.name} failed on `{name}` ({how}): "
-                             f"{last[0][:300]}")
+        raise EmulationError(f"LiteRT on the emulated {cpu.name} failed on `{name}` "
+                             f"({child.ending(done.returncode)}): "
+                             f"{child.last_lines(done.stderr, 1, 300)}")
     return (work / "counts.log").read_text()
 
 

@@ -18,15 +18,16 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tarfile
 import tempfile
 from pathlib import Path
 
-from . import CPUS, _prefix, home, litert_version
+from . import _prefix, home, litert_version
 from .. import cortex_m
-from ..cortex_m import EmulatorUnavailable
+from .. import child
+from ..cores import CPUS
+from ...errors import EmulatorUnavailable
 
 __all__ = ["MIRROR_ENV", "setup", "debian_mirror"]
 
@@ -60,13 +61,14 @@ def setup(cache=None, progress=print) -> Path:
 
 def _run(command, what: str, timeout: float = 900, **kwargs) -> str:
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                              **kwargs)
-    except (OSError, subprocess.TimeoutExpired) as e:
+        done = child.run(command, timeout=timeout, **kwargs)
+    except OSError as e:
         raise EmulatorUnavailable(f"{what} failed: {e}.") from None
+    if done is None:
+        raise EmulatorUnavailable(f"{what} ran past its {timeout:.0f} s limit and was ended.")
     if done.returncode != 0:
-        lines = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
-        raise EmulatorUnavailable(f"{what} failed: {lines[-1] if lines else done.returncode}")
+        last = child.last_lines(done.stderr + done.stdout, 1)
+        raise EmulatorUnavailable(f"{what} failed: {last or child.ending(done.returncode)}")
     return done.stdout
 
 
