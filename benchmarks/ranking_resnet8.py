@@ -73,17 +73,13 @@ def drop(setting, plan: dict, steps: int, learning_rate: float, seed: int,
 
 
 def interim_reports(setting, steps: int, into: list) -> train.StepReports:
-    """The drops a search trial reports (`search.REPORT_AT`, on the first
-    `search.REPORT_IMAGES` images of val_original), appended to `into`."""
-    probe = setting.judged["val_original"].take(search.REPORT_IMAGES)
-    float_right = setting.keras_labels["val_original"][:len(probe)] == probe.y
-
-    def report(step, model):
-        right = models.predict_labels(model, probe, "raw") == probe.y
-        drop = budget.paired_drop(float_right, right)
+    """The drops a search trial reports (`search.interim_reports`, on val_original),
+    appended to `into`."""
+    def report(step, drop):
         into.append({"points": round(drop.points, 2), "low": round(drop.low, 2)})
 
-    return train.StepReports({max(1, round(f * steps)) for f in search.REPORT_AT}, report)
+    return search.interim_reports(setting.judged["val_original"].with_preprocess("raw"),
+                                  setting.keras_labels["val_original"], steps, report)
 
 
 def pruned_by_rule(rows: list[dict], max_drop: float) -> list[str]:

@@ -99,14 +99,13 @@ def main(argv=None) -> int:
     max_ms = m4_ms(reference) / args.min_speedup if args.min_speedup else None
     train, selection = everything.split(HOLDOUT, seed=args.seed) \
         if args.select_on == "holdout" else (everything, judged["val_original"])
-    result = search.run(model, train, selection, args.out,
-                        target="mcu-cortex-m4", max_drop=args.max_drop, trials=args.trials,
-                        time_budget=args.time_budget, steps=args.steps,
-                        qat_steps=args.qat_steps, finalists=args.finalists,
-                        final_steps=args.final_steps, final_qat_steps=args.final_qat_steps,
-                        transfer=transfer, max_bytes=args.max_bytes, max_ms=max_ms,
-                        stored_as=args.stored_as, max_ratio=args.max_ratio,
-                        strip_names=args.strip_names, seed=args.seed)
+    settings = search.Settings(
+        target="mcu-cortex-m4", max_drop=args.max_drop, max_bytes=args.max_bytes,
+        max_ms=max_ms, trials=args.trials, time_budget=args.time_budget, steps=args.steps,
+        qat_steps=args.qat_steps, finalists=args.finalists, final_steps=args.final_steps,
+        final_qat_steps=args.final_qat_steps, max_ratio=args.max_ratio,
+        stored_as=tuple(args.stored_as), strip_names=args.strip_names, seed=args.seed)
+    result = search.run(model, train, selection, args.out, settings, transfer=transfer)
     files = {"reference INT8": reference}
     if result["best"] is not None:
         files[f"search winner (trial {result['best']['trial']})"] = Path(result["best"]["file"])

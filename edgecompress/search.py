@@ -51,7 +51,8 @@ from .errors import OptionError
 from .techniques import channels, quantize
 from .train import FitConfig, StepReports
 
-__all__ = ["chosen_caution", "parse_duration", "run", "summarise"]
+__all__ = ["Settings", "chosen_caution", "interim_reports", "parse_duration", "run",
+           "summarise"]
 
 RATIO_STEP = 0.125
 SEED_FRACTIONS = (0.7, 0.5)  # of weights and MACs, for the seeds of a search without budgets
@@ -72,72 +73,112 @@ def parse_duration(text) -> float | None:
     return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
 
 
-def run(model, train, eval_data, out: Path, *, target, max_drop: float = 1.0,
-        trials: int = 20, time_budget=None, storage: str | None = None,
-        study_name: str = "edgecompress", max_ratio: float = 0.75, divisor: int = 1,
-        steps: int = 300, qat_steps: int = 100, seed: int = 0, transfer=None,
-        emulate=None, workers: int = 1, finalists: int = 0, final_steps: int = 3000,
-        final_qat_steps: int = 500, weight_bits=(8,), strip_names: bool = False,
-        max_bytes: int | None = None, max_ms: float | None = None,
-        stored_as=()) -> dict:
-    """Runs (or resumes) a study and writes its results in `out`.
+@dataclass(frozen=True)
+class Settings:
+    """What a search looks for and how its trials train: everything but the model, the data
+    and the emulator. Frozen, and JSON-serialisable with `dataclasses.asdict` (the target
+    by name, or as a `Target`'s fields).
 
     Args:
-        model: the float Keras model.
-        train, eval_data: datasets that carry their preprocessing.
-        out: folder for trials/, trials.json, report.md, pareto.png and best/.
         target: a `Target` or its name: flash, RAM and latency come from it.
-        max_drop: accuracy budget, points of top-1 against the float model on eval_data.
+        max_drop: accuracy budget, points of top-1 against the float model on the
+            evaluation images.
+        max_bytes, max_ms: budgets for the file's bytes and the target's latency (as the
+            trials measure it), beside the target's own flash and RAM.
         trials: trials to add in this call (0: only the finalists of a study already run);
-            time_budget: stop earlier ("2h", seconds).
-        storage: an Optuna storage URL (default: SQLite in `out`, so a search resumes).
-        workers: processes on this machine that share the trials (this one included).
+            time_budget: stop earlier ("2h", "30m", seconds).
         steps, qat_steps: fine-tuning per trial: short, for ranking.
         finalists: after the trials (and beyond `time_budget`), train this many of the
             best again with `final_steps` and `final_qat_steps` and judge them the same
             way; the best is then the smallest finalist within every budget. The best:
             the trials within every budget by bytes, then those that broke only the
             accuracy budget, by drop (full-length training may bring them within it).
-        emulate: a `verdict.Emulation`: judge trials on the target's emulated core or
-            CPU class (latency from the lowest cycles per instruction; on microcontrollers
-            also the firmware's exact flash and RAM).
+        max_ratio: the largest share of a channel group a trial removes (0: storage alone);
+            divisor: keep a multiple of this many channels.
         weight_bits: the weights' bits the trials choose from: (8,), (4,) or (8, 4). 4-bit
             weights train quantisation-aware at 4 bits and export as int4w.
-        strip_names: write the trials' files without tensor names and signatures (their
-            bytes are then what a microcontroller's flash holds; `metadata.add`).
-        max_bytes, max_ms: budgets for the file's bytes and the target's latency (as the
-            trials measure it), beside the target's own flash and RAM.
         stored_as: storages each kernel layer chooses from (`edgecompress.storage`: int8,
             int4, lutN, pruneNN), for microcontroller targets: a trial then trains for its
             plan instead of QAT and its file stores the kernels so (its bytes are what
-            the microcontroller holds). `max_ratio` 0 searches storage alone.
+            the microcontroller holds).
+        strip_names: write the trials' files without tensor names and signatures (their
+            bytes are then what a microcontroller's flash holds; `metadata.add`).
+        seed: training's seed and the sampler's (worker i's sampler: seed + i).
+        workers: processes on this machine that share the trials (this one included).
+        storage: an Optuna storage URL (default: SQLite in `out`, so a search resumes);
+            study_name: the study's name in it.
+    """
+
+    target: object
+    max_drop: float = 1.0
+    max_bytes: int | None = None
+    max_ms: float | None = None
+    trials: int = 20
+    time_budget: object = None
+    steps: int = 300
+    qat_steps: int = 100
+    finalists: int = 0
+    final_steps: int = 3000
+    final_qat_steps: int = 500
+    max_ratio: float = 0.75
+    divisor: int = 1
+    weight_bits: tuple = (8,)
+    stored_as: tuple = ()
+    strip_names: bool = False
+    seed: int = 0
+    workers: int = 1
+    storage: str | None = None
+    study_name: str = "edgecompress"
+
+    def __post_init__(self):
+        budget.check_max_drop(self.max_drop)
+        for name in ("max_bytes", "max_ms"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise OptionError(f"`{name}` is a budget; it must be positive. "
+                                  f"Received: {value!r}.")
+        if self.trials < 0 or self.finalists < 0:
+            raise OptionError(f"`trials` and `finalists` count; they cannot be negative. "
+                              f"Received: trials={self.trials}, finalists={self.finalists}.")
+        if self.workers < 1 or self.workers > max(self.trials, 1):
+            raise OptionError(f"`workers` must be between 1 and the number of trials "
+                              f"({self.trials}). Received: workers={self.workers}.")
+        parse_duration(self.time_budget)
+
+
+def run(model, train, eval_data, out: Path, settings: Settings, *, transfer=None,
+        emulate=None) -> dict:
+    """Runs (or resumes) a study and writes its results in `out`.
+
+    Args:
+        model: the float Keras model.
+        train, eval_data: datasets that carry their preprocessing.
+        out: folder for trials/, trials.json, report.md, pareto.png and best/.
+        settings: what the search looks for and how its trials train.
+        transfer: extra images the distilling stages learn through the teacher only.
+        emulate: a `verdict.Emulation`: judge trials on the target's emulated core or
+            CPU class (latency from the lowest cycles per instruction; on microcontrollers
+            also the firmware's exact flash and RAM).
 
     Returns:
         {"trials": rows, "front": rows, "best": row or None, "feasible": count,
          "finalists": rows, "pruned": rows of the trials stopped early}.
     """
-    target = targets_module.get(target)
+    target = targets_module.get(settings.target)
     if emulate is not None and (not target.core or not target.cycles_per_instruction):
         raise OptionError(f"--emulate needs a target with a core or a calibrated CPU class "
                           f"(its latency is the search's objective); {target.name} has none.")
-    budget.check_max_drop(max_drop)
-    for name, value in (("max_bytes", max_bytes), ("max_ms", max_ms)):
-        if value is not None and not value > 0:
-            raise OptionError(f"`{name}` is a budget; it must be positive. Received: {value!r}.")
-    if workers < 1 or workers > max(trials, 1):
-        raise OptionError(f"`workers` must be between 1 and the number of trials ({trials}). "
-                          f"Received: workers={workers}.")
-    if trials < 0 or finalists < 0:
-        raise OptionError(f"`trials` and `finalists` count; they cannot be negative. "
-                          f"Received: trials={trials}, finalists={finalists}.")
-    weight_bits = _check_weight_bits(weight_bits, target, emulate)
-    stored_as = _check_stored_as(stored_as, target, weight_bits)
-    seconds = parse_duration(time_budget)
+    weight_bits = _check_weight_bits(settings.weight_bits, target, emulate)
+    settings = dataclasses.replace(
+        settings, weight_bits=weight_bits,
+        stored_as=_check_stored_as(settings.stored_as, target, weight_bits))
+    seconds = parse_duration(settings.time_budget)
+    trials, workers = settings.trials, settings.workers
     out = Path(out)
     (out / "trials").mkdir(parents=True, exist_ok=True)
     groups = [g.producers[0] for g in channels.analyse(model) if not g.fixed_by] \
-        if max_ratio > 0 else []
-    layers = _storage_choices(model, stored_as)
+        if settings.max_ratio > 0 else []
+    layers = _storage_choices(model, settings.stored_as)
     if not groups and not layers:
         raise OptionError(f"`{model.name}` has no channel group that structured pruning can "
                           "shrink, and no storage was offered: the search has nothing to "
@@ -146,24 +187,16 @@ def run(model, train, eval_data, out: Path, *, target, max_drop: float = 1.0,
     if leak:
         print(f"search: warning: {leak}", file=sys.stderr, flush=True)
     keras_labels = models.predict_labels(model, eval_data)
-    storage = storage or f"sqlite:///{out / 'study.db'}"
-    study = _study(storage, study_name, seed)
-    _same_settings(study, {"target": target.name, "max_drop": max_drop,
-                           "max_ratio": max_ratio, "divisor": divisor, "steps": steps,
-                           "qat_steps": qat_steps, "groups": groups}
-                   | ({"weight_bits": list(weight_bits)} if weight_bits != (8,) else {})
-                   | ({"strip_names": True} if strip_names else {})
-                   | ({"stored_as": list(stored_as)} if stored_as else {})
-                   | {k: v for k, v in (("max_bytes", max_bytes), ("max_ms", max_ms)) if v})
-    objective = _Objective(model, train, eval_data, keras_labels, out, target, max_drop,
-                           groups, max_ratio, divisor, steps, qat_steps, seed, transfer,
-                           weight_bits, emulate, strip_names, max_bytes, max_ms,
-                           stored_as, layers)
+    storage = settings.storage or f"sqlite:///{out / 'study.db'}"
+    study = _study(storage, settings.study_name, settings.seed)
+    _same_settings(study, _judged_by(settings, target, groups))
+    objective = _Objective(model, train, eval_data, keras_labels, out, settings, target,
+                           groups, layers, transfer, emulate)
     print(f"search: {len(groups)} channel groups"
-          + (f", {len(layers)} layers stored as one of {', '.join(stored_as)}" if layers
-             else "") + f", up to {trials} trial(s)"
+          + (f", {len(layers)} layers stored as one of {', '.join(settings.stored_as)}"
+             if layers else "") + f", up to {trials} trial(s)"
           + (f" or {seconds:g} s" if seconds else "") + f", target {target.name}, budget "
-          f"{max_drop:g} points" + (f", {workers} workers" if workers > 1 else ""),
+          f"{settings.max_drop:g} points" + (f", {workers} workers" if workers > 1 else ""),
           flush=True)
     if not study.trials and trials and groups:
         for ratios in _seeds(objective):
@@ -172,15 +205,28 @@ def run(model, train, eval_data, out: Path, *, target, max_drop: float = 1.0,
         for plan in _storage_seeds(objective):
             study.enqueue_trial({f"storage {layer}": kind for layer, kind in plan.items()})
     shares = [trials // workers + (i < trials % workers) for i in range(workers)]
-    children = [_start_worker(objective, storage, study_name, i, shares[i], seconds)
+    children = [_start_worker(objective, storage, i, shares[i], seconds)
                 for i in range(1, workers)]
     study.optimize(objective, n_trials=shares[0], timeout=seconds, catch=(OptionError,))
     for number, child in enumerate(children, 1):
         if child.wait() != 0:
             print(f"search: worker {number} ended with exit status {child.returncode}; its "
                   "finished trials are kept", file=sys.stderr, flush=True)
-    finals = _finalists(objective, study, finalists, final_steps, final_qat_steps)
+    finals = _finalists(objective, study, settings.finalists, settings.final_steps,
+                        settings.final_qat_steps)
     return summarise(study, out, finals)  # trials are read from the storage, workers' too
+
+
+def _judged_by(settings: Settings, target, groups: list) -> dict:
+    """The settings that judge a study's trials (a study refuses to resume with others)."""
+    s = settings
+    return ({"target": target.name, "max_drop": s.max_drop, "max_ratio": s.max_ratio,
+             "divisor": s.divisor, "steps": s.steps, "qat_steps": s.qat_steps,
+             "groups": groups}
+            | ({"weight_bits": list(s.weight_bits)} if s.weight_bits != (8,) else {})
+            | ({"strip_names": True} if s.strip_names else {})
+            | ({"stored_as": list(s.stored_as)} if s.stored_as else {})
+            | {k: v for k, v in (("max_bytes", s.max_bytes), ("max_ms", s.max_ms)) if v})
 
 
 def _check_weight_bits(weight_bits, target, emulate) -> tuple[int, ...]:
@@ -230,8 +276,9 @@ def _seeds(objective) -> list[dict]:
     params, macs = objective.budget_fractions()
     fractions = [(params, macs), (0.9 * params, 0.9 * macs)] if min(params, macs) < 1 \
         else [(f, f) for f in SEED_FRACTIONS]
+    settings = objective.settings
     seeds = [sensitivity.allocate(objective.model, rows, params=p, macs=m, step=RATIO_STEP,
-                                  max_ratio=objective.max_ratio, divisor=objective.divisor)
+                                  max_ratio=settings.max_ratio, divisor=settings.divisor)
              for p, m in fractions]
     seeds = [dict(t) for t in dict.fromkeys(tuple(s.items()) for s in seeds)]
     for ratios in seeds:
@@ -246,18 +293,18 @@ def _storage_seeds(objective) -> list[dict]:
     fine-tuning images, allocated greedily to the kernel bytes that the budget leaves
     beside the rest of the untouched INT8 file (and to 90 % of them)."""
     flash = objective.target.flash_bytes if objective.emulate is None else None
-    limit = min((b for b in (objective.max_bytes, flash) if b), default=None)
+    limit = min((b for b in (objective.settings.max_bytes, flash) if b), default=None)
     if limit is None:
         return []
     model = objective.model
     path = tflite.export(model, objective.out / "untouched_int8.tflite", mode="int8",
-                         data=objective.train, strip_names=objective.strip_names)
+                         data=objective.train, strip_names=objective.settings.strip_names)
     kernels = sum(int(models.kernel(model.get_layer(name)).size) for name in objective.layers)
     room = limit - (inspect.open(path).size - kernels)
     rows = sensitivity.storage_sensitivity(
         model, objective.train.take(SEED_IMAGES, seed=0),
-        storages=[k for k in objective.stored_as if k != "int8"])
-    plans = [sensitivity.allocate_storage(rows, share * room, kinds=objective.stored_as)
+        storages=[k for k in objective.settings.stored_as if k != "int8"])
+    plans = [sensitivity.allocate_storage(rows, share * room, kinds=objective.settings.stored_as)
              for share in (1.0, 0.9)]
     plans = [dict(p) for p in dict.fromkeys(tuple(p.items()) for p in plans)]
     for plan in plans:
@@ -281,7 +328,7 @@ def _finalists(objective, study, count: int, steps: int, qat_steps: int) -> list
         print(f"finalist: trial {trial.number} again at {steps} + {qat_steps} steps ...",
               flush=True)
         ratios = {g: trial.params[f"ratio {g}"] for g in objective.groups}
-        bits = trial.params.get("weight bits", objective.weight_bits[0])
+        bits = trial.params.get("weight bits", objective.settings.weight_bits[0])
         plan = {layer: trial.params[f"storage {layer}"] for layer in objective.layers}
         row, constraints = objective.build(
             objective.stages(ratios, bits, steps, qat_steps, plan),
@@ -378,7 +425,7 @@ def _say_failed(study, trial) -> None:
           flush=True)
 
 
-def _start_worker(objective, storage, study_name, index, trials, seconds):
+def _start_worker(objective, storage, index, trials, seconds):
     """Another process running `trials` of the same study (`python -m edgecompress.search`),
     with everything but the model pickled beside the model saved as .h5."""
     folder = objective.out / "workers" / str(index)
@@ -389,8 +436,8 @@ def _start_worker(objective, storage, study_name, index, trials, seconds):
     if fields["emulate"] is not None:  # its progress callback does not pickle
         fields["emulate"] = dataclasses.replace(fields["emulate"], progress=None)
     with open(folder / "request.pickle", "wb") as f:
-        pickle.dump({"fields": fields, "storage": storage, "study_name": study_name,
-                     "seed": objective.seed + index, "trials": trials, "seconds": seconds}, f)
+        pickle.dump({"fields": fields, "storage": storage, "index": index, "trials": trials,
+                     "seconds": seconds}, f)
     return subprocess.Popen([sys.executable, "-P", "-m", __name__, str(folder)])
 
 
@@ -399,7 +446,8 @@ def _worker(folder: Path) -> None:
         request = pickle.load(f)
     model = models.load(folder / "model.h5")
     objective = _Objective(model=model, **request["fields"])
-    study = _study(request["storage"], request["study_name"], request["seed"])
+    settings = objective.settings
+    study = _study(request["storage"], settings.study_name, settings.seed + request["index"])
     study.optimize(objective, n_trials=request["trials"], timeout=request["seconds"],
                    catch=(OptionError,))
 
@@ -413,30 +461,21 @@ class _Objective:
     eval_data: object
     keras_labels: object
     out: Path
-    target: object
-    max_drop: float
+    settings: Settings
+    target: object  # the settings' target, looked up
     groups: list
-    max_ratio: float
-    divisor: int
-    steps: int
-    qat_steps: int
-    seed: int
-    transfer: object
-    weight_bits: tuple = (8,)
+    layers: dict  # kernel layer -> its storages
+    transfer: object = None
     emulate: object = None
-    strip_names: bool = False
-    max_bytes: int | None = None
-    max_ms: float | None = None
-    stored_as: tuple = ()  # storages a kernel layer chooses from (none: QAT, int8)
-    layers: dict = dataclasses.field(default_factory=dict)  # kernel layer -> its storages
     best: tuple | None = None  # (trial, bytes) of this process's smallest fitting trial
 
     def __call__(self, trial) -> tuple[float, float]:
         started = time.perf_counter()
-        ratios = {g: trial.suggest_float(f"ratio {g}", 0.0, self.max_ratio, step=RATIO_STEP)
+        settings = self.settings
+        ratios = {g: trial.suggest_float(f"ratio {g}", 0.0, settings.max_ratio, step=RATIO_STEP)
                   for g in self.groups}
-        bits = trial.suggest_categorical("weight bits", self.weight_bits) \
-            if len(self.weight_bits) > 1 else self.weight_bits[0]
+        bits = trial.suggest_categorical("weight bits", settings.weight_bits) \
+            if len(settings.weight_bits) > 1 else settings.weight_bits[0]
         plan = {layer: trial.suggest_categorical(f"storage {layer}", kinds)
                 for layer, kinds in self.layers.items()}
         stages = self.stages(ratios, bits, plan=plan)
@@ -468,28 +507,25 @@ class _Objective:
         return float(row["bytes"]), float(row["latency_ms"])
 
     def reports(self, trial, stages: list[recipe.Stage]) -> StepReports:
-        """The trial's interim drops (its user attribute "reports", in points on the first
-        `REPORT_IMAGES` evaluation images), each a chance to prune it (see the module)."""
-        probe = self.eval_data.take(REPORT_IMAGES)
-        float_right = self.keras_labels[:len(probe)] == probe.require_labels()
+        """The trial's interim drops (its user attribute "reports", in points), each a
+        chance to prune it (see the module)."""
         samples = len(self.train) + (len(self.transfer) if self.transfer is not None else 0)
         total = sum(stage.fit.total_steps(samples) for stage in stages)
         trial.set_user_attr("reports", [])
 
-        def report(step, model):
-            drop = budget.paired_drop(float_right,
-                                      models.predict_labels(model, probe) == probe.y)
+        def report(step, drop):
             points = trial.user_attrs["reports"] + [round(drop.points, 2)]
             trial.set_user_attr("reports", points)
-            limit = self.max_drop + _recovery(trial.study, len(points) - 1)
+            limit = self.settings.max_drop + _recovery(trial.study, len(points) - 1)
             if drop.low > limit:
-                trial.set_constraint("accuracy drop", (drop.points - self.max_drop) / 100)
+                trial.set_constraint("accuracy drop", (drop.points - self.settings.max_drop) / 100)
                 raise optuna.TrialPruned(
                     f"after {step} of {total} steps: drop {drop.points:+.1f} points on "
-                    f"{len(probe)} evaluation images ({drop.low:+.1f} to {drop.high:+.1f}), "
+                    f"{min(REPORT_IMAGES, len(self.eval_data))} evaluation images "
+                    f"({drop.low:+.1f} to {drop.high:+.1f}), "
                     f"beyond the budget plus the most a trial recovered ({limit:.1f})")
 
-        return StepReports({max(1, round(f * total)) for f in REPORT_AT}, report)
+        return interim_reports(self.eval_data, self.keras_labels, total, report)
 
     def build(self, stages: list[recipe.Stage], path: Path,
               callbacks=()) -> tuple[dict, dict]:
@@ -498,11 +534,11 @@ class _Objective:
         feasible when <= 0)."""
         with contextlib.redirect_stdout(io.StringIO()):  # one line per trial, by the caller
             final, _ = recipe.run(models.copy(self.model), stages, self.train,
-                                  seed=self.seed, verbose=0, transfer=self.transfer,
+                                  seed=self.settings.seed, verbose=0, transfer=self.transfer,
                                   callbacks=callbacks)
         plan = stages[-1].config.plan if stages[-1].technique == "storage" else None
         path = tflite.export(final, path, mode=quantize.export_mode(final), data=self.train,
-                             strip_names=self.strip_names, storage=plan, check=False)
+                             strip_names=self.settings.strip_names, storage=plan, check=False)
         recipe.save(stages, path.with_suffix(".json"))
         file = inspect.open(path)  # parsed once, for every figure below
         result = verify.evaluate(file, self.eval_data, reference=self.keras_labels,
@@ -515,11 +551,11 @@ class _Objective:
                "accuracy": result.accuracy, "agreement": result.agreement,
                "drop_points": drop.points, "drop_95": f"{drop.low:+.2f} to {drop.high:+.2f}",
                "ram_bytes": ram, "file": str(path)}
-        constraints = {"accuracy drop": (drop.points - self.max_drop) / 100,
+        constraints = {"accuracy drop": (drop.points - self.settings.max_drop) / 100,
                        "flash": _excess(flash, self.target.flash_bytes),
                        "RAM": _excess(ram, self.target.ram_bytes),
-                       "bytes": _excess(result.bytes, self.max_bytes),
-                       "latency": _excess(latency, self.max_ms)}
+                       "bytes": _excess(result.bytes, self.settings.max_bytes),
+                       "latency": _excess(latency, self.settings.max_ms)}
         return row, constraints
 
     def budget_fractions(self) -> tuple[float, float]:
@@ -528,16 +564,16 @@ class _Objective:
         file: bytes beyond the constant tensors (the graph, names) stay, latency scales
         with MACs."""
         path = tflite.export(self.model, self.out / "untouched_int8.tflite", mode="int8",
-                             data=self.train, strip_names=self.strip_names)
+                             data=self.train, strip_names=self.settings.strip_names)
         file = inspect.open(path)
         weights = sum(t.bytes for t in file.tensors if t.is_constant)
         result = verify.evaluate(file, self.eval_data, reference=self.keras_labels,
                                  latency_runs=50)
         latency = self.device_figures(file, result)[0]
         flash = self.target.flash_bytes if self.emulate is None else None
-        limit = min((b for b in (self.max_bytes, flash) if b), default=None)
+        limit = min((b for b in (self.settings.max_bytes, flash) if b), default=None)
         params = (limit - (file.size - weights)) / weights if limit else 1.0
-        return max(params, 0.0), self.max_ms / latency if self.max_ms else 1.0
+        return max(params, 0.0), self.settings.max_ms / latency if self.settings.max_ms else 1.0
 
     def stages(self, ratios: dict, weight_bits: int = 8, steps: int | None = None,
                qat_steps: int | None = None, plan: dict | None = None) -> list[recipe.Stage]:
@@ -549,18 +585,18 @@ class _Objective:
         teach = distill.Config(alpha=0.1)
         ratios = {g: r for g, r in ratios.items() if r}
         shrink = [recipe.Stage("channels", channels.Config(
-            ratio=0.0, ratios=ratios, divisor=self.divisor), FitConfig(
-                steps=steps or self.steps, batch_size=64, learning_rate=1e-3,
+            ratio=0.0, ratios=ratios, divisor=self.settings.divisor), FitConfig(
+                steps=steps or self.settings.steps, batch_size=64, learning_rate=1e-3,
                 schedule="cosine", augment=True), teach)] if ratios or not plan else []
         if plan:
-            last = qat_steps or self.qat_steps
+            last = qat_steps or self.settings.qat_steps
             end = max(1, 2 * last // 3)
             return shrink + [recipe.Stage("storage", storage.Config(
                 plan, end_step=end, frequency=max(1, end // 10)), FitConfig(
                     steps=last, batch_size=64, learning_rate=3e-4, schedule="cosine",
                     augment=True), teach)]
         return shrink + [recipe.Stage("qat", quantize.Config(weight_bits=weight_bits),
-                                      FitConfig(steps=qat_steps or self.qat_steps,
+                                      FitConfig(steps=qat_steps or self.settings.qat_steps,
                                                 batch_size=64, learning_rate=1e-4,
                                                 schedule="cosine", augment=True), teach)]
 
@@ -586,6 +622,20 @@ class _Objective:
     @staticmethod
     def fits(trial) -> bool:
         return all(c <= 0 for c in trial.user_attrs["constraints"])
+
+
+def interim_reports(eval_data, float_labels, total_steps: int, on_drop) -> StepReports:
+    """What a trial reports while it trains: at `REPORT_AT` of its `total_steps`, its paired
+    drop against the float model (whose top-1 on `eval_data` is `float_labels`) on the
+    first `REPORT_IMAGES` of `eval_data`, given to `on_drop(step, drop)`."""
+    probe = eval_data.take(REPORT_IMAGES)
+    float_right = float_labels[:len(probe)] == probe.require_labels()
+
+    def report(step, model):
+        on_drop(step, budget.paired_drop(float_right,
+                                         models.predict_labels(model, probe) == probe.y))
+
+    return StepReports({max(1, round(f * total_steps)) for f in REPORT_AT}, report)
 
 
 def _recovery(study, index: int) -> float:

@@ -282,14 +282,14 @@ def test_the_search_takes_latency_from_the_emulated_cpu(emulator, trained, train
 
     target = targets.get("iot-cortex-a53")
     result = search.run(trained[0], train_set.with_preprocess("unit"),
-                        test_set.with_preprocess("unit"), tmp_path, target=target,
-                        max_drop=100, trials=1, steps=2, qat_steps=1,
-                        emulate=verdict.Emulation())
+                        test_set.with_preprocess("unit"), tmp_path,
+                        search.Settings(target=target, max_drop=100, trials=1, steps=2,
+                                        qat_steps=1), emulate=verdict.Emulation())
     row = result["trials"][0]
     file = inspect.open(row["file"])
     run = arm64.run(file, verdict.zero_point_images(file, 2), cpu="cortex-a53")
     low, _ = target.estimate_ms_from_instructions(run.steady_instructions, "int8")
     assert row["latency_ms"] == pytest.approx(low)
     with pytest.raises(OptionError, match="calibrated CPU class"):
-        search.run(trained[0], train_set, test_set, tmp_path, target="phone-i8mm",
-                   emulate=verdict.Emulation())
+        search.run(trained[0], train_set, test_set, tmp_path,
+                   search.Settings(target="phone-i8mm"), emulate=verdict.Emulation())

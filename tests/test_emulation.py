@@ -5,8 +5,9 @@ other tests' and the CLI's runs do): its builds are keyed by the sources' digest
 the kernel set, the build options and the firmware's own sources, so a build found there is
 the one these sources make. A first build takes about 2.5 minutes for the M4 with CMSIS-NN,
 then well under a minute for the reference kernels, which share the framework's objects;
-`test_a_fresh_cache_builds_the_firmware` builds into an empty one. Without the cross compiler and QEMU, or without the TFLite Micro
-sources in ../shared/tflm, these tests skip and say why.
+`test_a_fresh_cache_builds_the_firmware` builds into an empty one. Without the cross
+compiler and QEMU, or without the TFLite Micro sources in ../shared/tflm, these tests skip
+and say why.
 """
 
 import dataclasses
@@ -267,8 +268,9 @@ def test_the_search_judges_trials_on_the_emulated_core(emulation, trained, train
                            flash_bytes=1 << 20, ram_bytes=1 << 20, clock_mhz=100,
                            core="cortex-m4")
     result = search.run(trained[0], train_set.with_preprocess("unit"),
-                        test_set.with_preprocess("unit"), tmp_path, target=board,
-                        max_drop=100, trials=2, steps=2, qat_steps=1,
+                        test_set.with_preprocess("unit"), tmp_path,
+                        search.Settings(target=board, max_drop=100, trials=2, steps=2,
+                                        qat_steps=1),
                         emulate=verdict.Emulation(sources=str(emulation["sources"]),
                                                   cache=str(emulation["cache"])))
     for row in result["trials"]:
@@ -280,8 +282,8 @@ def test_the_search_judges_trials_on_the_emulated_core(emulation, trained, train
         assert row["flash_bytes"] == run.flash_bytes(file.size) > row["bytes"]
         assert row["ram_bytes"] == run.ram_bytes
     with pytest.raises(OptionError, match="--emulate needs a target with a core"):
-        search.run(trained[0], train_set, test_set, tmp_path, target="phone-cpu",
-                   emulate=verdict.Emulation())
+        search.run(trained[0], train_set, test_set, tmp_path,
+                   search.Settings(target="phone-cpu"), emulate=verdict.Emulation())
 
 
 def test_a_float_model_is_not_emulated_and_the_verdict_says_so(emulation, trained, tmp_path):

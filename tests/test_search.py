@@ -1,6 +1,7 @@
 """The budgeted search on a tiny model and the shapes data: the winner meets the budgets,
 the front is non-dominated, the study resumes, and an impossible budget says so."""
 
+import dataclasses
 import json
 
 import pytest
@@ -21,13 +22,25 @@ def board(monkeypatch):
         clock_mhz=100, cycles_per_mac=(1.6, 6.8)))
 
 
+def test_settings_are_json_and_refuse_what_they_cannot_mean():
+    settings = search.Settings(target="mcu-cortex-m4", max_bytes=48_000, stored_as=("lut4",),
+                               time_budget="25m")
+    assert json.loads(json.dumps(dataclasses.asdict(settings)))["stored_as"] == ["lut4"]
+    for bad, match in ((dict(max_bytes=0), "max_bytes"), (dict(workers=3, trials=2), "workers"),
+                       (dict(finalists=-1), "negative"), (dict(time_budget="soon"), "30m"),
+                       (dict(max_drop=-1), "max_drop")):
+        with pytest.raises(OptionError, match=match):
+            search.Settings(target="mcu-cortex-m4", **bad)
+
+
 @pytest.mark.slow  # a minute: the fast tier keeps the search's budget and naming tests
 def test_the_winner_meets_the_budget_and_the_study_resumes(trained, train_set, test_set,
                                                            tmp_path, board):
     model, out = trained[0], tmp_path / "search"
     train, judge = train_set.with_preprocess("unit"), test_set.with_preprocess("unit")
-    result = search.run(model, train, judge, out, target=board, max_drop=100, trials=4,
-                        finalists=1, final_steps=6, final_qat_steps=2, **SHORT)
+    result = search.run(model, train, judge, out,
+                        search.Settings(target=board, max_drop=100, trials=4, finalists=1,
+                                        final_steps=6, final_qat_steps=2, **SHORT))
     assert len(result["trials"]) == 4 and 0 < result["feasible"] < 4, result["trials"]
     smallest = min((r for r in result["trials"] if r["fits"]), key=lambda r: r["bytes"])
     (final,) = result["finalists"]  # the smallest trial within budget, trained longer
@@ -45,22 +58,24 @@ def test_the_winner_meets_the_budget_and_the_study_resumes(trained, train_set, t
     assert "after full-length training" in page
     assert "among 4 trial(s)" in page and "never saw" in (out / "report.md").read_text()
     assert page.count("<tr>") == (1 + len(front)) + (1 + 1) + (1 + 4)  # front, finalist, all
-    again = search.run(model, train, judge, out, target=board, max_drop=100, trials=1,
-                       **SHORT)
+    again = search.run(model, train, judge, out,
+                       search.Settings(target=board, max_drop=100, trials=1, **SHORT))
     assert len(again["trials"]) == 5  # the four kept in the study, and one more
     with pytest.raises(OptionError, match="max_drop 100 -> 50"):
-        search.run(model, train, judge, out, target=board, max_drop=50, trials=1, **SHORT)
+        search.run(model, train, judge, out,
+                   search.Settings(target=board, max_drop=50, trials=1, **SHORT))
     with pytest.raises(OptionError, match="strip_names None -> True"):
-        search.run(model, train, judge, out, target=board, max_drop=100, trials=1,
-                   strip_names=True, **SHORT)
+        search.run(model, train, judge, out,
+                   search.Settings(target=board, max_drop=100, trials=1, strip_names=True, **SHORT))
 
 
 def test_budgets_seed_the_first_trials_and_bound_the_winner(trained, train_set, test_set,
                                                             int8_file, tmp_path, capsys):
     train, judge = train_set.with_preprocess("unit"), test_set.with_preprocess("unit")
     max_bytes = int(0.7 * int8_file.stat().st_size)
-    result = search.run(trained[0], train, judge, tmp_path, target="phone-cpu-1t",
-                        max_drop=100, trials=2, max_bytes=max_bytes, **SHORT)
+    result = search.run(trained[0], train, judge, tmp_path,
+                        search.Settings(target="phone-cpu-1t", max_drop=100, trials=2,
+                                        max_bytes=max_bytes, **SHORT))
     seeded = capsys.readouterr().out.count("seeded from the sensitivity scan")
     assert seeded in (1, 2)  # one when the budget and 90 % of it allocate alike
     rows = result["trials"]
@@ -71,8 +86,8 @@ def test_budgets_seed_the_first_trials_and_bound_the_winner(trained, train_set, 
              for i in range(seeded)]
     assert all(s["stages"][0]["config"]["ratios"] for s in seeds)  # channels removed
     with pytest.raises(OptionError, match="max_ms"):
-        search.run(trained[0], train, judge, tmp_path / "x", target="phone-cpu-1t",
-                   max_ms=0, **SHORT)
+        search.run(trained[0], train, judge, tmp_path / "x",
+                   search.Settings(target="phone-cpu-1t", max_ms=0, **SHORT))
 
 
 def test_trials_are_written_without_names_and_parsed_once(trained, train_set, test_set,
@@ -85,8 +100,8 @@ def test_trials_are_written_without_names_and_parsed_once(trained, train_set, te
     monkeypatch.setattr(inspect, "open", lambda path: opened.update([str(path)]) or
                         open_file(path))
     result = search.run(trained[0], train_set.with_preprocess("unit"),
-                        test_set.with_preprocess("unit"), tmp_path, target="phone-cpu-1t",
-                        trials=1, strip_names=True, **SHORT)
+                        test_set.with_preprocess("unit"), tmp_path,
+                        search.Settings(target="phone-cpu-1t", trials=1, strip_names=True, **SHORT))
     (trial,) = result["trials"]
     assert opened[trial["file"]] == 1, opened
     assert not any(t.name for t in inspect.open(trial["file"]).tensors)
@@ -116,23 +131,25 @@ def test_4_bit_trials_export_int4_weights(trained, train_set, test_set, tmp_path
     from edgecompress.device import inspect
 
     train, judge = train_set.with_preprocess("unit"), test_set.with_preprocess("unit")
-    result = search.run(trained[0], train, judge, tmp_path, target="phone-cpu-1t",
-                        max_drop=100, trials=1, weight_bits=(4,), **SHORT)
+    result = search.run(trained[0], train, judge, tmp_path,
+                        search.Settings(target="phone-cpu-1t", max_drop=100, trials=1,
+                                        weight_bits=(4,), **SHORT))
     (row,) = result["trials"]
     assert row["weight_bits"] == 4
     assert "INT4" in {t.dtype for t in inspect.open(row["file"]).tensors}
     assert (tmp_path / "best" / "model_int4w.tflite").exists()
-    both = search.run(trained[0], train, judge, tmp_path / "both", target="phone-cpu-1t",
-                      max_drop=100, trials=1, weight_bits=(8, 4), **SHORT)
+    both = search.run(trained[0], train, judge, tmp_path / "both",
+                      search.Settings(target="phone-cpu-1t", max_drop=100, trials=1,
+                                      weight_bits=(8, 4), **SHORT))
     chosen = json.loads((tmp_path / "both" / "trials" / "trial_0.json").read_text())
     bits = chosen["stages"][-1]["config"]["weight_bits"]
     assert both["trials"][0]["weight_bits"] == bits in (8, 4)
     with pytest.raises(OptionError, match="need --emulate"):
-        search.run(trained[0], train, judge, tmp_path / "mcu", target=board, weight_bits=(8, 4),
-                   **SHORT)
+        search.run(trained[0], train, judge, tmp_path / "mcu",
+                   search.Settings(target=board, weight_bits=(8, 4), **SHORT))
     with pytest.raises(OptionError, match="8, 4 or both"):
-        search.run(trained[0], train, judge, tmp_path / "x", target="phone-cpu-1t",
-                   weight_bits=(2,), **SHORT)
+        search.run(trained[0], train, judge, tmp_path / "x",
+                   search.Settings(target="phone-cpu-1t", weight_bits=(2,), **SHORT))
 
 
 @pytest.mark.slow
@@ -141,8 +158,9 @@ def test_two_workers_share_the_trials_without_repeating_one(trained, train_set, 
     import optuna
 
     train, judge = train_set.with_preprocess("unit"), test_set.with_preprocess("unit")
-    result = search.run(trained[0], train, judge, tmp_path, target="phone-cpu-1t",
-                        max_drop=100, trials=4, workers=2, **SHORT)
+    result = search.run(trained[0], train, judge, tmp_path,
+                        search.Settings(target="phone-cpu-1t", max_drop=100, trials=4, workers=2,
+                                        **SHORT))
     study = optuna.load_study(study_name="edgecompress",
                               storage=f"sqlite:///{tmp_path / 'study.db'}")
     finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -188,9 +206,10 @@ def test_storage_per_layer_is_a_dimension_and_the_bytes_are_the_stored_files(
     from edgecompress.device import inspect
 
     train, judge = train_set.with_preprocess("unit"), test_set.with_preprocess("unit")
-    result = search.run(trained[0], train, judge, tmp_path, target=board, max_drop=100,
-                        trials=3, steps=2, qat_steps=4, max_ratio=0.0,
-                        stored_as=("int8", "lut3", "prune75"), strip_names=True)
+    result = search.run(trained[0], train, judge, tmp_path,
+                        search.Settings(target=board, max_drop=100, trials=3, steps=2, qat_steps=4,
+                                        max_ratio=0.0, stored_as=("int8", "lut3", "prune75"),
+                                        strip_names=True))
     layers = ["conv2d", "conv2d_1", "dense"]
     for row in result["trials"]:
         assert sorted(row["storage"]) == layers
@@ -201,8 +220,8 @@ def test_storage_per_layer_is_a_dimension_and_the_bytes_are_the_stored_files(
         assert stored == [{"prune75": "prune"}.get(row["storage"][name], row["storage"][name])
                           for name in layers]
     with pytest.raises(OptionError, match="runs LiteRT, which cannot decode them"):
-        search.run(trained[0], train, judge, tmp_path / "phone", target="phone-cpu-1t",
-                   trials=1, stored_as=("lut3",), **SHORT)
+        search.run(trained[0], train, judge, tmp_path / "phone",
+                   search.Settings(target="phone-cpu-1t", trials=1, stored_as=("lut3",), **SHORT))
 
 
 @pytest.mark.slow
@@ -224,8 +243,9 @@ def test_trials_in_a_hopeless_region_are_pruned_and_the_winner_comes_from_elsewh
 
     monkeypatch.setattr(search._Objective, "stages", planted)
     train, judge = train_set.with_preprocess("unit"), test_set.with_preprocess("unit")
-    result = search.run(trained[0], train, judge, tmp_path, target=board, max_drop=30,
-                        trials=10, finalists=1, final_steps=2, final_qat_steps=1, **SHORT)
+    result = search.run(trained[0], train, judge, tmp_path,
+                        search.Settings(target=board, max_drop=30, trials=10, finalists=1,
+                                        final_steps=2, final_qat_steps=1, **SHORT))
     study = optuna.load_study(study_name="edgecompress",
                               storage=f"sqlite:///{tmp_path / 'study.db'}")
     hopeless = [t for t in study.trials if t.params["ratio conv2d"] >= 0.5]
@@ -251,9 +271,10 @@ def test_a_storage_search_with_a_bytes_budget_starts_from_the_storage_scan(
     untouched = search.tflite.export(trained[0], tmp_path / "int8.tflite", mode="int8",
                                      data=train, strip_names=True).stat().st_size
     budget = untouched - 500
-    result = search.run(trained[0], train, judge, tmp_path / "s", target=board, max_drop=100,
-                        trials=1, steps=2, qat_steps=4, max_ratio=0.0, max_bytes=budget,
-                        stored_as=("int8", "int4", "lut2"), strip_names=True)
+    result = search.run(trained[0], train, judge, tmp_path / "s",
+                        search.Settings(target=board, max_drop=100, trials=1, steps=2, qat_steps=4,
+                                        max_ratio=0.0, max_bytes=budget,
+                                        stored_as=("int8", "int4", "lut2"), strip_names=True))
     (seeded,) = result["trials"]
     assert set(seeded["storage"].values()) != {"int8"}, seeded["storage"]
     assert Path(seeded["file"]).stat().st_size <= budget, (untouched, seeded)

@@ -746,16 +746,16 @@ def run_search(args) -> int:
     evaluation = load_data_for(args.eval_data, shape).with_preprocess(how)
     transfer = load_data_for(args.transfer_data, shape).with_preprocess(how) \
         if args.transfer_data else None
-    result = search.run(model, train, evaluation, Path(args.out), target=args.target,
-                        max_drop=args.max_drop, trials=args.trials,
-                        time_budget=args.time_budget, storage=args.storage,
-                        divisor=args.divisor, steps=args.steps, qat_steps=args.qat_steps,
-                        seed=args.seed, transfer=transfer, emulate=emulate,
-                        workers=args.workers, finalists=args.finalists,
-                        final_steps=args.final_steps, final_qat_steps=args.final_qat_steps,
-                        weight_bits=tuple(args.weight_bits), strip_names=args.strip_names,
-                        max_bytes=args.max_bytes, max_ms=args.max_ms,
-                        stored_as=tuple(args.stored_as), max_ratio=args.max_ratio)
+    settings = search.Settings(
+        target=args.target, max_drop=args.max_drop, max_bytes=args.max_bytes,
+        max_ms=args.max_ms, trials=args.trials, time_budget=args.time_budget,
+        steps=args.steps, qat_steps=args.qat_steps, finalists=args.finalists,
+        final_steps=args.final_steps, final_qat_steps=args.final_qat_steps,
+        max_ratio=args.max_ratio, divisor=args.divisor, weight_bits=tuple(args.weight_bits),
+        stored_as=tuple(args.stored_as), strip_names=args.strip_names, seed=args.seed,
+        workers=args.workers, storage=args.storage)
+    result = search.run(model, train, evaluation, Path(args.out), settings,
+                        transfer=transfer, emulate=emulate)
     if result["best"] is None:
         print(f"edgecompress search: no candidate fit the budgets; see {args.out}/report.md",
               file=sys.stderr)
