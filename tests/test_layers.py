@@ -21,7 +21,8 @@ LAYERS = [
      "int4", "tflite", "report"],
     ["recipe", "sensitivity", "pipeline"],
     ["search", "demo"],
-    ["cli", "cli.__main__", "cli.common", "cli.recipes", "cli.commands", "cli.reference"],
+    ["cli", "cli.__main__", "cli.common", "cli.recipes", "cli.commands", "cli.reference",
+     "cli.device_commands", "cli.emulator_commands", "cli.model_commands"],
 ]
 PACKAGES = {"", "device", "techniques"}  # their __init__ only re-exports, lazily
 
