@@ -155,6 +155,30 @@ def test_int4_layer_is_requantised_with_its_bias_and_both_runtimes_run_the_mix(
     assert np.mean(litert.argmax(1) == after) >= 0.99  # the same int4 weights on both
 
 
+def test_int4_layers_train_on_the_grid_the_export_stores(trained, train_set, test_set, tmp_path):
+    config = for_storage.Config({"conv2d_1": "int4"})
+    model = for_storage.apply(trained[0], config)
+    assert isinstance(model.get_layer("conv2d_1"), for_storage.Int4Conv2D)
+    train.fit(model, train_set, preprocess="unit", epochs=1, learning_rate=1e-3, verbose=0)
+    x = test_set.x[:50] / 255.0
+    seen = model.predict(x, verbose=0)  # what training saw
+    stripped = for_storage.strip(model)
+    kernel = stripped.get_layer("conv2d_1").get_weights()[0]
+    assert type(stripped.get_layer("conv2d_1")).__name__ == "Conv2D"
+    np.testing.assert_array_equal(for_storage.int4_grid(kernel), kernel)  # on the grid
+    np.testing.assert_allclose(stripped.predict(x, verbose=0), seen, atol=1e-6)
+    # the export's requantisation now moves nothing but the int8 rounding of the grid:
+    # measured 99.5 % agreement with the plain int8 file and at most 9 in an int8 output,
+    # against 96.5 % and 68 for the same layer stored as int4 after training as int8
+    inputs = verify.to_input_type(test_set.x / 255.0, np.int8, 1 / 255.0, -128)
+    outputs = [micro.run(tflite.export(stripped, tmp_path / name, data=train_set,
+                                       preprocess="unit", storage=plan).read_bytes(),
+                         inputs).outputs.astype(int)
+               for name, plan in (("int8.tflite", None), ("int4.tflite", config.plan))]
+    assert np.mean(outputs[0].argmax(1) == outputs[1].argmax(1)) >= 0.99
+    assert np.abs(outputs[0] - outputs[1]).max() <= 16
+
+
 @pytest.mark.slow
 @pytest.mark.shared
 def test_prune_encoding_is_byte_exact_on_resnet8(tmp_path):

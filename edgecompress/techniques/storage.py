@@ -6,8 +6,11 @@ TFLite Micro will store it in, so that the export loses nothing more.
   hold too);
 - `pruneNN` layers are pruned by magnitude to NN % zeros (tfmot, polynomial schedule;
   `strip` zeroes the rest where training stopped short of it);
-- `int4` and `int8` layers train as they are: int4 is the post-training requantisation
-  of the int8 values at export (`storage.encode`).
+- `int4` convolutions train seeing their kernels on the int4 grid the export will store
+  (per output channel, symmetric, -7..7 times a channel's largest value over 7), with
+  straight-through gradients; `strip` puts the kernels on that grid, so the export's
+  requantisation of their int8 values (`storage.encode`) gives the values they trained with;
+- `int8` layers train as they are.
 
 Fine-tune with `callbacks(config)`, then `strip()`, then export as int8 with the same plan
 (`tflite.export(..., storage=plan)`).
@@ -19,12 +22,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .._tf import keras, tfmot
+from .._tf import keras, tf, tfmot
 from .. import models, storage as storage_plan
 from ..errors import OptionError
 from . import _layers, cluster, prune
 
-__all__ = ["Config", "plan_for", "unsupported", "apply", "callbacks", "strip", "describe"]
+__all__ = ["Config", "plan_for", "unsupported", "apply", "callbacks", "strip", "describe",
+           "Int4Conv2D", "int4_grid"]
 
 
 @dataclass(frozen=True)
@@ -80,7 +84,7 @@ def unsupported(layer, kind: storage_plan.Storage) -> str | None:
 
 def _reason_to_skip(layer, chosen) -> str | None:
     kind = chosen.get(layer.name)
-    if kind is None or kind.kind in ("int8", "int4"):
+    if kind is None or kind.kind == "int8":
         return "excluded by the configuration"  # trains as it is
     if type(layer).__name__ == "DepthwiseConv2D":
         return (f"tfmot does not {'cluster' if kind.kind == 'lut' else 'prune'} depthwise "
@@ -102,6 +106,8 @@ def apply(model: keras.Model, config: Config = Config()) -> keras.Model:
 
     def wrapper(layer):
         kind = chosen[layer.name]
+        if kind.kind == "int4":
+            return _rebuilt(layer, Int4Conv2D, layer.get_weights())
         if kind.kind == "prune":
             schedule = tfmot.sparsity.keras.PolynomialDecay(
                 0.0, kind.sparsity, 0, config.end_step, frequency=config.frequency)
@@ -116,6 +122,37 @@ def apply(model: keras.Model, config: Config = Config()) -> keras.Model:
                                     wrapper)
     _layers.warn_skipped("Training for storage", skipped)
     return wrapped
+
+
+@keras.utils.register_keras_serializable(package="edgecompress")
+class Int4Conv2D(keras.layers.Conv2D):
+    """A Conv2D whose forward pass uses its kernel on the int4 grid (`int4_grid`), with
+    straight-through gradients to the float kernel."""
+
+    def convolution_op(self, inputs, kernel):
+        largest = tf.stop_gradient(tf.maximum(
+            tf.reduce_max(tf.abs(kernel), axis=[0, 1, 2]), 1e-12))
+        # 4 bits, narrow range, symmetric: 15 levels, -7..7 steps of largest / 7
+        grid = tf.quantization.fake_quant_with_min_max_vars_per_channel(
+            kernel, -largest, largest, num_bits=4, narrow_range=True)
+        return super().convolution_op(inputs, grid)
+
+
+def int4_grid(kernel: np.ndarray) -> np.ndarray:
+    """A Conv2D kernel (height, width, in, out) on the grid int4 storage holds: per output
+    channel, whole multiples -7..7 of its largest magnitude over 7 (`storage.INT4_LEVELS`),
+    rounded half up as TensorFlow's fake quantisation does."""
+    largest = np.maximum(np.abs(kernel).max(axis=(0, 1, 2)), 1e-12)
+    step = largest / storage_plan.INT4_LEVELS
+    return (np.floor(kernel / step + 0.5) * step).astype(kernel.dtype)
+
+
+def _rebuilt(layer, cls, weights):
+    """A copy of `layer` as class `cls` (same configuration), with `weights`."""
+    copy = cls.from_config(layer.get_config())
+    copy.build(layer.input_shape)
+    copy.set_weights(weights)
+    return copy
 
 
 def _with_bias(layer):
@@ -141,11 +178,17 @@ def callbacks(config: Config = Config()) -> list:
 
 def strip(model: keras.Model) -> keras.Model:
     """The model without pruning or clustering wrappers (itself if it has none), each
-    pruned kernel at its planned sparsity: where fine-tuning stopped short of it (no
-    steps, or fewer than the schedule's), its smallest weights are zeroed now."""
+    pruned kernel at its planned sparsity (where fine-tuning stopped short of it, no
+    steps or fewer than the schedule's, its smallest weights are zeroed now) and each int4
+    convolution a plain Conv2D with its kernel on the int4 grid."""
     targets = {layer.layer.name: getattr(layer.pruning_schedule, "final_sparsity", 0.0)
                for layer in model.layers if type(layer).__name__ == "PruneLowMagnitude"}
     model = cluster.strip(prune.strip(model))
+    if any(isinstance(layer, Int4Conv2D) for layer in model.layers):
+        model, _ = _layers.wrap(
+            model, lambda layer: None if isinstance(layer, Int4Conv2D) else "not int4",
+            lambda layer: _rebuilt(layer, keras.layers.Conv2D, [
+                int4_grid(layer.get_weights()[0]), *layer.get_weights()[1:]]))
     for name, sparsity in targets.items():
         layer = model.get_layer(name)
         weights = layer.get_weights()
