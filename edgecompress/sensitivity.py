@@ -24,8 +24,7 @@ from .errors import OptionError
 from .techniques import channels
 
 __all__ = ["DEFAULT_RATIOS", "channel_sensitivity", "DEFAULT_STORAGES", "storage_sensitivity",
-           "allocate_storage",
-           "symmetric_int4", "scan", "write", "allocate"]
+           "allocate_storage", "scan", "write", "allocate"]
 
 DEFAULT_RATIOS = (0.25, 0.5, 0.75)
 CACHE = "sensitivity.json"
@@ -66,9 +65,9 @@ def storage_sensitivity(model, data: Dataset, *, storages=DEFAULT_STORAGES,
     """One row per (kernel layer, storage): what storing that layer alone so costs before
     any fine-tuning (accuracy and top-1 agreement with the unchanged model on `data`), and
     the kernel's estimated stored bytes. LUT and pruned layers start as training for the
-    storage starts (`techniques.storage`: k-means per output channel, magnitude pruning);
-    int4 is symmetric per output channel, as the export requantises it (Conv2D only:
-    a kind that cannot store a layer has no row)."""
+    storage starts (`techniques.storage`: k-means per output channel, magnitude pruning,
+    the int4 grid per output channel; int4 is for Conv2D only: a kind that cannot store a
+    layer has no row)."""
     from ._tf import keras
     from .techniques import storage as for_storage
     from . import storage as stored
@@ -84,14 +83,8 @@ def storage_sensitivity(model, data: Dataset, *, storages=DEFAULT_STORAGES,
             if for_storage.unsupported(layer, kind):
                 continue
             keras.utils.set_random_seed(seed)  # k-means++ draws its first centroids
-            if kind.kind == "int4":
-                changed = models.copy(model)
-                weights = changed.get_layer(layer.name).get_weights()
-                weights[0] = symmetric_int4(weights[0])
-                changed.get_layer(layer.name).set_weights(weights)
-            else:
-                config = for_storage.Config({layer.name: str(kind)})
-                changed = for_storage.strip(for_storage.apply(model, config))
+            config = for_storage.Config({layer.name: str(kind)})
+            changed = for_storage.strip(for_storage.apply(model, config))
             predicted = models.predict_labels(changed, data, how)
             rows.append({"layer": layer.name, "weights": int(kernel.size),
                          "storage": str(kind),
@@ -100,14 +93,6 @@ def storage_sensitivity(model, data: Dataset, *, storages=DEFAULT_STORAGES,
                          "accuracy": float(np.mean(predicted == labels)),
                          "agreement": float(np.mean(predicted == reference))})
     return rows
-
-
-def symmetric_int4(kernel: np.ndarray) -> np.ndarray:
-    """A Keras kernel (output channels last) rounded to 15 symmetric levels per output
-    channel."""
-    step = np.abs(kernel).reshape(-1, kernel.shape[-1]).max(axis=0) / 7
-    step[step == 0] = 1
-    return np.round(kernel / step) * step
 
 
 def scan(model, data: Dataset, out: Path, *, ratios=DEFAULT_RATIOS, samples: int = 500,
