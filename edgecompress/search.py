@@ -76,8 +76,8 @@ def parse_duration(text) -> float | None:
 @dataclass(frozen=True)
 class Settings:
     """What a search looks for and how its trials train: everything but the model, the data
-    and the emulator. Frozen, and JSON-serialisable with `dataclasses.asdict` (the target
-    by name, or as a `Target`'s fields).
+    and the emulator. Frozen, and JSON-serialisable with `dataclasses.asdict` when the
+    target is given by name.
 
     Args:
         target: a `Target` or its name: flash, RAM and latency come from it.
