@@ -147,9 +147,10 @@ def int4_grid(kernel: np.ndarray) -> np.ndarray:
     return (np.floor(kernel / step + 0.5) * step).astype(kernel.dtype)
 
 
-def _rebuilt(layer, cls, weights):
-    """A copy of `layer` as class `cls` (same configuration), with `weights`."""
-    copy = cls.from_config(layer.get_config())
+def _rebuilt(layer, cls, weights, **changes):
+    """A copy of `layer` as class `cls` (its configuration, with `changes`), with
+    `weights`."""
+    copy = cls.from_config({**layer.get_config(), **changes})
     copy.build(layer.input_shape)
     copy.set_weights(weights)
     return copy
@@ -163,10 +164,8 @@ def _with_bias(layer):
     into the next batch normalisation's anyway."""
     if layer.use_bias:
         return layer
-    copy = type(layer).from_config({**layer.get_config(), "use_bias": True})
-    copy.build(layer.input_shape)
-    copy.set_weights([layer.get_weights()[0], np.zeros(layer.filters, np.float32)])
-    return copy
+    return _rebuilt(layer, type(layer), [layer.get_weights()[0],
+                                         np.zeros(layer.filters, np.float32)], use_bias=True)
 
 
 def callbacks(config: Config = Config()) -> list:
