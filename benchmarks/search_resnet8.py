@@ -138,8 +138,8 @@ def rerun(model, best: dict, train, eval_data, args) -> Path:
     print(f"the winner's recipe (trial {best['trial']}) again on all {len(train):,} "
           "train_original images ...", flush=True)
     stages = recipe.load(Path(best["file"]).with_suffix(".json"))
-    pipeline.compress(model, stages, train, eval_data, out, seed=args.seed, verbose=0,
-                      strip_names=args.strip_names)
+    pipeline.compress(model, stages, train, eval_data, out, pipeline.Settings(
+        seed=args.seed, verbose=0, strip_names=args.strip_names))
     return out / "model_int8.tflite"
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from .errors import OptionError
 
-__all__ = ["writable_path", "write_bytes", "write_text", "file_sha256", "quiet_native_logs"]
+__all__ = ["writable_path", "write_bytes", "write_text", "file_sha256", "quiet_native_logs",
+           "say", "silent"]
 
 
 def writable_path(path) -> Path:
@@ -28,6 +29,15 @@ def writable_path(path) -> Path:
     if not os.access(folder, os.W_OK):
         raise OptionError(f"Output folder `{folder}` is not writable. Choose another output path.")
     return path
+
+
+def say(line: str) -> None:
+    """The default progress callback: one line on standard output, at once."""
+    print(line, flush=True)
+
+
+def silent(line: str) -> None:
+    """A progress callback that drops every line (a search trial reports its own)."""
 
 
 def file_sha256(path) -> str:

@@ -6,30 +6,27 @@ with `judge`, so a figure means the same wherever it is printed.
 
 from __future__ import annotations
 
-import importlib.metadata
-import platform
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ._io import file_sha256
-from . import budget, data, models, recipe, report, tflite
+from ._io import say
+from . import budget, data, models, provenance, recipe, report, tflite
 from .device import inspect, verify
 from .errors import OptionError
 from .options import DEFAULT_CALIBRATION_SAMPLES
 from .techniques import quantize
 
-__all__ = ["CHECKPOINTS", "prepare_output", "discard_partial", "compress", "suspicious",
-           "below_baseline", "weak_classes", "storage_plan", "split_preparation",
-           "learning_warnings", "judge", "markdown", "provenance"]
+__all__ = ["CHECKPOINTS", "Settings", "prepare_output", "discard_partial", "compress",
+           "export_result", "suspicious", "below_baseline", "weak_classes", "storage_plan",
+           "split_preparation", "learning_warnings", "judge"]
 
 CHECKPOINTS = "checkpoints"
 PREPARATION = "reference"  # the preparation stage's own checkpoints, inside CHECKPOINTS
-PACKAGES = ("tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert",
-            "numpy", "edgecompress")
 
 
 def prepare_output(out: Path, *, overwrite: bool, resume: bool = False) -> Path:
@@ -79,12 +76,41 @@ def discard_partial(out: Path, fresh: bool) -> str:
     return ""
 
 
-def compress(model, stages: list[recipe.Stage], train_data, eval_data, out: Path, *,
-             preprocess=None, calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
-             strategy=None, seed: int = 0, verbose: int = 2, inputs: dict | None = None,
-             latency_runs: int = 500, transfer=None,
-             max_drop: float = budget.DEFAULT_MAX_DROP, keras3: bool = False,
-             strip_names: bool = False) -> dict:
+@dataclass(frozen=True)
+class Settings:
+    """How `compress` trains, exports and judges: everything but the model, the stages and
+    the data. Frozen, and JSON-serialisable with `dataclasses.asdict`.
+
+    Args:
+        preprocess: how images become model input; None: the training data's own.
+        calibration_samples: images of the training data drawn at random (seed 0) to
+            calibrate both INT8 files.
+        seed: training's seed.
+        verbose: Keras' fine-tuning output (0, 1 or 2).
+        latency_runs: timed invokes per file on this machine's LiteRT.
+        max_drop: the accuracy budget, points of top-1 against the float Keras model.
+        keras3: also write the final model as a Keras 3 `model.keras` (when the input was
+            Keras 3), unless it is quantisation-aware: then the `.tflite` is the product.
+        strip_names: write every `.tflite` without tensor names and signatures (all
+            three, so that their bytes compare like for like).
+    """
+
+    preprocess: str | None = None
+    calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES
+    seed: int = 0
+    verbose: int = 2
+    latency_runs: int = 500
+    max_drop: float = budget.DEFAULT_MAX_DROP
+    keras3: bool = False
+    strip_names: bool = False
+
+    def __post_init__(self):
+        budget.check_max_drop(self.max_drop)
+
+
+def compress(model, stages: list[recipe.Stage], train_data, eval_data, out: Path,
+             settings: Settings = Settings(), *, transfer=None, strategy=None,
+             inputs: dict | None = None, progress=say) -> dict:
     """Runs `stages` on `model` and compares the result with the float and PTQ INT8 baselines.
 
     Writes in `out`: `float.tflite`, `ptq_int8.tflite`, `model_int8.tflite` (the recipe's
@@ -99,14 +125,12 @@ def compress(model, stages: list[recipe.Stage], train_data, eval_data, out: Path
     file against the budget of `max_drop` points (`report["budget"]`).
 
     Args:
-        preprocess: how images become model input; by default `train_data`'s own.
-        calibration_samples: images of `train_data` drawn at random (seed 0) to calibrate
-            both INT8 files.
+        settings: how it trains, exports and judges.
         transfer: extra images the distilling stages learn through the teacher only.
-        keras3: also write the final model as a Keras 3 `model.keras` (when the input was
-            Keras 3), unless it is quantisation-aware: then the `.tflite` is the product.
-        strip_names: write every `.tflite` without tensor names and signatures (all
-            three, so that their bytes compare like for like).
+        strategy: a `tf.distribute` strategy for the fine-tuning.
+        inputs: the input files by role ("model", "train_data", ...), hashed into the
+            report's provenance.
+        progress: called with each line of progress (`_io.silent`: none).
 
     A leading fine-tuning stage on labels alone (a new classifier head, or a zoo model
     trained from scratch) is preparation, not compression: it runs first, and the model it
@@ -117,53 +141,48 @@ def compress(model, stages: list[recipe.Stage], train_data, eval_data, out: Path
         The report as a dict.
     """
     recipe.check_order(stages)
-    budget.check_max_drop(max_drop)
-    preprocess = train_data.resolve(preprocess)
+    preprocess = train_data.resolve(settings.preprocess)
     leak = data.leak_warning(eval_data, training=train_data, transfer=transfer)
     if leak:
         print(f"warning: {leak}", file=sys.stderr, flush=True)
     recipe.save(stages, out / "recipe.json")
     prepare, stages = split_preparation(stages)
+    training = dict(preprocess=preprocess, validation=eval_data, strategy=strategy,
+                    seed=settings.seed, verbose=settings.verbose, progress=progress)
     prepared = []
     if prepare:
-        print("[0/4] training the reference model (labels only) ...", flush=True)
-        model, prepared = recipe.run(model, prepare, train_data, preprocess=preprocess,
-                                     validation=eval_data, strategy=strategy, seed=seed,
-                                     verbose=verbose, checkpoints=out / CHECKPOINTS /
-                                     PREPARATION, what="the reference model")
+        progress("[0/4] training the reference model (labels only) ...")
+        model, prepared = recipe.run(model, prepare, train_data, **training,
+                                     checkpoints=out / CHECKPOINTS / PREPARATION,
+                                     what="the reference model")
     calibration = dict(data=train_data, preprocess=preprocess,
-                       calibration_samples=min(len(train_data), calibration_samples),
-                       strip_names=strip_names)
+                       calibration_samples=min(len(train_data), settings.calibration_samples),
+                       strip_names=settings.strip_names)
     keras_labels = models.predict_labels(model, eval_data, preprocess)
-    print("[1/4] float and post-training INT8 baselines ...", flush=True)
+    progress("[1/4] float and post-training INT8 baselines ...")
     files = {"float": tflite.export(model, out / "float.tflite", mode="fp32",
                                     preprocess=preprocess, classes=train_data.classes,
-                                    strip_names=strip_names),
+                                    strip_names=settings.strip_names),
              "PTQ INT8": tflite.export(model, out / "ptq_int8.tflite", mode="int8",
                                        **calibration)}
-    print(f"[2/4] running {len(stages)} stage(s) ...", flush=True)
+    progress(f"[2/4] running {len(stages)} stage(s) ...")
     started = time.perf_counter()
-    final, records = recipe.run(model, stages, train_data, preprocess=preprocess,
-                                validation=eval_data, strategy=strategy, seed=seed,
-                                verbose=verbose, checkpoints=out / CHECKPOINTS,
-                                transfer=transfer)
+    final, records = recipe.run(model, stages, train_data, **training,
+                                checkpoints=out / CHECKPOINTS, transfer=transfer)
     training_seconds = time.perf_counter() - started
     models.save(final, out / "model.h5")
-    if keras3:
-        _save_keras3(final, out / "model.keras")
+    if settings.keras3:
+        _save_keras3(final, out / "model.keras", progress)
     mode, plan = quantize.export_mode(final), storage_plan(stages)
     name, file = f"recipe {mode.upper()}", f"model_{mode}.tflite"
-    print(f"[3/4] exporting the result to {mode.upper()}" + (
-        ", its kernels stored for TFLite Micro as the plan says" if plan else "") + " ...",
-        flush=True)
-    files[name] = tflite.export(final, out / file, mode=mode, storage=plan, check=False,
-                                **calibration)  # judged below, against the input model
-    print(f"[4/4] evaluating {len(files)} files on {len(eval_data):,} images ...",
-          flush=True)
-    results, rows = judge(files, eval_data, keras_labels, latency_runs=latency_runs)
+    progress(f"[3/4] exporting the result to {mode.upper()}" + (
+        ", its kernels stored for TFLite Micro as the plan says" if plan else "") + " ...")
+    files[name] = export_result(final, stages, out / file, **calibration)
+    progress(f"[4/4] evaluating {len(files)} files on {len(eval_data):,} images ...")
+    results, rows = judge(files, eval_data, keras_labels, latency_runs=settings.latency_runs)
     keras_correct = keras_labels == eval_data.y
     drops = {name: budget.Drop(**r.drop) for name, r in results.items()}
-    judged = budget.verdict(drops[name], max_drop)
+    judged = budget.verdict(drops[name], settings.max_drop)
     failures, warnings = suspicious(results[name], files[name], keras_labels)
     failures += below_baseline(results["PTQ INT8"], results[name])
     warnings = failures + warnings + weak_classes(results[name]) + \
@@ -178,19 +197,31 @@ def compress(model, stages: list[recipe.Stage], train_data, eval_data, out: Path
               "drops": {name: d.to_json() for name, d in drops.items()},
               "train_data": train_data.source, "eval_data": eval_data.source,
               "transfer_data": transfer.source if transfer is not None else None,
-              "provenance": provenance(seed, inputs or {}),
+              "provenance": provenance.record(settings.seed, inputs or {}),
               "results": {name: r.to_json() for name, r in results.items()}}
     report.write_json(out / "report.json", result)
-    report.write_text(out / "report.md", markdown(result))
+    report.write_text(out / "report.md", report.compression_markdown(result))
     report.html_report(results, out / "report.html", title="Compression report",
                        baseline="float", notes=f"Evaluated on {eval_data.source}; fine-tuned "
                        f"on {train_data.source}. Latency is this machine's.")
     shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)  # the run is complete
-    print(f"\non {eval_data.source} ({len(eval_data):,} images); drop and agreement against "
-          f"the float Keras model\n" + report.text_table(rows) + "\n\n" +
-          "".join(f"warning: {w}\n" for w in warnings) +
-          f"{file}: {judged['text']}\nwrote {out}/", flush=True)
+    progress(f"\non {eval_data.source} ({len(eval_data):,} images); drop and agreement against "
+             f"the float Keras model\n" + report.text_table(rows) + "\n\n" +
+             "".join(f"warning: {w}\n" for w in warnings) +
+             f"{file}: {judged['text']}\nwrote {out}/")
     return result
+
+
+def export_result(final, stages: list, path: Path, **calibration) -> Path:
+    """Exports the model that `stages` made as their training asks: INT8, or int4 weights
+    after 4-bit QAT, its kernels stored as the last storage stage's plan says. Not checked
+    against the input model here: `judge` compares it with the float model.
+
+    Args:
+        calibration: `tflite.export`'s data, preprocess, calibration_samples, strip_names.
+    """
+    return tflite.export(final, path, mode=quantize.export_mode(final),
+                         storage=storage_plan(stages), check=False, **calibration)
 
 
 def suspicious(evaluation, int8_file: Path, keras_labels) -> tuple[list[str], list[str]]:
@@ -273,11 +304,11 @@ def learning_warnings(evaluation, records: list[dict]) -> list[str]:
     return warnings
 
 
-def _save_keras3(model, path: Path) -> None:
+def _save_keras3(model, path: Path, progress) -> None:
     from .models import bridge
     if quantize.is_wrapped(model):
-        print(f"note: {path.name} (Keras 3) not written: a quantisation-aware model lives on "
-              "as its .tflite; Keras 3 cannot hold tfmot's wrappers", flush=True)
+        progress(f"note: {path.name} (Keras 3) not written: a quantisation-aware model lives "
+                 "on as its .tflite; Keras 3 cannot hold tfmot's wrappers")
         return
     bridge.save_keras3(model, path)
 
@@ -303,39 +334,3 @@ def judge(files: dict, eval_data, keras_labels, *, latency_runs: int = 500,
                      "drop_points": drop.points,
                      "drop_95": f"{drop.low:+.2f} to {drop.high:+.2f}"})
     return results, rows
-
-
-def markdown(result: dict) -> str:
-    """The report as Markdown: the comparison table, the stages, the data and versions."""
-    transfer = f" and, through the teacher only, `{result['transfer_data']}`" \
-        if result["transfer_data"] else ""
-    lines = ["# Compression report", "",
-             f"**{result['budget']['file']}: {result['budget']['text']}.**", ""]
-    lines += [f"Warning: {w}." for w in result["warnings"]] + [""] * bool(result["warnings"])
-    lines += [f"Accuracy and agreement on `{result['eval_data']}`; fine-tuning on "
-              f"`{result['train_data']}`{transfer}. Drop: points of top-1 accuracy lost "
-              f"against the float Keras model (accuracy {result['keras_accuracy']:.4f}) on "
-              "the same images, with its 95 % interval; agreement: top-1 agreement with it. "
-              "Latency: median single-image invoke on this machine's LiteRT (XNNPACK, 1 "
-              "thread), not a device's.", "", report.markdown_table(result["rows"]), "",
-              "## Stages", ""]
-    lines += [f"{i}. {s['stage']}: {s['training']}, {s['seconds']} s"
-              for i, s in enumerate(result["stages"], start=1)]
-    versions = ", ".join(f"{k} {v}" for k, v in result["provenance"]["versions"].items())
-    lines += ["", f"Seed {result['provenance']['seed']}; {versions}.", ""]
-    return "\n".join(lines)
-
-
-def provenance(seed: int, inputs: dict) -> dict:
-    """Versions, seed, command line, and a SHA-256 of each input file."""
-    versions = {}
-    for package in PACKAGES:
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = None
-    versions["python"] = platform.python_version()
-    hashes = {name: file_sha256(path) for name, path in inputs.items()
-              if path is not None and Path(path).is_file()}
-    return {"seed": seed, "versions": versions, "inputs": {k: str(v) for k, v in inputs.items()},
-            "sha256": hashes, "command": sys.argv}

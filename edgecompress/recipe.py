@@ -100,7 +100,7 @@ def check_order(stages: list[Stage]) -> None:
 def run(model: keras.Model, stages: list[Stage], train: Dataset, *, preprocess=None,
         validation: Dataset | None = None, strategy=None, seed: int = 0, verbose: int = 1,
         checkpoints: Path | None = None, transfer: Dataset | None = None,
-        what: str = "", callbacks=()) -> tuple[keras.Model, list[dict]]:
+        what: str = "", callbacks=(), progress=_io.say) -> tuple[keras.Model, list[dict]]:
     """Applies and fine-tunes each stage in order; returns the final model and a record.
 
     Pruning and clustering wrappers are stripped after their fine-tuning, so the next stage
@@ -116,6 +116,7 @@ def run(model: keras.Model, stages: list[Stage], train: Dataset, *, preprocess=N
         what: what the stages make, for the resume message (e.g. "the reference model").
         callbacks: Keras callbacks given to every stage's fine-tuning (e.g.
             `train.StepReports`).
+        progress: called with a line of text as each stage starts (`_io.silent`: none).
 
     Returns:
         (model, records): one dict per stage with its description, settings, training
@@ -135,16 +136,15 @@ def run(model: keras.Model, stages: list[Stage], train: Dataset, *, preprocess=N
     if records:
         saved = checkpoints / f"stage_{len(records)}.h5"
         model = models.load(saved)
-        print(f"resuming after stage {len(records)} of {len(stages)}: reusing "
-              f"{what + ' from ' if what else ''}{saved}, as it was before the interruption",
-              flush=True)
+        progress(f"resuming after stage {len(records)} of {len(stages)}: reusing "
+                 f"{what + ' from ' if what else ''}{saved}, as it was before the interruption")
     samples = len(train) + (len(transfer) if transfer is not None else 0)
     for i, stage in enumerate(stages[len(records):], start=len(records) + 1):
         if i - 1 == first_distilling:
             teacher = models.copy(model)
         fit_samples = samples if stage.distill else len(train)
-        print(f"[stage {i}/{len(stages)}] {stage.describe()}, "
-              f"{stage.fit.describe(fit_samples)} ...", flush=True)
+        progress(f"[stage {i}/{len(stages)}] {stage.describe()}, "
+                 f"{stage.fit.describe(fit_samples)} ...")
         started = time.perf_counter()
         backup = [keras.callbacks.BackupAndRestore(str(checkpoints / f"stage_{i}_epochs"))] \
             if checkpoints else []

@@ -19,7 +19,8 @@ from . import _io
 
 __all__ = ["comparison_row", "table", "text_table", "markdown_table", "write_text", "write_json",
            "new_figure", "pareto_front", "pareto_plot", "latency_plot", "per_class_plot",
-           "confusion_matrix", "confusion_plot", "weights_plot", "html_report", "html_page"]
+           "confusion_matrix", "confusion_plot", "weights_plot", "html_report", "html_page",
+           "compression_markdown"]
 
 
 # --- tables ----------------------------------------------------------------------------
@@ -303,3 +304,25 @@ def html_page(path, title: str, notes: str, sections: list) -> Path:
             f"</head><body><h1>{html.escape(title)}</h1><p>{html.escape(notes)}</p>"
             f"{''.join(parts)}</body></html>")
     return _io.write_text(path, page)
+
+
+def compression_markdown(result: dict) -> str:
+    """`pipeline.compress`'s report as Markdown: the comparison table, the stages, the data
+    and versions."""
+    transfer = f" and, through the teacher only, `{result['transfer_data']}`" \
+        if result["transfer_data"] else ""
+    lines = ["# Compression report", "",
+             f"**{result['budget']['file']}: {result['budget']['text']}.**", ""]
+    lines += [f"Warning: {w}." for w in result["warnings"]] + [""] * bool(result["warnings"])
+    lines += [f"Accuracy and agreement on `{result['eval_data']}`; fine-tuning on "
+              f"`{result['train_data']}`{transfer}. Drop: points of top-1 accuracy lost "
+              f"against the float Keras model (accuracy {result['keras_accuracy']:.4f}) on "
+              "the same images, with its 95 % interval; agreement: top-1 agreement with it. "
+              "Latency: median single-image invoke on this machine's LiteRT (XNNPACK, 1 "
+              "thread), not a device's.", "", markdown_table(result["rows"]), "",
+              "## Stages", ""]
+    lines += [f"{i}. {s['stage']}: {s['training']}, {s['seconds']} s"
+              for i, s in enumerate(result["stages"], start=1)]
+    versions = ", ".join(f"{k} {v}" for k, v in result["provenance"]["versions"].items())
+    lines += ["", f"Seed {result['provenance']['seed']}; {versions}.", ""]
+    return "\n".join(lines)

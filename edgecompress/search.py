@@ -30,9 +30,7 @@ stops beating its heartbeat, and its unfinished trial is marked failed on the ne
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
 import os
 import pickle
 import re
@@ -45,9 +43,9 @@ from pathlib import Path
 
 import optuna
 
-from . import budget, data, distill, models, recipe, report, sensitivity, tflite
-from .device import inspect, targets as targets_module, verdict, verify
-from .errors import OptionError
+from . import _io, budget, data, distill, models, pipeline, recipe, report, sensitivity, tflite
+from .device import figures, inspect, targets as targets_module, verify
+from .errors import EmulationError, OptionError
 from .techniques import channels, quantize
 from .train import FitConfig, StepReports
 
@@ -71,6 +69,9 @@ def parse_duration(text) -> float | None:
     if not match:
         raise OptionError(f"`time_budget` must look like 90s, 30m or 2h. Received: {text!r}.")
     return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+
+
+TRIAL_ERRORS = (OptionError, EmulationError)  # fail one trial, not the study
 
 
 @dataclass(frozen=True)
@@ -156,9 +157,9 @@ def run(model, train, eval_data, out: Path, settings: Settings, *, transfer=None
         out: folder for trials/, trials.json, report.md, pareto.png and best/.
         settings: what the search looks for and how its trials train.
         transfer: extra images the distilling stages learn through the teacher only.
-        emulate: a `verdict.Emulation`: judge trials on the target's emulated core or
-            CPU class (latency from the lowest cycles per instruction; on microcontrollers
-            also the firmware's exact flash and RAM).
+        emulate: a `verdict.Emulation` (see `figures.measure`): judge trials on the
+            target's emulated core or CPU class (latency from the lowest cycles per
+            instruction; on microcontrollers also the firmware's exact flash and RAM).
 
     Returns:
         {"trials": rows, "front": rows, "best": row or None, "feasible": count,
@@ -207,7 +208,7 @@ def run(model, train, eval_data, out: Path, settings: Settings, *, transfer=None
     shares = [trials // workers + (i < trials % workers) for i in range(workers)]
     children = [_start_worker(objective, storage, i, shares[i], seconds)
                 for i in range(1, workers)]
-    study.optimize(objective, n_trials=shares[0], timeout=seconds, catch=(OptionError,))
+    study.optimize(objective, n_trials=shares[0], timeout=seconds, catch=TRIAL_ERRORS)
     for number, child in enumerate(children, 1):
         if child.wait() != 0:
             print(f"search: worker {number} ended with exit status {child.returncode}; its "
@@ -449,7 +450,7 @@ def _worker(folder: Path) -> None:
     settings = objective.settings
     study = _study(request["storage"], settings.study_name, settings.seed + request["index"])
     study.optimize(objective, n_trials=request["trials"], timeout=request["seconds"],
-                   catch=(OptionError,))
+                   catch=TRIAL_ERRORS)
 
 
 @dataclass
@@ -483,7 +484,7 @@ class _Objective:
             row, constraints = self.build(stages, self.out / "trials" /
                                           f"trial_{trial.number}.tflite",
                                           callbacks=[self.reports(trial, stages)])
-        except OptionError as e:  # the study goes on; Optuna marks the trial failed
+        except TRIAL_ERRORS as e:  # the study goes on; Optuna marks the trial failed
             print(f"trial {trial.number}: failed: {e}", flush=True)
             raise
         except optuna.TrialPruned as e:
@@ -532,26 +533,24 @@ class _Objective:
         """Compresses a copy of the model with `stages` (`callbacks` watch its training),
         exports `path` (and its recipe beside it) and judges it: (row, constraints, each
         feasible when <= 0)."""
-        with contextlib.redirect_stdout(io.StringIO()):  # one line per trial, by the caller
-            final, _ = recipe.run(models.copy(self.model), stages, self.train,
-                                  seed=self.settings.seed, verbose=0, transfer=self.transfer,
-                                  callbacks=callbacks)
-        plan = stages[-1].config.plan if stages[-1].technique == "storage" else None
-        path = tflite.export(final, path, mode=quantize.export_mode(final), data=self.train,
-                             strip_names=self.settings.strip_names, storage=plan, check=False)
+        final, _ = recipe.run(models.copy(self.model), stages, self.train,
+                              seed=self.settings.seed, verbose=0, transfer=self.transfer,
+                              callbacks=callbacks, progress=_io.silent)  # one line per trial
+        path = pipeline.export_result(final, stages, path, data=self.train,
+                                      strip_names=self.settings.strip_names)
         recipe.save(stages, path.with_suffix(".json"))
         file = inspect.open(path)  # parsed once, for every figure below
-        result = verify.evaluate(file, self.eval_data, reference=self.keras_labels,
-                                 latency_runs=50)
-        drop = budget.Drop(**result.drop)
+        results, (judged,) = pipeline.judge({"trial": file}, self.eval_data, self.keras_labels,
+                                            latency_runs=50)
+        result, plan = results["trial"], pipeline.storage_plan(stages)
         latency, flash, ram = self.device_figures(file, result)
         row = {"weight_bits": 8 if plan else stages[-1].config.weight_bits,
                **({"storage": plan} if plan else {}),
                "bytes": result.bytes, "latency_ms": latency, "flash_bytes": flash,
                "accuracy": result.accuracy, "agreement": result.agreement,
-               "drop_points": drop.points, "drop_95": f"{drop.low:+.2f} to {drop.high:+.2f}",
+               "drop_points": judged["drop_points"], "drop_95": judged["drop_95"],
                "ram_bytes": ram, "file": str(path)}
-        constraints = {"accuracy drop": (drop.points - self.settings.max_drop) / 100,
+        constraints = {"accuracy drop": (judged["drop_points"] - self.settings.max_drop) / 100,
                        "flash": _excess(flash, self.target.flash_bytes),
                        "RAM": _excess(ram, self.target.ram_bytes),
                        "bytes": _excess(result.bytes, self.settings.max_bytes),
@@ -601,23 +600,15 @@ class _Objective:
                                                 schedule="cosine", augment=True), teach)]
 
     def device_figures(self, file, result) -> tuple[float, int, int]:
-        """(latency ms, flash bytes, RAM bytes) on the target: emulated when asked (the
-        lowest estimate from the counted instructions: it ranks like the count, and the
-        count covers whatever the int4 kernels do), else the calibrated MAC estimate on
-        microcontrollers (optimised kernels) or LiteRT's median here, with the file's bytes
-        and the peak activation estimate."""
-        if self.emulate is not None:
-            emulated = verdict.verify_target(file, self.target, emulate=self.emulate) \
-                .figures["emulated"]
-            if self.target.runtime == "tflm":
-                return (emulated["estimated_ms"][0], emulated["flash_bytes"],
-                        emulated["ram_bytes"])
-            return emulated["estimated_ms"][0], result.bytes, file.peak_activation_bytes()
-        if self.target.runtime == "tflm" and self.target.cycles_per_mac:
-            latency = self.target.estimate_ms(file.summary()["macs"])[0]
-        else:
-            latency = result.latency_ms["median"]
-        return latency, result.bytes, file.peak_activation_bytes()
+        """(latency ms, flash bytes, RAM bytes) on the target (`figures.measure`): emulated
+        when asked (the lowest estimate from the counted instructions: it ranks like the
+        count, and the count covers whatever the int4 kernels do), else the calibrated MAC
+        estimate on microcontrollers or LiteRT's median here."""
+        measured = figures.measure(file, self.target, self.emulate)
+        estimated = measured.latency_ms and (self.emulate is not None
+                                             or self.target.runtime == "tflm")
+        latency = measured.latency_ms[0] if estimated else result.latency_ms["median"]
+        return latency, measured.flash_bytes, measured.ram_bytes
 
     @staticmethod
     def fits(trial) -> bool:

@@ -299,7 +299,7 @@ def test_a_recipe_file_that_is_not_fully_integer_breaks_the_budget(train_set, te
         result = pipeline.compress(keras.Model(inputs, outputs), stages,
                                    train_set.take(64).with_preprocess("unit"),
                                    test_set.take(20).with_preprocess("unit"), tmp_path,
-                                   latency_runs=2, max_drop=100, verbose=0)
+                                   pipeline.Settings(latency_runs=2, max_drop=100, verbose=0))
     assert not result["budget"]["passed"]
     assert "model_int8.tflite is not fully integer" in result["budget"]["text"]
     assert "Warning: model_int8.tflite is not fully integer" in (tmp_path / "report.md"

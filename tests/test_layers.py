@@ -9,12 +9,12 @@ import edgecompress
 ROOT = Path(edgecompress.__file__).parent
 # lowest first; a module may import its own layer and those below
 LAYERS = [
-    ["errors", "options", "_io", "budget", "device.metadata", "device._isolate", "device.cores",
-     "device.cache", "device.child"],
+    ["errors", "options", "_io", "provenance", "budget", "device.metadata", "device._isolate",
+     "device.cores", "device.cache", "device.child"],
     ["data", "_tf", "device.inspect", "device.decoding"],
     ["device.micro", "device.verify", "device.cortex_m", "device.arm64", "device.checks",
      "device.emulated_checks",
-     "device.arm64.install", "device.arm64.guest", "device.targets", "device.verdict",
+     "device.arm64.install", "device.arm64.guest", "device.targets", "device.verdict", "device.figures",
      "device.phones", "device.c_array", "storage"],
     ["models", "models.bridge", "distill", "train", "techniques", "techniques._graph",
      "techniques._layers", "techniques.channels", "techniques.cluster", "techniques.lowrank",

@@ -246,14 +246,15 @@ def run_recipe(args, build_stages, prog: str) -> int:
         recipe.check_order(stages)
         written.append(pipeline.prepare_output(args.out, overwrite=args.overwrite,
                                                resume=args.resume))
-        result = pipeline.compress(
-            model, stages, train_data, eval_data, written[0], preprocess=args.preprocess,
-            calibration_samples=args.calibration_samples,
-            strategy=train.strategy(args.strategy), seed=args.seed,
-            verbose=0 if args.quiet else 2, transfer=transfer, max_drop=args.max_drop,
+        settings = pipeline.Settings(
+            preprocess=args.preprocess, calibration_samples=args.calibration_samples,
+            seed=args.seed, verbose=0 if args.quiet else 2, max_drop=args.max_drop,
             strip_names=args.strip_names,
             keras3=args.keras_format == "3" or args.keras_format == "auto" and
-            _is_keras3(args.model),
+            _is_keras3(args.model))
+        result = pipeline.compress(
+            model, stages, train_data, eval_data, written[0], settings, transfer=transfer,
+            strategy=train.strategy(args.strategy),
             inputs={"model": args.model, "train_data": args.train_data,
                     "eval_data": args.eval_data, "transfer_data": args.transfer_data})
         if not result["budget"]["passed"]:

@@ -24,8 +24,8 @@ from ..data import Dataset, preprocess as preprocess_images
 from ..errors import DoesNotFit, EmulationError, OptionError, UnknownOperator
 from ..options import Preprocess
 
-__all__ = ["Check", "Verdict", "ARM64_IMAGES", "Emulation", "verify_target", "zero_point_images",
-           "precision_of"]
+__all__ = ["Check", "Verdict", "ARM64_IMAGES", "Emulation", "verify_target", "emulate_run",
+           "zero_point_images", "precision_of"]
 
 
 
@@ -86,16 +86,16 @@ def verify_target(path, target, data: Dataset | None = None, *, preprocess=None,
     if data is not None:  # before any build or boot
         data.check_fits(model.input_shape)
         verify.check_labels(data.require_labels(), data.classes, model)
-    emulated = _emulate(model, target, data, preprocess, micro_samples, emulate) \
+    emulated = emulate_run(model, target, data, preprocess, micro_samples, emulate) \
         if emulate is not None else None
     return _isolate.call(_verify, model, target, data, preprocess, reference, min_accuracy,
                          micro_samples, latency_runs, emulated, what="The interpreter")
 
 
-def _emulate(model, target, data, preprocess, samples, emulate: Emulation):
-    """The emulated run (`cortex_m.EmulatedRun` or `arm64.ArmRun`), or the `EmulationError`
-    that is the verdict's finding (an operator the firmware lacks, a model that does not
-    fit)."""
+def emulate_run(model, target, data, preprocess, samples: int, emulate: Emulation):
+    """The emulated run of `samples` images of `data` (None: the input's zero point), a
+    `cortex_m.EmulatedRun` or an `arm64.ArmRun`, or the `EmulationError` that is the
+    verdict's finding (an operator the firmware lacks, a model that does not fit)."""
     if target.runtime == "litert" and target.core:
         return arm64.run(model, _arm64_inputs(model, data, preprocess, samples),
                          cpu=target.core, cache=emulate.cache)

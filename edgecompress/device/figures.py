@@ -1,0 +1,66 @@
+"""A file's figures on a target (latency, flash, RAM) without a verdict's checks: what a
+search trial needs, measured the way `verdict.verify_target` measures them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import arm64, cortex_m, inspect, targets as targets_module
+from .verdict import Emulation, emulate_run
+
+__all__ = ["Figures", "measure"]
+
+
+@dataclass(frozen=True)
+class Figures:
+    """A file's figures on a target.
+
+    Args:
+        latency_ms: (low, high) estimate on the target, or None when the target has no
+            calibration for one (then only a run on the device, or LiteRT here, says).
+        flash_bytes: what the target's flash holds: the emulated firmware and the file,
+            or the file alone.
+        ram_bytes: the emulated firmware's static RAM and measured arena, or the file's
+            peak activation estimate.
+        instructions: the emulated instructions per inference (median), or None.
+        source: how the figures were obtained.
+    """
+
+    latency_ms: tuple | None
+    flash_bytes: int
+    ram_bytes: int
+    instructions: float | None
+    source: str
+
+
+def measure(path, target, emulate: Emulation | None = None) -> Figures:
+    """The figures of a `.tflite` file (or its `inspect.open` handle) on `target`: from
+    QEMU's instruction count and the firmware with `emulate` (one image at the input's
+    zero point), else the calibrated MAC estimate.
+
+    Raises:
+        EmulationError: the emulated firmware cannot run the file (an operator it lacks, a
+            model or arena too big for the board, a float model).
+        EmulatorUnavailable: emulation asked without its tools, sources or set-up.
+    """
+    target = targets_module.get(target)
+    model = path if isinstance(path, inspect.Model) else inspect.open(path)
+    if emulate is None:
+        return Figures(target.estimate_ms(model.summary()["macs"]), model.size,
+                       model.peak_activation_bytes(), None, "MAC estimate")
+    run = emulate_run(model, target, None, None, 1, emulate)
+    if isinstance(run, Exception):
+        raise run
+    if isinstance(run, arm64.ArmRun):
+        instructions = run.steady_instructions
+        return Figures(target.estimate_ms_from_instructions(instructions, run.arithmetic()),
+                       model.size, model.peak_activation_bytes(), instructions,
+                       f"LiteRT's ARM64 build on {run.cpu.name} (QEMU)")
+    assert isinstance(run, cortex_m.EmulatedRun), run
+    instructions = float(np.median(run.instructions))
+    return Figures(target.estimate_ms_from_instructions(instructions),
+                   run.flash_bytes(model.size), run.ram_bytes, instructions,
+                   f"TFLite Micro on {run.firmware.core.name} (QEMU)")
+
