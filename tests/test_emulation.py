@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import shared_path
-from edgecompress.device import cache, cores, cortex_m, inspect, targets, verdict
+from edgecompress.device import cache, cores, cortex_m, figures, inspect, targets, verdict
 from edgecompress.errors import DoesNotFit, EmulationError, EmulatorUnavailable, OptionError
 
 pytestmark = pytest.mark.slow
@@ -170,6 +170,27 @@ def test_verify_emulate_stands_on_the_emulated_run(emulation, resnet8_images, re
     macs_low, macs_high = targets.get("mcu-cortex-m4").estimate_ms(model.summary()["macs"])
     assert macs_low <= typical and low <= macs_high
     assert "Instructions per operator" in result.to_markdown()
+
+
+def test_measure_gives_the_verdicts_figures_without_one(emulation, resnet8_images,
+                                                          resnet8_runs, monkeypatch):
+    model, _, _ = resnet8_images
+    emulate = verdict.Emulation(sources=str(emulation["sources"]),
+                                cache=str(emulation["cache"]))
+    measured = figures.measure(model, "mcu-cortex-m4", emulate)
+    built = resnet8_runs["cmsis-nn"].firmware
+    assert measured.flash_bytes == built.flash_bytes + model.size
+    assert measured.ram_bytes > built.static_ram_bytes
+    # one image at the input's zero point: the count of any image, within its spread
+    counts = resnet8_runs["cmsis-nn"].instructions
+    assert abs(measured.instructions - np.median(counts)) < 0.05 * np.median(counts)
+    m4 = targets.get("mcu-cortex-m4")
+    assert measured.latency_ms == m4.estimate_ms_from_instructions(measured.instructions)
+    board = cores.BOARDS["mps2-an386"]
+    monkeypatch.setitem(cores.BOARDS, "mps2-an386",
+                        dataclasses.replace(board, model_capacity=50_000))
+    with pytest.raises(DoesNotFit):
+        figures.measure(model, "mcu-cortex-m4", emulate)
 
 
 def test_an_operator_the_firmware_lacks_is_found_before_building(emulation, int8_file,

@@ -5,7 +5,7 @@ import pytest
 from ai_edge_litert.tools import flatbuffer_utils
 
 from edgecompress import cli, tflite
-from edgecompress.device import inspect, metadata, micro, targets, verdict
+from edgecompress.device import figures, inspect, metadata, micro, targets, verdict
 from edgecompress._tf import keras
 from edgecompress.errors import ModelError, OptionError
 
@@ -242,3 +242,13 @@ def test_micro_runs_a_file_without_names_as_the_named_one(int8_file, test_set):
     first, second = micro.run(named, x), micro.run(stripped, x)
     assert second.missing_ops == () and second.arena_bytes == first.arena_bytes
     np.testing.assert_array_equal(first.outputs, second.outputs)
+
+
+def test_measure_without_emulation_is_the_mac_estimate_and_the_files_bytes(int8_file):
+    model = inspect.open(int8_file)
+    measured = figures.measure(model, "mcu-cortex-m4")
+    m4 = targets.get("mcu-cortex-m4")
+    assert measured.latency_ms == m4.estimate_ms(model.summary()["macs"])
+    assert measured.flash_bytes == int8_file.stat().st_size
+    assert measured.ram_bytes == model.peak_activation_bytes() > 0
+    assert measured.instructions is None
