@@ -5,16 +5,32 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
 IMAGE = (16, 16)
 
 
+_RUNNING = []  # the test being set up, for shared_path's check of its marker
+
+
+def pytest_runtest_setup(item):
+    _RUNNING[:] = [item]
+
+
 def shared_path(*parts) -> Path:
-    """A path under ../shared, skipping the test with a reason when it is absent."""
+    """A path under ../shared, skipping the test with a reason when it is absent. The test
+    must carry the `shared` marker, so that `-m "not shared"` leaves out exactly these."""
+    if _RUNNING and _RUNNING[0].get_closest_marker("shared") is None:
+        pytest.fail(f"{_RUNNING[0].nodeid} reads ../shared without the `shared` marker")
     path = SHARED.joinpath(*parts)
     if not path.exists():
         pytest.skip(f"{path} is absent (a fresh clone has no ../shared; CI has it)")
     return path
+
+
+def same_outputs(a, b, x, atol=1e-5):
+    """Two Keras models give the same outputs on `x`."""
+    np.testing.assert_allclose(a.predict_on_batch(x), b.predict_on_batch(x), atol=atol)
 
 
 @pytest.fixture(scope="session")

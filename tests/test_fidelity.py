@@ -5,7 +5,6 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import warnings
 
@@ -16,9 +15,8 @@ from edgecompress import budget, cli, data, distill, models, pipeline, recipe, t
 from edgecompress._tf import keras
 from edgecompress.errors import OptionError
 from edgecompress.techniques import quantize
-from conftest import write_npz
+from conftest import REPO, write_npz
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 # --- the paired interval -------------------------------------------------------------------
@@ -232,7 +230,7 @@ def npz_pair(train_set, test_set, tmp_path_factory):
 
 def _qat_recipe(trained, npz_pair, out, *extra):
     return subprocess.run(
-        [sys.executable, str(ROOT / "recipes" / "resnet8_qat_int8.py"), "--model",
+        [sys.executable, str(REPO / "recipes" / "resnet8_qat_int8.py"), "--model",
          str(trained[1]), "--train-data", str(npz_pair[0]), "--eval-data", str(npz_pair[1]),
          "--preprocess", "unit", "--calibration-samples", "50", "--quiet", "--out", str(out),
          *map(str, extra)], capture_output=True, text=True, timeout=600)

@@ -3,7 +3,6 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from edgecompress.device.verify import LiteRTModel
 from edgecompress.errors import OptionError
 from edgecompress.options import Mode
 from edgecompress.techniques import cluster, quantize
-from conftest import IMAGE, write_npz
+from conftest import REPO, IMAGE, write_npz
 
 
 def small(train_set, depthwise=False) -> keras.Model:
@@ -168,7 +167,7 @@ def test_int4_recipe_writes_and_judges_the_int4w_file(trained, train_set, test_s
     test_npz = write_npz(tmp_path / "test.npz", x=test_set.x[:100], y=test_set.y[:100],
                          classes=classes)
     out = tmp_path / "run"
-    script = Path(__file__).resolve().parents[1] / "recipes" / "resnet8_qat_int4.py"
+    script = REPO / "recipes" / "resnet8_qat_int4.py"
     done = subprocess.run(
         [sys.executable, str(script), "--model", str(trained[1]), "--train-data", str(train_npz),
          "--eval-data", str(test_npz), "--preprocess", "unit", "--out", str(out),

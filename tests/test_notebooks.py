@@ -1,12 +1,12 @@
 """Every notebook runs top to bottom on the built-in dataset (a fresh kernel each)."""
 
-from pathlib import Path
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
+from conftest import REPO
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 
 
 def test_there_are_eight_notebooks():

@@ -2,7 +2,6 @@ import json
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,9 +9,8 @@ import pytest
 from edgecompress import pipeline, recipe, train
 from edgecompress.errors import OptionError
 from edgecompress.techniques import cluster, prune, quantize
-from conftest import write_npz
+from conftest import REPO, write_npz
 
-ROOT = Path(__file__).resolve().parents[1]
 FIT = train.FitConfig(epochs=1)
 
 
@@ -54,7 +52,7 @@ def shapes_npz(train_set, test_set, tmp_path_factory):
 
 
 def _run_script(name, *args):
-    return subprocess.run([sys.executable, str(ROOT / "recipes" / name), *map(str, args)],
+    return subprocess.run([sys.executable, str(REPO / "recipes" / name), *map(str, args)],
                           capture_output=True, text=True, timeout=1200)
 
 

@@ -16,9 +16,8 @@ from edgecompress.device import targets, verdict, verify
 from edgecompress.errors import EdgeCompressError
 from edgecompress.techniques import channels, cluster, lowrank, prune, quantize
 from edgecompress.train import FitConfig
-from conftest import write_npz
+from conftest import REPO, write_npz
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +117,7 @@ def test_bad_input_through_the_api(case, inputs, trained, int8_file):
 
 
 def _recipe(*args):
-    return subprocess.run([sys.executable, str(ROOT / "recipes" / "resnet8_qat_int8.py"),
+    return subprocess.run([sys.executable, str(REPO / "recipes" / "resnet8_qat_int8.py"),
                            *map(str, args)], capture_output=True, text=True, timeout=300)
 
 
@@ -174,7 +173,7 @@ SHORT = ["--epochs", "1", "--qat-steps", "5"]
 @pytest.mark.slow
 def test_killed_recipe_resumes_from_its_last_completed_stage(tmp_path):
     out = tmp_path / "run"
-    script = str(ROOT / "recipes" / "resnet8_prune_qat_int8.py")
+    script = str(REPO / "recipes" / "resnet8_prune_qat_int8.py")
     process = subprocess.Popen([sys.executable, script, *RECIPE, *LONG, "--out",
                                 str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
@@ -206,7 +205,7 @@ def test_killed_recipe_resumes_from_its_last_completed_stage(tmp_path):
                                   "--qat-steps", "20", "--quiet", "--max-drop", "100"]),
 ])  # the folder recipe with --new-head: the interrupt test below runs it three times
 def test_same_seed_same_tflite_bytes(tmp_path, recipe_script, argv):
-    script = str(ROOT / "recipes" / recipe_script)
+    script = str(REPO / "recipes" / recipe_script)
     files = []
     for run in ("a", "b"):
         done = subprocess.run([sys.executable, script, *argv, "--out", str(tmp_path / run)],
@@ -222,7 +221,7 @@ FOLDER = ["--images", "shapes", "--image-size", "16", "--new-head", "--preproces
 
 
 def _folder_recipe(model, out, *extra):
-    script = str(ROOT / "recipes" / "mobilenet_folder_int8.py")
+    script = str(REPO / "recipes" / "mobilenet_folder_int8.py")
     return [sys.executable, script, "--model", str(model), *FOLDER, "--out", str(out), *extra]
 
 

@@ -1,15 +1,13 @@
 """On the real CIFAR-10 and MLPerf Tiny ResNet-8 in ../shared (skipped when absent)."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import shared_path
+from conftest import REPO, shared_path
 
 pytestmark = pytest.mark.shared
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +39,7 @@ def test_reference_figures_and_our_int8_export(resnet8, cifar, tmp_path):
     from edgecompress import models, tflite
     from edgecompress.device import verify
 
-    expected = json.loads((ROOT / "benchmarks" / "expected.json").read_text())
+    expected = json.loads((REPO / "benchmarks" / "expected.json").read_text())
     train, test = cifar
     folder = shared_path("models", "mlperf_tiny_resnet8")
     keras_labels = models.predict_labels(resnet8, test, "raw")

@@ -9,7 +9,7 @@ from edgecompress import data, models
 from edgecompress.device import verify
 from edgecompress.errors import DataError, ModelError, OptionError
 
-from conftest import write_npz
+from conftest import REPO, write_npz
 
 
 def test_evaluate_measures_what_it_says(trained, int8_file, test_set):
@@ -109,7 +109,7 @@ def test_the_device_commands_do_not_import_tensorflow(int8_file, tmp_path):
 
 
 def test_recipe_help_and_argument_errors_do_not_import_tensorflow():
-    script = Path(__file__).resolve().parents[1] / "recipes" / \
+    script = REPO / "recipes" / \
         "resnet8_channels_distill_qat_int8.py"
     for argv, status in ((["--help"], 0), (["--out", "x"], 2)):  # --train-data is missing
         code = (f"import runpy, sys\nsys.argv = {[str(script), *argv]!r}\ntry:\n"

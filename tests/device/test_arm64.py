@@ -16,6 +16,8 @@ from edgecompress.device import arm64, cores, inspect, phones, targets, verdict
 from edgecompress.device.arm64 import install
 from edgecompress.errors import EmulationError, EmulatorUnavailable, OptionError
 
+pytestmark = pytest.mark.emulation
+
 RESNET8 = ("models", "mlperf_tiny_resnet8", "pretrainedResnet_quant.tflite")
 RESNET8_FLOAT = ("models", "mlperf_tiny_resnet8", "pretrainedResnet.tflite")
 CLASSES = ("cortex-a53", "cortex-a72", "cortex-a76", "i8mm")
@@ -92,11 +94,13 @@ def test_phone_profiles_name_a_cpu_class():
     assert targets.get("phone-i8mm").estimate_ms_from_instructions(1e6) is None
 
 
+@pytest.mark.shared
 def test_not_set_up_is_one_line(tmp_path):
     with pytest.raises(EmulatorUnavailable, match="phone-setup"):
         arm64.run(shared_path(*RESNET8), np.zeros((2, 32, 32, 3), np.int8), cache=tmp_path)
 
 
+@pytest.mark.shared
 def test_cli_without_set_up_exits_2_with_one_line(tmp_path, capsys):
     status = cli.main(["verify", str(shared_path(*RESNET8)), "--target", "phone-cortex-a76",
                        "--emulate", "--cache-dir", str(tmp_path)])
@@ -105,6 +109,7 @@ def test_cli_without_set_up_exits_2_with_one_line(tmp_path, capsys):
     assert err.strip().count("\n") == 0 and "phone-setup" in err
 
 
+@pytest.mark.shared
 def test_emulate_needs_a_target_with_a_cpu():
     with pytest.raises(OptionError, match="phone-cortex-a76"):
         verdict.verify_target(shared_path(*RESNET8), "phone-cpu", emulate=verdict.Emulation())
@@ -149,6 +154,7 @@ def test_setup_is_idempotent(emulator):
     assert (arm64.home() / "rootfs" / "opt" / "py").stat().st_mtime == before
 
 
+@pytest.mark.shared
 @pytest.mark.slow
 def test_int8_outputs_are_identical_across_cpu_classes(int8_runs):
     first = int8_runs["cortex-a53"].outputs[0]
@@ -157,6 +163,7 @@ def test_int8_outputs_are_identical_across_cpu_classes(int8_runs):
         np.testing.assert_array_equal(run.outputs[0], first, err_msg=cpu)
 
 
+@pytest.mark.shared
 @pytest.mark.slow
 def test_counts_are_the_documented_ones_and_repeat(int8_runs, resnet8):
     for cpu, run in int8_runs.items():  # our count includes the Python call into invoke()
@@ -166,6 +173,7 @@ def test_counts_are_the_documented_ones_and_repeat(int8_runs, resnet8):
     np.testing.assert_array_equal(again.instructions, int8_runs["cortex-a76"].instructions)
 
 
+@pytest.mark.shared
 @pytest.mark.slow
 def test_kernel_paths_per_class(int8_runs):
     assert "neondot" in int8_runs["cortex-a76"].gemm_kernel()
@@ -177,6 +185,7 @@ def test_kernel_paths_per_class(int8_runs):
         assert run.xnnpack_share() > 0.9
 
 
+@pytest.mark.shared
 @pytest.mark.slow
 def test_verdict_on_a_phone(emulator):
     data = _val_original(20)
@@ -191,6 +200,7 @@ def test_verdict_on_a_phone(emulator):
     assert 0 < low <= high < 5  # 1.5 M instructions at 2 GHz
 
 
+@pytest.mark.shared
 @pytest.mark.slow
 def test_a_wrong_cpu_id_is_caught(emulator, monkeypatch):
     """`-cpu cortex-a53` with a Cortex-A72's CPU ID: XNNPACK silently takes a generic
@@ -205,6 +215,7 @@ def test_a_wrong_cpu_id_is_caught(emulator, monkeypatch):
     assert check.status == "fail" and "cortex_a53" not in check.figure
 
 
+@pytest.mark.shared
 @pytest.mark.slow
 def test_float_on_arm_matches_x86(emulator):
     data = _val_original(4)
@@ -216,6 +227,7 @@ def test_float_on_arm_matches_x86(emulator):
     assert result.figures["emulated"]["precision"] == "float"
 
 
+@pytest.mark.shared
 @pytest.mark.slow
 def test_a_qemu_without_the_cpu_model_says_so(emulator, monkeypatch, resnet8):
     monkeypatch.setattr(arm64, "_qemu_cpus", lambda: frozenset({"cortex-a53"}))
@@ -223,6 +235,7 @@ def test_a_qemu_without_the_cpu_model_says_so(emulator, monkeypatch, resnet8):
         arm64.run(resnet8[0], resnet8[1], cpu="cortex-a76")
 
 
+@pytest.mark.shared
 @pytest.mark.slow
 def test_time_limit_ends_the_emulator(emulator, resnet8):
     with pytest.raises(EmulationError, match="limit on"):
@@ -254,6 +267,7 @@ def test_mobilenet_v2_estimate_holds_the_published_latency(emulator, tmp_path):
         assert low <= ms <= high, (name, low, ms, high)
 
 
+@pytest.mark.shared
 @pytest.mark.slow
 def test_compare_float_and_int8_on_boards(emulator):
     """The documented gains: int8 runs ~3.1x fewer instructions than float on a dot-product
@@ -267,6 +281,7 @@ def test_compare_float_and_int8_on_boards(emulator):
     assert phones.fastest(rows)["phone-cortex-a76"][0] == "int8"
 
 
+@pytest.mark.shared
 def test_compare_refuses_a_target_without_a_cpu_class(trained, capsys):
     with pytest.raises(OptionError, match="no ARM64 CPU class"):
         phones.compare({"x": shared_path(*RESNET8)}, ["mcu-cortex-m4"])

@@ -6,11 +6,11 @@ import warnings
 import numpy as np
 import pytest
 
-from edgecompress import data, tflite, train
+from edgecompress import data, models, techniques, tflite, train
 from edgecompress.device import inspect, verify
 from edgecompress._tf import keras
 from edgecompress.errors import OptionError
-from edgecompress.techniques import cluster, prune, quantize
+from edgecompress.techniques import channels, cluster, lowrank, prune, quantize, student
 
 
 def _fit(model, train_set, epochs=1, callbacks=(), learning_rate=1e-3):
@@ -219,3 +219,22 @@ def test_a_storage_a_layer_cannot_take_is_refused_before_training(trained):
         storage.apply(trained[0], storage.Config({"*": "int4"}))
     assert storage.plan_for(trained[0], storage.Config({"conv2d": "int4"}))["conv2d"].kind \
         == "int4"
+
+
+@pytest.mark.parametrize("technique, config, epochs", [
+    ("channels", channels.Config(ratio=0.25), 2),
+    ("lowrank", lowrank.Config(ratio=0.5), 2),
+    ("student", student.Config("tiny_cnn", {"filters": (8, 16)}), 6),  # from scratch
+])
+def test_int8_export_agrees_with_keras(technique, config, epochs, trained, train_set, test_set,
+                                       tmp_path):
+    """LiteRT-against-Keras parity of each architecture-changing technique's export."""
+    model = techniques.get(technique).apply(trained[0], config)
+    train.fit(model, train_set, preprocess="unit", epochs=epochs, learning_rate=1e-2 if
+              technique == "student" else 3e-3, verbose=0)
+    path = tflite.export(model, tmp_path / "m.tflite", mode="int8", data=train_set,
+                         preprocess="unit", calibration_samples=100)
+    keras_labels = models.predict_labels(model, test_set, "unit")
+    assert np.mean(keras_labels == test_set.y) > 0.5  # predictions that mean something
+    assert verify.evaluate(path, test_set, reference=keras_labels,
+                           latency_runs=1).agreement >= 0.95

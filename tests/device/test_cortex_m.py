@@ -20,7 +20,7 @@ from conftest import shared_path
 from edgecompress.device import cache, cores, cortex_m, figures, inspect, targets, verdict
 from edgecompress.errors import DoesNotFit, EmulationError, EmulatorUnavailable, OptionError
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.emulation]
 
 RESNET8 = ("models", "mlperf_tiny_resnet8", "pretrainedResnet_quant.tflite")
 
@@ -63,6 +63,7 @@ def resnet8_runs(emulation, resnet8_images):
             for kernels in ("cmsis-nn", "reference")}
 
 
+@pytest.mark.shared
 def test_reference_firmware_matches_the_python_runtime_byte_for_byte(resnet8_images,
                                                                       resnet8_runs):
     model, x, labels = resnet8_images
@@ -72,6 +73,7 @@ def test_reference_firmware_matches_the_python_runtime_byte_for_byte(resnet8_ima
     assert run.arena_bytes > 40_000 and run.firmware.core.name == "cortex-m4"
 
 
+@pytest.mark.shared
 def test_a_tiny_model_matches_the_python_runtime_on_both_kernel_sets(emulation, int8_file,
                                                                      test_set):
     from edgecompress.data import preprocess
@@ -86,6 +88,7 @@ def test_a_tiny_model_matches_the_python_runtime_on_both_kernel_sets(emulation, 
         assert np.array_equal(run.outputs[0], expected), kernels
 
 
+@pytest.mark.shared
 def test_stored_weights_decode_on_the_firmware_as_in_the_python_runtime(
         emulation, trained, train_set, test_set, tmp_path):
     from edgecompress import tflite
@@ -107,6 +110,7 @@ def test_stored_weights_decode_on_the_firmware_as_in_the_python_runtime(
     assert "int4" in [k["storage"] for k in stored.parts["kernels"]]
 
 
+@pytest.mark.shared
 def test_cmsis_nn_outputs_against_reference_kernels(resnet8_runs):
     # Measured: 0 of 200 output bytes differ on these 20 images (and on every core in
     # ../shared/MCU-EMULATION.md). The tolerance is that measurement, not a guess.
@@ -114,6 +118,7 @@ def test_cmsis_nn_outputs_against_reference_kernels(resnet8_runs):
     assert differing == 0
 
 
+@pytest.mark.shared
 def test_instruction_counts_are_deterministic_and_kernel_sets_differ_as_published(
         emulation, resnet8_images, resnet8_runs):
     model, x, _ = resnet8_images
@@ -130,6 +135,7 @@ def test_instruction_counts_are_deterministic_and_kernel_sets_differ_as_publishe
     assert 0.98 * cmsis <= operators <= 1.001 * cmsis
 
 
+@pytest.mark.shared
 def test_a_fresh_cache_builds_the_firmware(emulation, resnet8_images, resnet8_runs, tmp_path):
     model, x, _ = resnet8_images
     fresh = dict(emulation, cache=tmp_path)
@@ -139,6 +145,7 @@ def test_a_fresh_cache_builds_the_firmware(emulation, resnet8_images, resnet8_ru
     assert np.array_equal(run.instructions, resnet8_runs["reference"].instructions[:2])
 
 
+@pytest.mark.shared
 def test_a_second_call_hits_the_cache(emulation, resnet8_images, resnet8_runs, monkeypatch):
     model, x, _ = resnet8_images
     monkeypatch.setattr(cortex_m, "_compile", lambda *a: pytest.fail("compiled again"))
@@ -147,6 +154,7 @@ def test_a_second_call_hits_the_cache(emulation, resnet8_images, resnet8_runs, m
     assert run.firmware.cached
 
 
+@pytest.mark.shared
 def test_verify_emulate_stands_on_the_emulated_run(emulation, resnet8_images, resnet8_runs):
     from edgecompress import data
 
@@ -172,6 +180,7 @@ def test_verify_emulate_stands_on_the_emulated_run(emulation, resnet8_images, re
     assert "Instructions per operator" in result.to_markdown()
 
 
+@pytest.mark.shared
 def test_measure_gives_the_verdicts_figures_without_one(emulation, resnet8_images,
                                                           resnet8_runs, monkeypatch):
     model, _, _ = resnet8_images
@@ -193,6 +202,7 @@ def test_measure_gives_the_verdicts_figures_without_one(emulation, resnet8_image
         figures.measure(model, "mcu-cortex-m4", emulate)
 
 
+@pytest.mark.shared
 def test_an_operator_the_firmware_lacks_is_found_before_building(emulation, int8_file,
                                                                   monkeypatch):
     monkeypatch.setattr(cortex_m, "_build", lambda *a: pytest.fail("built"))
@@ -206,6 +216,7 @@ def test_an_operator_the_firmware_lacks_is_found_before_building(emulation, int8
         in operators.figure
 
 
+@pytest.mark.shared
 def test_a_model_or_arena_too_big_for_the_board_is_a_failed_budget(emulation, resnet8_images,
                                                                    monkeypatch):
     model, x, _ = resnet8_images
@@ -224,6 +235,7 @@ def test_a_model_or_arena_too_big_for_the_board_is_a_failed_budget(emulation, re
         cortex_m.run(model, x[:1], core="cortex-m4", kernels="reference", **emulation)
 
 
+@pytest.mark.shared
 def test_a_fault_or_a_time_out_is_an_error_naming_model_and_image(emulation, resnet8_images):
     model, x, _ = resnet8_images
     with pytest.raises(EmulationError, match=r"ran past its 1 s limit.*image \d+"):
@@ -263,6 +275,7 @@ def test_emulate_refuses_targets_without_a_core_and_malformed_files_before_build
     assert capsys.readouterr().err.count("\n") == 1
 
 
+@pytest.mark.shared
 def test_emulator_setup_fetches_and_checks_the_pinned_archives(tmp_path, capsys):
     from edgecompress import cli
 
@@ -281,6 +294,7 @@ def test_emulator_setup_fetches_and_checks_the_pinned_archives(tmp_path, capsys)
     assert not (tmp_path / "x" / "tflm-ref.tar.xz").exists()
 
 
+@pytest.mark.shared
 def test_the_search_judges_trials_on_the_emulated_core(emulation, trained, train_set,
                                                        test_set, tmp_path):
     from edgecompress import search
@@ -307,6 +321,7 @@ def test_the_search_judges_trials_on_the_emulated_core(emulation, trained, train
                    search.Settings(target="phone-cpu"), emulate=verdict.Emulation())
 
 
+@pytest.mark.shared
 def test_a_float_model_is_not_emulated_and_the_verdict_says_so(emulation, trained, tmp_path):
     from edgecompress import tflite
 

@@ -8,7 +8,7 @@ import pytest
 
 from edgecompress import cli
 from edgecompress.device import metadata
-from conftest import write_npz
+from conftest import REPO, write_npz
 
 
 def run(capsys, *argv):
@@ -212,11 +212,10 @@ def test_a_preprocessing_known_wrong_stops_every_command_unless_forced(capsys, r
 
 
 def test_the_command_line_reference_page_is_the_parsers_own():
-    from pathlib import Path
 
     from edgecompress.cli import reference
 
-    page = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
+    page = REPO / "docs" / "cli.md"
     assert page.read_text() == reference.markdown(), \
         "docs/cli.md is stale: python -m edgecompress.cli.reference > docs/cli.md"
 
