@@ -23,12 +23,13 @@ import numpy as np
 
 from edgecompress import data as data_module, report
 from edgecompress.device import cortex_m, inspect, targets, verdict
+from edgecompress.device.tflm_firmware import BuildOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {"cortex-m0plus": "mcu-cortex-m0plus", "cortex-m3": "mcu-cortex-m3",
            "cortex-m4": "mcu-cortex-m4", "cortex-m7": "mcu-cortex-m7",
            "cortex-m55": "mcu-cortex-m55"}
-TFLM_DEFAULT = cortex_m.BuildOptions(lto=False, nano=False)  # TFLite Micro's own Makefile
+TFLM_DEFAULT = BuildOptions(lto=False, nano=False)  # TFLite Micro's own Makefile
 OPTION_SETS = {
     "TFLite Micro default (-O2 kernels, -Os rest)": TFLM_DEFAULT,
     "-O3 kernels, -Os rest": replace(TFLM_DEFAULT, kernel_optimisation="-O3"),
@@ -37,7 +38,7 @@ OPTION_SETS = {
     "default + LTO": replace(TFLM_DEFAULT, lto=True),
     "default + newlib-nano": replace(TFLM_DEFAULT, nano=True),
     "default + TF_LITE_STRIP_ERROR_STRINGS": replace(TFLM_DEFAULT, strip_error_strings=True),
-    "edgecompress's default (LTO + newlib-nano)": cortex_m.BuildOptions(),
+    "edgecompress's default (LTO + newlib-nano)": BuildOptions(),
 }
 
 
@@ -71,7 +72,7 @@ def main() -> int:
     return 0
 
 
-def emulate(path, target, images, kernels, options=cortex_m.BuildOptions()):
+def emulate(path, target, images, kernels, options=BuildOptions()):
     started = time.monotonic()
     result = verdict.verify_target(
         path, target, images, emulate=verdict.Emulation(

@@ -15,10 +15,11 @@ __all__ = ["require_emulator", "add_emulator_setup", "run_emulator_setup", "add_
 
 def require_emulator(target, kernels=None, tflm_sources=None, cache=None) -> None:
     """One line, before any work, when the target's emulator is not ready."""
-    from ..device import arm64, cortex_m
+    from ..device import arm64
+    from ..device.tflm_sources import require_tools
 
     if target.runtime == "tflm":
-        cortex_m.require_tools()
+        require_tools()
     elif target.core:
         if kernels or tflm_sources:
             raise OptionError("--kernels and --tflm-sources are for microcontroller targets; "
@@ -43,13 +44,13 @@ def add_emulator_setup(commands) -> None:
 
 
 def run_emulator_setup(args) -> int:
-    from ..device import cortex_m
+    from ..device import tflm_sources
 
-    folder = cortex_m.setup_sources(args.url, args.dest,
+    folder = tflm_sources.setup_sources(args.url, args.dest,
                                     progress=lambda line: print(line, file=sys.stderr))
     print(f"TFLite Micro sources checked and kept in {folder}")
     if args.dest:
-        print(f"point --tflm-sources or ${cortex_m.SOURCES_ENV} at it")
+        print(f"point --tflm-sources or ${tflm_sources.SOURCES_ENV} at it")
     return 0
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _isolate, arm64, cortex_m, inspect, micro, targets as targets_module, verify
+from .tflm_firmware import BuildOptions
 from .checks import (Check, Verdict, accuracy_check, decoding_cost, dtypes_check, flash_check,
                      int4_against_int8, latency_checks, memory_check, operators_check)
 from .emulated_checks import precision_of, verify_arm64, verify_emulated, with_emulation_finding
@@ -46,7 +47,7 @@ class Emulation:
     """
 
     kernels: str | None = None
-    options: cortex_m.BuildOptions = cortex_m.BuildOptions()
+    options: BuildOptions = BuildOptions()
     sources: str | None = None
     cache: str | None = None
     progress: object = None

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from conftest import shared_path
-from edgecompress.device import cache, cores, cortex_m, figures, inspect, targets, verdict
+from edgecompress.device import (cache, cores, cortex_m, figures, inspect, targets,
+                                 tflm_firmware, tflm_sources, verdict)
 from edgecompress.errors import DoesNotFit, EmulationError, EmulatorUnavailable, OptionError
 
 pytestmark = [pytest.mark.slow, pytest.mark.emulation]
@@ -28,9 +29,9 @@ RESNET8 = ("models", "mlperf_tiny_resnet8", "pretrainedResnet_quant.tflite")
 @pytest.fixture(scope="module")
 def emulation():
     """Build settings shared by every test here: the sources and the shared cache."""
-    missing = cortex_m.missing_tools()
+    missing = tflm_sources.missing_tools()
     if missing:
-        pytest.skip(f"needs {', '.join(missing)}: {cortex_m.INSTALL}")
+        pytest.skip(f"needs {', '.join(missing)}: {tflm_sources.INSTALL}")
     return {"sources": shared_path("tflm"), "cache": cache.cache_dir()}
 
 
@@ -148,8 +149,8 @@ def test_a_fresh_cache_builds_the_firmware(emulation, resnet8_images, resnet8_ru
 @pytest.mark.shared
 def test_a_second_call_hits_the_cache(emulation, resnet8_images, resnet8_runs, monkeypatch):
     model, x, _ = resnet8_images
-    monkeypatch.setattr(cortex_m, "_compile", lambda *a: pytest.fail("compiled again"))
-    monkeypatch.setattr(cortex_m, "_build", lambda *a: pytest.fail("linked again"))
+    monkeypatch.setattr(tflm_firmware, "_compile", lambda *a: pytest.fail("compiled again"))
+    monkeypatch.setattr(tflm_firmware, "_build", lambda *a: pytest.fail("linked again"))
     run = cortex_m.run(model, x[:1], core="cortex-m4", kernels="reference", **emulation)
     assert run.firmware.cached
 
@@ -205,8 +206,8 @@ def test_measure_gives_the_verdicts_figures_without_one(emulation, resnet8_image
 @pytest.mark.shared
 def test_an_operator_the_firmware_lacks_is_found_before_building(emulation, int8_file,
                                                                   monkeypatch):
-    monkeypatch.setattr(cortex_m, "_build", lambda *a: pytest.fail("built"))
-    monkeypatch.setattr(cortex_m, "operators", lambda tree: {})
+    monkeypatch.setattr(tflm_firmware, "_build", lambda *a: pytest.fail("built"))
+    monkeypatch.setattr(tflm_sources, "operators", lambda tree: {})
     first = sorted(op.name for op in inspect.open(int8_file).operators)[0]
     result = verdict.verify_target(int8_file, "mcu-cortex-m4", emulate=verdict.Emulation(
         sources=str(emulation["sources"]), cache=str(emulation["cache"])))
@@ -230,7 +231,7 @@ def test_a_model_or_arena_too_big_for_the_board_is_a_failed_budget(emulation, re
     assert ram.status == "fail" and "16,384-byte arena" in ram.figure
     monkeypatch.setitem(cores.BOARDS, "mps2-an386",
                         dataclasses.replace(board, model_capacity=50_000))
-    monkeypatch.setattr(cortex_m, "_build", lambda *a: pytest.fail("built"))
+    monkeypatch.setattr(tflm_firmware, "_build", lambda *a: pytest.fail("built"))
     with pytest.raises(DoesNotFit, match="98,496 bytes.*50,000"):
         cortex_m.run(model, x[:1], core="cortex-m4", kernels="reference", **emulation)
 
@@ -254,7 +255,7 @@ def test_missing_tools_are_one_line_with_the_install_command(monkeypatch, int8_f
 
     monkeypatch.setattr(shutil, "which", lambda tool: None)
     with pytest.raises(EmulatorUnavailable, match="apt-get install gcc-arm-none-eabi"):
-        cortex_m.require_tools()
+        tflm_sources.require_tools()
     assert cli.main(["verify", str(int8_file), "--target", "mcu-cortex-m4", "--emulate"]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "arm-none-eabi-gcc" in error and "apt-get" in error
@@ -264,9 +265,9 @@ def test_emulate_refuses_targets_without_a_core_and_malformed_files_before_build
         int8_file, tmp_path, monkeypatch, capsys):
     from edgecompress import cli
 
-    if cortex_m.missing_tools():
-        pytest.skip(f"needs {cortex_m.INSTALL}")
-    monkeypatch.setattr(cortex_m, "_build", lambda *a: pytest.fail("built"))
+    if tflm_sources.missing_tools():
+        pytest.skip(f"needs {tflm_sources.INSTALL}")
+    monkeypatch.setattr(tflm_firmware, "_build", lambda *a: pytest.fail("built"))
     assert cli.main(["verify", str(int8_file), "--target", "phone-cpu", "--emulate"]) == 2
     assert "--emulate needs a target with a core" in capsys.readouterr().err
     half = tmp_path / "half.tflite"
@@ -283,7 +284,7 @@ def test_emulator_setup_fetches_and_checks_the_pinned_archives(tmp_path, capsys)
     url = sources.as_uri()
     assert cli.main(["emulator-setup", url, "--dest", str(tmp_path / "kept")]) == 0
     kept = sorted(p.name for p in (tmp_path / "kept").iterdir())
-    assert kept == sorted(f"{name}.tar.xz" for name in cortex_m.ARCHIVE_DIGESTS)
+    assert kept == sorted(f"{name}.tar.xz" for name in tflm_sources.ARCHIVE_DIGESTS)
     tampered = tmp_path / "tampered"
     shutil.copytree(sources, tampered)
     with open(tampered / "tflm-ref.tar.xz", "ab") as f:

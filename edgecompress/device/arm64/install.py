@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 from . import _prefix, home, litert_version
-from .. import cortex_m
+from .. import tflm_firmware, tflm_sources
 from .. import child
 from ..cores import CPUS
 from ...errors import EmulatorUnavailable
@@ -49,7 +49,7 @@ def setup(cache=None, progress=print) -> Path:
     _install_tools(progress)
     _root_filesystem(root / "rootfs", progress)
     _wheels(root / "rootfs" / "opt" / "py", progress)
-    plugin = cortex_m.build_plugin(_plugin_header(root.parent, progress), cache)
+    plugin = tflm_firmware.build_plugin(_plugin_header(root.parent, progress), cache)
     _smoke_test(root, progress)
     for cpu in CPUS.values():  # made here, so that runs by another user need not write
         _prefix(root, cpu)
@@ -144,8 +144,8 @@ def _plugin_header(folder: Path, progress) -> Path:
     include = folder / "qemu-plugin-api"
     if (include / "qemu-plugin.h").is_file():
         return include
-    sources = cortex_m.default_sources()
-    archive = sources / f"{cortex_m.ARCHIVES['plugin']}.tar.xz" if sources else None
+    sources = tflm_sources.default_sources()
+    archive = sources / f"{tflm_sources.ARCHIVES['plugin']}.tar.xz" if sources else None
     with tempfile.TemporaryDirectory(prefix="edgecompress-qemu-source-") as work:
         work = Path(work)
         if archive is None or not archive.is_file():
