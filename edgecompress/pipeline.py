@@ -122,7 +122,7 @@ def compress(model, stages: list[recipe.Stage], train_data, eval_data, out: Path
 
     Every file is judged on `eval_data` against the float Keras model on the same images:
     accuracy, the paired drop with its 95 % interval, and top-1 agreement; the recipe's
-    file against the budget of `max_drop` points (`report["budget"]`).
+    file against the budget of `settings.max_drop` points (`report["budget"]`).
 
     Args:
         settings: how it trains, exports and judges.

@@ -1,6 +1,7 @@
 """Faithful where deployed: distillation by default, transfer images through the teacher
 only, full batches, steps and augmentation, and the accuracy budget with its interval."""
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 from edgecompress import budget, cli, data, distill, models, pipeline, recipe, train
 from edgecompress._tf import keras
 from edgecompress.errors import OptionError
+from edgecompress.options import Preprocess
 from edgecompress.techniques import quantize
 from conftest import REPO, write_npz
 
@@ -286,22 +288,35 @@ def test_training_accuracy_counts_labelled_images_only(trained, train_set):
 
 
 def test_a_recipe_file_that_is_not_fully_integer_breaks_the_budget(train_set, test_set,
-                                                                  tmp_path):
+                                                                  tmp_path, capsys):
     inputs = keras.Input((16, 16, 3))
     x = keras.layers.LayerNormalization()(keras.layers.Conv2D(4, 3)(inputs))  # QAT leaves it
     outputs = keras.layers.Dense(10, activation="softmax")(  # float
         keras.layers.GlobalAveragePooling2D()(x))
     stages = [recipe.Stage("qat", quantize.Config(), train.FitConfig(steps=2))]
+    lines = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = pipeline.compress(keras.Model(inputs, outputs), stages,
                                    train_set.take(64).with_preprocess("unit"),
                                    test_set.take(20).with_preprocess("unit"), tmp_path,
-                                   pipeline.Settings(latency_runs=2, max_drop=100, verbose=0))
+                                   pipeline.Settings(latency_runs=2, max_drop=100, verbose=0),
+                                   progress=lines.append)
+    assert lines[0].startswith("[1/4]") and "[stage 1/1]" in "".join(lines)
+    assert "[1/4]" not in capsys.readouterr().out  # the callback took every line
     assert not result["budget"]["passed"]
     assert "model_int8.tflite is not fully integer" in result["budget"]["text"]
     assert "Warning: model_int8.tflite is not fully integer" in (tmp_path / "report.md"
                                                                  ).read_text()
+
+
+def test_compress_settings_are_frozen_json_and_check_the_budget():
+    settings = pipeline.Settings(preprocess=Preprocess.RAW, strip_names=True)
+    assert json.loads(json.dumps(dataclasses.asdict(settings)))["preprocess"] == "raw"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.seed = 1
+    with pytest.raises(OptionError, match="max_drop"):
+        pipeline.Settings(max_drop=-1)
 
 
 def test_a_collapse_fails_the_file_only_when_compression_caused_it(int8_file):
