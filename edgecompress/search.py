@@ -90,8 +90,10 @@ class Settings:
             time_budget: stop earlier ("2h", "30m", seconds).
         steps, qat_steps: fine-tuning per trial: short, for ranking.
         finalists: after the trials (and beyond `time_budget`), train this many of the
-            best again with `final_steps` and `final_qat_steps` and judge them the same
-            way; the best is then the smallest finalist within every budget. The best:
+            best again with `final_steps`, `final_qat_steps` and the next seed (a second
+            draw of the recipe, not a replay: a short recipe's drop varies by points from
+            seed to seed) and judge them the same way; the best is then the smallest
+            finalist within every budget. The best:
             the trials within every budget by bytes, then those that broke only the
             accuracy budget, by drop (full-length training may bring them within it).
         max_ratio: the largest share of a channel group a trial removes (0: storage alone);
@@ -333,7 +335,8 @@ def _finalists(objective, study, count: int, steps: int, qat_steps: int) -> list
         plan = {layer: trial.params[f"storage {layer}"] for layer in objective.layers}
         row, constraints = objective.build(
             objective.stages(ratios, bits, steps, qat_steps, plan),
-            objective.out / "finalists" / f"trial_{trial.number}.tflite")
+            objective.out / "finalists" / f"trial_{trial.number}.tflite",
+            seed=objective.settings.seed + 1)
         fits = all(v <= 0 for v in constraints.values())
         rows.append({"trial": trial.number, **row, "fits": fits,
                      "seconds": round(time.perf_counter() - started, 1)})
@@ -528,13 +531,14 @@ class _Objective:
 
         return interim_reports(self.eval_data, self.keras_labels, total, report)
 
-    def build(self, stages: list[recipe.Stage], path: Path,
-              callbacks=()) -> tuple[dict, dict]:
-        """Compresses a copy of the model with `stages` (`callbacks` watch its training),
-        exports `path` (and its recipe beside it) and judges it: (row, constraints, each
-        feasible when <= 0)."""
+    def build(self, stages: list[recipe.Stage], path: Path, callbacks=(),
+              seed: int | None = None) -> tuple[dict, dict]:
+        """Compresses a copy of the model with `stages` (`callbacks` watch its training;
+        `seed`: the settings' unless given), exports `path` (and its recipe beside it) and
+        judges it: (row, constraints, each feasible when <= 0)."""
         final, _ = recipe.run(models.copy(self.model), stages, self.train,
-                              seed=self.settings.seed, verbose=0, transfer=self.transfer,
+                              seed=self.settings.seed if seed is None else seed, verbose=0,
+                              transfer=self.transfer,
                               callbacks=callbacks, progress=_io.silent)  # one line per trial
         path = pipeline.export_result(final, stages, path, data=self.train,
                                       strip_names=self.settings.strip_names)

@@ -33,6 +33,20 @@ def test_settings_are_json_and_refuse_what_they_cannot_mean():
             search.Settings(target="mcu-cortex-m4", **bad)
 
 
+@pytest.mark.slow
+def test_a_finalist_is_a_second_draw_not_a_replay(trained, train_set, test_set, tmp_path,
+                                                  board):
+    train, judge = train_set.with_preprocess("unit"), test_set.with_preprocess("unit")
+    result = search.run(trained[0], train, judge, tmp_path, search.Settings(
+        target=board, max_drop=100, trials=1, finalists=1, final_steps=SHORT["steps"],
+        final_qat_steps=SHORT["qat_steps"], strip_names=True, **SHORT))  # as names differ
+    (trial,), (final,) = result["trials"], result["finalists"]
+    assert final["trial"] == trial["trial"] and final["bytes"] == trial["bytes"]
+    # the same recipe at the same length with the next seed: other weights (with the same
+    # seed, the very same file)
+    assert open(final["file"], "rb").read() != open(trial["file"], "rb").read()
+
+
 @pytest.mark.slow  # a minute: the fast tier keeps the search's budget and naming tests
 def test_the_winner_meets_the_budget_and_the_study_resumes(trained, train_set, test_set,
                                                            tmp_path, board):
