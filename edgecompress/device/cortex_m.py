@@ -43,6 +43,10 @@ class EmulatedRun:
     seconds: float = 0.0
 
     @property
+    def median_instructions(self) -> float:
+        return float(np.median(self.instructions))
+
+    @property
     def ram_bytes(self) -> int:
         return self.firmware.static_ram_bytes + self.arena_bytes
 

@@ -45,7 +45,7 @@ def verify_emulated(model, target, data, how, reference, min_accuracy, runner, r
                 f"data and bss {built.static_ram_bytes:,} + measured arena "
                 f"{run.arena_bytes:,}; the stack and the emulator's file buffers left out")]
     checks += decoding_cost(model, summary)
-    instructions = float(np.median(run.instructions))
+    instructions = run.median_instructions
     spread = int(run.instructions.max() - run.instructions.min())
     checks.append(Check("instructions per inference", INFO, f"{instructions:,.0f}",
                         note=f"median of {len(run.instructions)} image(s), spread {spread:,}; "

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from . import arm64, cortex_m, inspect, targets as targets_module
 from .verdict import Emulation, emulate_run
 
@@ -25,14 +23,12 @@ class Figures:
         ram_bytes: the emulated firmware's static RAM and measured arena, or the file's
             peak activation estimate.
         instructions: the emulated instructions per inference (median), or None.
-        source: how the figures were obtained.
     """
 
     latency_ms: tuple | None
     flash_bytes: int
     ram_bytes: int
     instructions: float | None
-    source: str
 
 
 def measure(path, target, emulate: Emulation | None = None) -> Figures:
@@ -49,18 +45,16 @@ def measure(path, target, emulate: Emulation | None = None) -> Figures:
     model = path if isinstance(path, inspect.Model) else inspect.open(path)
     if emulate is None:
         return Figures(target.estimate_ms(model.summary()["macs"]), model.size,
-                       model.peak_activation_bytes(), None, "MAC estimate")
+                       model.peak_activation_bytes(), None)
     run = emulate_run(model, target, None, None, 1, emulate)
     if isinstance(run, Exception):
         raise run
     if isinstance(run, arm64.ArmRun):
         instructions = run.steady_instructions
         return Figures(target.estimate_ms_from_instructions(instructions, run.arithmetic()),
-                       model.size, model.peak_activation_bytes(), instructions,
-                       f"LiteRT's ARM64 build on {run.cpu.name} (QEMU)")
+                       model.size, model.peak_activation_bytes(), instructions)
     assert isinstance(run, cortex_m.EmulatedRun), run
-    instructions = float(np.median(run.instructions))
+    instructions = run.median_instructions
     return Figures(target.estimate_ms_from_instructions(instructions),
-                   run.flash_bytes(model.size), run.ram_bytes, instructions,
-                   f"TFLite Micro on {run.firmware.core.name} (QEMU)")
+                   run.flash_bytes(model.size), run.ram_bytes, instructions)
 

@@ -29,7 +29,6 @@ __all__ = ["Check", "Verdict", "ARM64_IMAGES", "Emulation", "verify_target", "em
            "zero_point_images", "precision_of"]
 
 
-
 ARM64_IMAGES = 10  # the spot check of ARM outputs against this machine's
 
 
