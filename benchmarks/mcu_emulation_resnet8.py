@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from edgecompress import data as data_module, report
-from edgecompress.device import cortex_m, inspect, targets, verdict
-from edgecompress.device.tflm_firmware import BuildOptions
+from edgecompress.device import inspect, targets, verdict
+from edgecompress.device.emulation import cortex_m
+from edgecompress.device.emulation.firmware import BuildOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {"cortex-m0plus": "mcu-cortex-m0plus", "cortex-m3": "mcu-cortex-m3",

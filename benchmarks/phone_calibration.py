@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecompress import data, tflite
-from edgecompress.device import arm64
+from edgecompress.device.emulation import arm64
 
 ROOT = Path(__file__).resolve().parents[1]
 XNNPACK = "XNNPACK README, Performance section (2022-02-08)"

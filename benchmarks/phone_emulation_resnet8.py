@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 
 from edgecompress import data as data_module, report
-from edgecompress.device import arm64, verdict
+from edgecompress.device import verdict
+from edgecompress.device.emulation import arm64
 from edgecompress.device.phones import PHONE_TARGETS
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ from pathlib import Path
 import edgecompress
 
 ROOT = Path(edgecompress.__file__).parent
-SKIP = {"edgecompress.device.arm64.guest"}  # runs inside the emulated ARM64 system
+SKIP = {"edgecompress.device.emulation.arm64.guest"}  # runs inside the emulated ARM64 system
 
 
 def _modules():

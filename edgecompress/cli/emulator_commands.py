@@ -15,8 +15,8 @@ __all__ = ["require_emulator", "add_emulator_setup", "run_emulator_setup", "add_
 
 def require_emulator(target, kernels=None, tflm_sources=None, cache=None) -> None:
     """One line, before any work, when the target's emulator is not ready."""
-    from ..device import arm64
-    from ..device.tflm_sources import require_tools
+    from ..device.emulation import arm64
+    from ..device.emulation.sources import require_tools
 
     if target.runtime == "tflm":
         require_tools()
@@ -44,13 +44,13 @@ def add_emulator_setup(commands) -> None:
 
 
 def run_emulator_setup(args) -> int:
-    from ..device import tflm_sources
+    from ..device.emulation import sources
 
-    folder = tflm_sources.setup_sources(args.url, args.dest,
-                                    progress=lambda line: print(line, file=sys.stderr))
+    folder = sources.setup_sources(args.url, args.dest,
+                                   progress=lambda line: print(line, file=sys.stderr))
     print(f"TFLite Micro sources checked and kept in {folder}")
     if args.dest:
-        print(f"point --tflm-sources or ${tflm_sources.SOURCES_ENV} at it")
+        print(f"point --tflm-sources or ${sources.SOURCES_ENV} at it")
     return 0
 
 
@@ -71,7 +71,7 @@ def add_phone_setup(commands) -> None:
 
 
 def run_phone_setup(args) -> int:
-    from ..device.arm64 import install
+    from ..device.emulation.arm64 import install
 
     folder = install.setup(args.cache_dir, progress=lambda line: print(line, file=sys.stderr))
     print(f"emulated ARM64 system ready in {folder}")
@@ -114,7 +114,8 @@ def add_compare_modes(commands) -> None:
 
 def run_compare_modes(args) -> int:
     from .. import _io, models, report, tflite
-    from ..device import arm64, phones, verify
+    from ..device import phones, verify
+    from ..device.emulation import arm64
 
     if args.json:
         _io.writable_path(args.json)

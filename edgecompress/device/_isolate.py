@@ -11,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 
-from . import child
+from .emulation import common
 from ..errors import EdgeCompressError, ModelError
 
 __all__ = ["call", "capture_native_output"]
@@ -34,12 +34,12 @@ def call(function, *args, what: str = "the interpreter", **kwargs):
         done = subprocess.run([sys.executable, "-P", "-m", __name__, result_path],
                               input=request, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         if done.returncode < 0:
-            raise ModelError(f"{what} crashed on this file ({child.ending(done.returncode)});"
+            raise ModelError(f"{what} crashed on this file ({common.ending(done.returncode)});"
                              " the file is probably malformed.")
         if done.returncode != 0 or not os.path.exists(result_path):
-            last = child.last_lines(done.stderr.decode("utf-8", "replace"), 1, 300)
+            last = common.last_lines(done.stderr.decode("utf-8", "replace"), 1, 300)
             raise ModelError(f"{what} failed in its child process "
-                             f"({child.ending(done.returncode)}): {last}")
+                             f"({common.ending(done.returncode)}): {last}")
         with open(result_path, "rb") as f:
             ok, value = pickle.load(f)
     if not ok:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import arm64, cortex_m, inspect, targets as targets_module
+from . import inspect, targets as targets_module
+from .emulation import arm64, cortex_m
 from .verdict import Emulation, emulate_run
 
 __all__ = ["Figures", "measure"]

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import arm64, inspect, targets as targets_module
+from . import inspect, targets as targets_module
+from .emulation import arm64
 from .cores import CPUS
 from .verdict import precision_of, zero_point_images
 from ..errors import OptionError

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _isolate, arm64, cortex_m, inspect, micro, targets as targets_module, verify
-from .tflm_firmware import BuildOptions
+from . import _isolate, inspect, micro, targets as targets_module, verify
+from .emulation import arm64, cortex_m
+from .emulation.firmware import BuildOptions
 from .checks import (Check, Verdict, accuracy_check, decoding_cost, dtypes_check, flash_check,
                      int4_against_int8, latency_checks, memory_check, operators_check)
 from .emulated_checks import precision_of, verify_arm64, verify_emulated, with_emulation_finding

@@ -12,8 +12,9 @@ import pytest
 
 from conftest import shared_path
 from edgecompress import cli
-from edgecompress.device import arm64, cores, inspect, phones, targets, verdict
-from edgecompress.device.arm64 import install
+from edgecompress.device import cores, inspect, phones, targets, verdict
+from edgecompress.device.emulation import arm64
+from edgecompress.device.emulation.arm64 import install
 from edgecompress.errors import EmulationError, EmulatorUnavailable, OptionError
 
 pytestmark = pytest.mark.emulation

@@ -1,6 +1,6 @@
 """TFLite Micro on emulated Cortex-M cores (`cortex_m`, `verify --emulate`).
 
-The firmware builds into the cache every emulated run uses (`cache.cache_dir()`, as the
+The firmware builds into the cache every emulated run uses (`common.cache_dir()`, as the
 other tests' and the CLI's runs do): its builds are keyed by the sources' digest, the core,
 the kernel set, the build options and the firmware's own sources, so a build found there is
 the one these sources make. A first build takes about 2.5 minutes for the M4 with CMSIS-NN,
@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from conftest import shared_path
-from edgecompress.device import (cache, cores, cortex_m, figures, inspect, targets,
-                                 tflm_firmware, tflm_sources, verdict)
+from edgecompress.device import cores, figures, inspect, targets, verdict
+from edgecompress.device.emulation import common, cortex_m, firmware, sources
 from edgecompress.errors import DoesNotFit, EmulationError, EmulatorUnavailable, OptionError
 
 pytestmark = [pytest.mark.slow, pytest.mark.emulation]
@@ -29,10 +29,10 @@ RESNET8 = ("models", "mlperf_tiny_resnet8", "pretrainedResnet_quant.tflite")
 @pytest.fixture(scope="module")
 def emulation():
     """Build settings shared by every test here: the sources and the shared cache."""
-    missing = tflm_sources.missing_tools()
+    missing = sources.missing_tools()
     if missing:
-        pytest.skip(f"needs {', '.join(missing)}: {tflm_sources.INSTALL}")
-    return {"sources": shared_path("tflm"), "cache": cache.cache_dir()}
+        pytest.skip(f"needs {', '.join(missing)}: {sources.INSTALL}")
+    return {"sources": shared_path("tflm"), "cache": common.cache_dir()}
 
 
 @pytest.fixture(scope="module")
@@ -149,8 +149,8 @@ def test_a_fresh_cache_builds_the_firmware(emulation, resnet8_images, resnet8_ru
 @pytest.mark.shared
 def test_a_second_call_hits_the_cache(emulation, resnet8_images, resnet8_runs, monkeypatch):
     model, x, _ = resnet8_images
-    monkeypatch.setattr(tflm_firmware, "_compile", lambda *a: pytest.fail("compiled again"))
-    monkeypatch.setattr(tflm_firmware, "_build", lambda *a: pytest.fail("linked again"))
+    monkeypatch.setattr(firmware, "_compile", lambda *a: pytest.fail("compiled again"))
+    monkeypatch.setattr(firmware, "_build", lambda *a: pytest.fail("linked again"))
     run = cortex_m.run(model, x[:1], core="cortex-m4", kernels="reference", **emulation)
     assert run.firmware.cached
 
@@ -206,8 +206,8 @@ def test_measure_gives_the_verdicts_figures_without_one(emulation, resnet8_image
 @pytest.mark.shared
 def test_an_operator_the_firmware_lacks_is_found_before_building(emulation, int8_file,
                                                                   monkeypatch):
-    monkeypatch.setattr(tflm_firmware, "_build", lambda *a: pytest.fail("built"))
-    monkeypatch.setattr(tflm_sources, "operators", lambda tree: {})
+    monkeypatch.setattr(firmware, "_build", lambda *a: pytest.fail("built"))
+    monkeypatch.setattr(sources, "operators", lambda tree: {})
     first = sorted(op.name for op in inspect.open(int8_file).operators)[0]
     result = verdict.verify_target(int8_file, "mcu-cortex-m4", emulate=verdict.Emulation(
         sources=str(emulation["sources"]), cache=str(emulation["cache"])))
@@ -231,7 +231,7 @@ def test_a_model_or_arena_too_big_for_the_board_is_a_failed_budget(emulation, re
     assert ram.status == "fail" and "16,384-byte arena" in ram.figure
     monkeypatch.setitem(cores.BOARDS, "mps2-an386",
                         dataclasses.replace(board, model_capacity=50_000))
-    monkeypatch.setattr(tflm_firmware, "_build", lambda *a: pytest.fail("built"))
+    monkeypatch.setattr(firmware, "_build", lambda *a: pytest.fail("built"))
     with pytest.raises(DoesNotFit, match="98,496 bytes.*50,000"):
         cortex_m.run(model, x[:1], core="cortex-m4", kernels="reference", **emulation)
 
@@ -255,7 +255,7 @@ def test_missing_tools_are_one_line_with_the_install_command(monkeypatch, int8_f
 
     monkeypatch.setattr(shutil, "which", lambda tool: None)
     with pytest.raises(EmulatorUnavailable, match="apt-get install gcc-arm-none-eabi"):
-        tflm_sources.require_tools()
+        sources.require_tools()
     assert cli.main(["verify", str(int8_file), "--target", "mcu-cortex-m4", "--emulate"]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "arm-none-eabi-gcc" in error and "apt-get" in error
@@ -265,9 +265,9 @@ def test_emulate_refuses_targets_without_a_core_and_malformed_files_before_build
         int8_file, tmp_path, monkeypatch, capsys):
     from edgecompress import cli
 
-    if tflm_sources.missing_tools():
-        pytest.skip(f"needs {tflm_sources.INSTALL}")
-    monkeypatch.setattr(tflm_firmware, "_build", lambda *a: pytest.fail("built"))
+    if sources.missing_tools():
+        pytest.skip(f"needs {sources.INSTALL}")
+    monkeypatch.setattr(firmware, "_build", lambda *a: pytest.fail("built"))
     assert cli.main(["verify", str(int8_file), "--target", "phone-cpu", "--emulate"]) == 2
     assert "--emulate needs a target with a core" in capsys.readouterr().err
     half = tmp_path / "half.tflite"
@@ -280,13 +280,13 @@ def test_emulate_refuses_targets_without_a_core_and_malformed_files_before_build
 def test_emulator_setup_fetches_and_checks_the_pinned_archives(tmp_path, capsys):
     from edgecompress import cli
 
-    sources = shared_path("tflm")
-    url = sources.as_uri()
+    archives = shared_path("tflm")
+    url = archives.as_uri()
     assert cli.main(["emulator-setup", url, "--dest", str(tmp_path / "kept")]) == 0
     kept = sorted(p.name for p in (tmp_path / "kept").iterdir())
-    assert kept == sorted(f"{name}.tar.xz" for name in tflm_sources.ARCHIVE_DIGESTS)
+    assert kept == sorted(f"{name}.tar.xz" for name in sources.ARCHIVE_DIGESTS)
     tampered = tmp_path / "tampered"
-    shutil.copytree(sources, tampered)
+    shutil.copytree(archives, tampered)
     with open(tampered / "tflm-ref.tar.xz", "ab") as f:
         f.write(b"\0")
     capsys.readouterr()

@@ -3,7 +3,7 @@
 This file runs under the guest's Python with only `ai_edge_litert` and `numpy`: it imports
 nothing from edgecompress. Usage: guest.py REQUEST.json, where the request names the model,
 the inputs (.npy), the thread count and the folder for the results. Every invoke is
-bracketed by marks that the counting plugin sees (`firmware/count.c`); the last one also
+bracketed by marks that the counting plugin sees (`native/count.c`); the last one also
 writes the instructions of each code block run, which name XNNPACK's kernels.
 """
 

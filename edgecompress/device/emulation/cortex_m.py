@@ -1,12 +1,12 @@
 """TFLite Micro built for a Cortex-M core and run under `qemu-system-arm`.
 
-The firmware (sources in `firmware/`) reads the `.tflite` and the input tensors through
+The firmware (sources in `native/`) reads the `.tflite` and the input tensors through
 semihosting at run time and writes every output tensor back, so one firmware serves every
-model with the same operators. A QEMU plugin (`firmware/count.c`) counts the instructions
+model with the same operators. A QEMU plugin (`native/count.c`) counts the instructions
 executed between marks around each `Invoke()` and each operator. QEMU models no pipeline,
 caches or wait states: the counts are exact and deterministic, cycles are not.
 
-The firmware is built (and cached) by `tflm_firmware` from the sources of `tflm_sources`;
+The firmware is built (and cached) by `firmware` from the sources of `sources`;
 QEMU runs in a child process with a time limit.
 """
 
@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import child
-from .cores import BOARDS, CORES
-from .tflm_firmware import BuildOptions, Firmware, firmware, plugin
-from ..errors import DoesNotFit, EmulationError, OptionError
-from ..options import lookup
+from . import common
+from ..cores import BOARDS, CORES
+from .firmware import BuildOptions, Firmware, firmware, plugin
+from ...errors import DoesNotFit, EmulationError, OptionError
+from ...options import lookup
 
 __all__ = ["EmulatedRun", "run"]
 
@@ -130,7 +130,7 @@ def _boot(built: Firmware, work: Path, timeout: float, model, counter: Path):
         f"{counter},invoke={built.invoke_mark:#x},op={built.op_mark:#x}",
         "-d", "plugin", "-D", "marks.log"]
     name = f"`{model.path}`" if model.path else "the model"
-    done = child.run(command, timeout=timeout, cwd=work)
+    done = common.run(command, timeout=timeout, cwd=work)
     if done is None:
         raise EmulationError(f"the {built.core.name} firmware ran past its {timeout:.0f} s "
                              f"limit on {name}, at image {_images_done(work, model)}; QEMU "
@@ -145,11 +145,11 @@ def _boot(built: Firmware, work: Path, timeout: float, model, counter: Path):
     if done.returncode == 3:
         raise DoesNotFit(f"{name} does not allocate in the {built.board.arena_capacity:,}-"
                          f"byte arena of the {built.board.machine} firmware: "
-                         f"{child.last_lines(done.stderr)}")
+                         f"{common.last_lines(done.stderr)}")
     if done.returncode != 0:
         raise EmulationError(f"the {built.core.name} firmware failed on {name} "
-                             f"({child.ending(done.returncode)}): "
-                             f"{child.last_lines(done.stderr)}")
+                             f"({common.ending(done.returncode)}): "
+                             f"{common.last_lines(done.stderr)}")
     return log, done.stdout
 
 
@@ -190,7 +190,7 @@ def _per_operator(model, ops, counts) -> list:
 
 
 def _outputs(model, raw: bytes, count: int) -> list:
-    from .inspect import _NUMPY
+    from ..inspect import _NUMPY
 
     arrays, offset = [], 0
     tensors = [model.tensors[i] for i in model.outputs]

@@ -12,9 +12,9 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cache import cache_dir
-from .._io import file_sha256
-from ..errors import EmulatorUnavailable, UnknownOperator
+from .common import cache_dir
+from ..._io import file_sha256
+from ...errors import EmulatorUnavailable, UnknownOperator
 
 __all__ = ["INSTALL", "TOOLS", "ARCHIVES", "ARCHIVE_DIGESTS", "SOURCES_ENV", "missing_tools",
            "require_tools", "default_sources", "setup_sources", "Sources", "unpack_sources",

@@ -5,7 +5,7 @@ The aarch64 wheel of the `ai-edge-litert` version installed here runs in an arm6
 root filesystem (`setup`). XNNPACK picks its kernels from the features QEMU reports for the
 `-cpu` model and from the CPU ID in `/proc/cpuinfo`, which QEMU 7.2 does not emulate: each
 CPU class gets its own folder whose `proc/cpuinfo` names it, so runs with different CPUs
-never share one. The counting plugin (`firmware/count.c`) counts the instructions between
+never share one. The counting plugin (`native/count.c`) counts the instructions between
 marks around each `invoke()` and, for the last one, per code block, which names the kernels
 that ran. Facts and traps: ../shared/PHONE-EMULATION.md.
 """
@@ -26,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import child
-from ..cache import cache_dir
-from ..cores import CPUS, Cpu
-from ...errors import EmulationError, EmulatorUnavailable
-from ...options import lookup
+from .. import common
+from ..common import cache_dir
+from ...cores import CPUS, Cpu
+from ....errors import EmulationError, EmulatorUnavailable
+from ....options import lookup
 
 __all__ = ["SETUP_COMMAND", "litert_version", "home", "missing", "require",
            "ArmRun", "run"]
@@ -164,14 +164,14 @@ def _emulate(root: Path, prefix: Path, cpu: Cpu, work: Path, timeout: float, nam
     environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8",
                    "PYTHONPATH": str(root / "rootfs" / "opt" / "py"), "PYTHONNOUSERSITE": "1",
                    "PYTHONHASHSEED": "0"}
-    done = child.run(command, timeout=timeout, cwd=work, env=environment)
+    done = common.run(command, timeout=timeout, cwd=work, env=environment)
     if done is None:
         raise EmulationError(f"LiteRT on the emulated {cpu.name} ran past its {timeout:.0f} s "
                              f"limit on `{name}`; QEMU was ended.")
     if done.returncode != 0 or not (work / "graph.json").is_file():
         raise EmulationError(f"LiteRT on the emulated {cpu.name} failed on `{name}` "
-                             f"({child.ending(done.returncode)}): "
-                             f"{child.last_lines(done.stderr, 1, 300)}")
+                             f"({common.ending(done.returncode)}): "
+                             f"{common.last_lines(done.stderr, 1, 300)}")
     return (work / "counts.log").read_text()
 
 

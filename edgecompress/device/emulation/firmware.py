@@ -1,5 +1,5 @@
-"""The emulated Cortex-M firmware built from TFLite Micro's sources (`tflm_sources`) and our
-own (`firmware/`), and the instruction-counting QEMU plugin.
+"""The emulated Cortex-M firmware built from TFLite Micro's sources (`sources`) and our own
+(`native/`), and the instruction-counting QEMU plugin built against those sources' header.
 
 Builds are cached under `cache_dir()`: every TFLite Micro source is compiled once per
 (sources, core, kernel set, build options), and a firmware once per operator set. The
@@ -17,21 +17,18 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
-from . import child
-from .cache import cache_dir
-from .cores import BOARDS, CORES, Board, Core
-from .tflm_sources import Operator, check_operators, ops_header, require_tools, unpack_sources
-from ..errors import EmulatorUnavailable, OptionError
-from ..options import lookup
+from ..cores import BOARDS, CORES, Board, Core
+from .common import NATIVE, build_plugin, cache_dir, checked
+from .sources import Operator, check_operators, ops_header, require_tools, unpack_sources
+from ...errors import OptionError
+from ...options import lookup
 
-__all__ = ["KERNEL_SETS", "BuildOptions", "Firmware", "firmware", "plugin", "build_plugin"]
+__all__ = ["KERNEL_SETS", "BuildOptions", "Firmware", "firmware", "plugin"]
 
 KERNEL_SETS = ("cmsis-nn", "reference")
-FIRMWARE = resources.files("edgecompress.device") / "firmware"  # our own sources
-FIRMWARE_FILES = ("runner.cc", "runtime.cc", "startup.c", "board.ld")
+NATIVE_FILES = ("runner.cc", "runtime.cc", "startup.c", "board.ld")
 
 
 
@@ -128,7 +125,7 @@ def firmware(used_ops, *, core: str = "cortex-m4", kernels: str = "cmsis-nn",
     ops = check_operators(used_ops, tree, kernels, core)
     build = cache_dir(cache) / "tflm" / f"{trees.digest}-{core}-{kernels}-{options.key()}"
     board = BOARDS[core_profile.board]
-    own = "".join((FIRMWARE / f).read_text() for f in FIRMWARE_FILES)
+    own = "".join((NATIVE / f).read_text() for f in NATIVE_FILES)
     name = hashlib.sha256((own + ops_header(ops) + repr(board)).encode()).hexdigest()[:12]
     elf = build / "firmware" / name / "runner.elf"
     cached = elf.is_file()
@@ -154,7 +151,7 @@ def _build(elf, tree, core, kernels, ops, options, build, progress) -> None:
         own = []
         for name in ("runner.cc", "runtime.cc", "startup.c"):
             source = work / name
-            source.write_text((FIRMWARE / name).read_text())
+            source.write_text((NATIVE / name).read_text())
             own.append(source)
         board = BOARDS[core.board]
         capacities = [f"-DMODEL_CAPACITY={board.model_capacity}",
@@ -163,12 +160,12 @@ def _build(elf, tree, core, kernels, ops, options, build, progress) -> None:
         own_objects = [_compile(s, work / (s.name + ".o"), flags + capacities,
                                 options.other_optimisation) for s in own]
         library = work / "libtflm.a"
-        _run(["arm-none-eabi-gcc-ar", "rcs", str(library)] + [str(o) for o in objects],
+        checked(["arm-none-eabi-gcc-ar", "rcs", str(library)] + [str(o) for o in objects],
              "archiving TFLite Micro")
         script = work / "board.ld"
         script.write_text(_linker_script(board))
         specs = ["--specs=rdimon.specs"] + (["--specs=nano.specs"] if options.nano else [])
-        _run(["arm-none-eabi-gcc", *core.flags, "-mthumb", *specs, *_lto(options),
+        checked(["arm-none-eabi-gcc", *core.flags, "-mthumb", *specs, *_lto(options),
               "-T", str(script), "-Wl,--gc-sections", "-o", str(work / "runner.elf"),
               *map(str, own_objects), str(library), "-lm"], "linking the firmware")
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -258,7 +255,7 @@ def _object_key(source: Path, level: str, flags) -> str:
     """A digest of what the compiler sees: the preprocessed text (without line markers)
     and every flag that is not for the preprocessor (includes, defines, path maps)."""
     cxx = source.suffix == ".cc"
-    text = _run([_compiler(source), level, *flags, *_language(source), "-E", "-P",
+    text = checked([_compiler(source), level, *flags, *_language(source), "-E", "-P",
                  str(source)], f"preprocessing {source.name}")
     settings = [level, *_language(source),
                 *(f for f in flags if not f.startswith(("-I", "-D", "-ffile-prefix-map")))]
@@ -283,14 +280,14 @@ def _optimisation(relative: str, options: BuildOptions) -> str:
 def _compile(source: Path, target: Path, flags, level: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + f".{os.getpid()}.partial")
-    _run([_compiler(source), level, *flags, *_language(source), "-c", str(source), "-o",
+    checked([_compiler(source), level, *flags, *_language(source), "-c", str(source), "-o",
           str(partial)], f"compiling {source.name}")
     partial.replace(target)
     return target
 
 
 def _linker_script(board: Board) -> str:
-    template = (FIRMWARE / "board.ld").read_text()
+    template = (NATIVE / "board.ld").read_text()
     return template.format(
         code_origin=hex(board.code[0]), code_length=hex(board.code[1]),
         data_origin=hex(board.data[0]), data_length=hex(board.data[1]),
@@ -298,19 +295,10 @@ def _linker_script(board: Board) -> str:
         heap_size=hex(32 << 10))
 
 
-def _run(command, what: str, timeout: float = 600) -> str:
-    done = child.run(command, timeout=timeout)
-    if done is None:
-        raise EmulatorUnavailable(f"{what} ran past its {timeout:.0f} s limit and was ended.")
-    if done.returncode != 0:
-        raise EmulatorUnavailable(f"{what} failed ({child.ending(done.returncode)}): "
-                                  f"{child.last_lines(done.stderr)}")
-    return done.stdout
-
 
 def _sections(elf: Path) -> dict:
     sizes = {}
-    for line in _run(["arm-none-eabi-size", "-A", str(elf)], "reading sizes").splitlines():
+    for line in checked(["arm-none-eabi-size", "-A", str(elf)], "reading sizes").splitlines():
         parts = line.split()
         if len(parts) >= 2 and parts[0].startswith(".") and parts[1].isdigit():
             sizes[parts[0]] = int(parts[1])
@@ -319,7 +307,7 @@ def _sections(elf: Path) -> dict:
 
 def _symbols(elf: Path) -> dict:
     symbols = {}
-    for line in _run(["arm-none-eabi-nm", str(elf)], "reading symbols").splitlines():
+    for line in checked(["arm-none-eabi-nm", str(elf)], "reading symbols").splitlines():
         parts = line.split()
         if len(parts) == 3:
             symbols[parts[2]] = int(parts[0], 16) & ~1
@@ -333,19 +321,3 @@ def plugin(sources=None, cache=None) -> Path:
     return build_plugin(unpack_sources(sources, cache).trees["plugin"] / "include" / "qemu",
                         cache)
 
-
-def build_plugin(header: Path, cache=None) -> Path:
-    """`firmware/count.c` built once with the host's C compiler against the QEMU plugin
-    header in the folder `header`; shared by every emulator that counts instructions."""
-    code = (FIRMWARE / "count.c").read_text()
-    digest = hashlib.sha256((code + (header / "qemu-plugin.h").read_text()).encode())
-    library = cache_dir(cache) / "plugin" / f"libcount-{digest.hexdigest()[:12]}.so"
-    if not library.is_file():
-        library.parent.mkdir(parents=True, exist_ok=True)
-        source = library.with_suffix(".c")
-        source.write_text(code)
-        partial = library.with_name(library.name + f".{os.getpid()}.partial")
-        _run(["gcc", "-shared", "-fPIC", "-O2", f"-I{header}", "-o", str(partial),
-              str(source)], "building the QEMU plugin")
-        partial.replace(library)
-    return library

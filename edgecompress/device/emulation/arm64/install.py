@@ -24,10 +24,10 @@ import tempfile
 from pathlib import Path
 
 from . import _prefix, home, litert_version
-from .. import tflm_firmware, tflm_sources
-from .. import child
-from ..cores import CPUS
-from ...errors import EmulatorUnavailable
+from ..common import build_plugin, checked
+from ..sources import ARCHIVES, default_sources
+from ...cores import CPUS
+from ....errors import EmulatorUnavailable
 
 __all__ = ["MIRROR_ENV", "setup", "debian_mirror"]
 
@@ -49,7 +49,7 @@ def setup(cache=None, progress=print) -> Path:
     _install_tools(progress)
     _root_filesystem(root / "rootfs", progress)
     _wheels(root / "rootfs" / "opt" / "py", progress)
-    plugin = tflm_firmware.build_plugin(_plugin_header(root.parent, progress), cache)
+    plugin = build_plugin(_plugin_header(root.parent, progress), cache)
     _smoke_test(root, progress)
     for cpu in CPUS.values():  # made here, so that runs by another user need not write
         _prefix(root, cpu)
@@ -58,18 +58,6 @@ def setup(cache=None, progress=print) -> Path:
     progress(f"ready: {root}")
     return root
 
-
-def _run(command, what: str, timeout: float = 900, **kwargs) -> str:
-    try:
-        done = child.run(command, timeout=timeout, **kwargs)
-    except OSError as e:
-        raise EmulatorUnavailable(f"{what} failed: {e}.") from None
-    if done is None:
-        raise EmulatorUnavailable(f"{what} ran past its {timeout:.0f} s limit and was ended.")
-    if done.returncode != 0:
-        last = child.last_lines(done.stderr + done.stdout, 1)
-        raise EmulatorUnavailable(f"{what} failed: {last or child.ending(done.returncode)}")
-    return done.stdout
 
 
 def _install_tools(progress) -> None:
@@ -85,8 +73,8 @@ def _install_tools(progress) -> None:
         raise EmulatorUnavailable(f"not root: run `sudo {' '.join(command[:2])} "
                                   f"{' '.join(missing)}`, then this again.")
     progress(f"installing {', '.join(missing)} (apt)")
-    _run(["apt-get", "update", "-qq"], "apt-get update")
-    _run(command, "apt-get install", env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    checked(["apt-get", "update", "-qq"], "apt-get update")
+    checked(command, "apt-get install", env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
 
 
 def _root_filesystem(target: Path, progress) -> None:
@@ -100,9 +88,9 @@ def _root_filesystem(target: Path, progress) -> None:
     mirror = debian_mirror()
     progress(f"building the arm64 {SUITE} root filesystem from {mirror} (~76 MB)")
     partial = _fresh(target.with_name(target.name + ".partial"))
-    _run(["mmdebstrap", "--mode=root", "--variant=extract", "--arch=arm64",
-          "--include=python3,libstdc++6", SUITE, str(partial), f"deb {mirror} {SUITE} main"],
-         "building the arm64 root filesystem (mmdebstrap)")
+    checked(["mmdebstrap", "--mode=root", "--variant=extract", "--arch=arm64",
+             "--include=python3,libstdc++6", SUITE, str(partial), f"deb {mirror} {SUITE} main"],
+            "building the arm64 root filesystem (mmdebstrap)")
     partial.rename(target)
 
 
@@ -131,10 +119,10 @@ def _wheels(target: Path, progress) -> None:
     progress(f"fetching the aarch64 wheels of ai-edge-litert {version} and numpy (~30 MB)")
     partial = _fresh(target.with_name(target.name + ".partial"))
     platforms = [argument for p in WHEEL_PLATFORMS for argument in ("--platform", p)]
-    _run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
-          "--target", str(partial), "--only-binary=:all:", "--python-version", "3.11",
-          "--implementation", "cp", "--abi", "cp311", *platforms,
-          f"ai-edge-litert=={version}", "numpy"], "fetching the aarch64 wheels (pip)")
+    checked([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
+             "--target", str(partial), "--only-binary=:all:", "--python-version", "3.11",
+             "--implementation", "cp", "--abi", "cp311", *platforms,
+             f"ai-edge-litert=={version}", "numpy"], "fetching the aarch64 wheels (pip)")
     shutil.rmtree(target, ignore_errors=True)
     partial.rename(target)
 
@@ -144,8 +132,8 @@ def _plugin_header(folder: Path, progress) -> Path:
     include = folder / "qemu-plugin-api"
     if (include / "qemu-plugin.h").is_file():
         return include
-    sources = tflm_sources.default_sources()
-    archive = sources / f"{tflm_sources.ARCHIVES['plugin']}.tar.xz" if sources else None
+    sources = default_sources()
+    archive = sources / f"{ARCHIVES['plugin']}.tar.xz" if sources else None
     with tempfile.TemporaryDirectory(prefix="edgecompress-qemu-source-") as work:
         work = Path(work)
         if archive is None or not archive.is_file():
@@ -167,9 +155,9 @@ def _debian_qemu_source(work: Path) -> Path:
     options = [f"-oDir::Etc::SourceList={work / 'sources.list'}",
                "-oDir::Etc::SourceParts=/dev/null", f"-oDir::State::Lists={work / 'lists'}",
                f"-oDir::Cache={work / 'cache'}", "-qq"]
-    _run(["apt-get", *options, "update"], "reading Debian's source index (apt-get update)")
-    _run(["apt-get", *options, "source", "--download-only", "qemu"],
-         "downloading Debian's qemu source (apt-get source)", cwd=work)
+    checked(["apt-get", *options, "update"], "reading Debian's source index (apt-get update)")
+    checked(["apt-get", *options, "source", "--download-only", "qemu"],
+            "downloading Debian's qemu source (apt-get source)", cwd=work)
     found = sorted(work.glob("qemu_7.2*.orig.tar.xz"))
     if not found:
         raise EmulatorUnavailable("Debian's qemu source is not version 7.2, whose plugin "
@@ -190,11 +178,11 @@ def _smoke_test(root: Path, progress) -> None:
     """Imports LiteRT under the emulator, so a broken system fails here, not in a verdict."""
     progress("checking that LiteRT starts under qemu-aarch64")
     rootfs = root / "rootfs"
-    _run(["qemu-aarch64", "-cpu", "cortex-a53", "-L", str(rootfs),
-          str(rootfs / "usr" / "bin" / "python3"), "-c",
-          "import ai_edge_litert.interpreter, numpy"], "starting LiteRT under qemu-aarch64",
-         timeout=300, env={"PATH": os.environ.get("PATH", ""), "LC_ALL": "C.UTF-8",
-                           "PYTHONPATH": str(rootfs / "opt" / "py")})
+    checked(["qemu-aarch64", "-cpu", "cortex-a53", "-L", str(rootfs),
+             str(rootfs / "usr" / "bin" / "python3"), "-c",
+             "import ai_edge_litert.interpreter, numpy"], "starting LiteRT under qemu-aarch64",
+            timeout=300, env={"PATH": os.environ.get("PATH", ""), "LC_ALL": "C.UTF-8",
+                              "PYTHONPATH": str(rootfs / "opt" / "py")})
 
 
 def _fresh(path: Path) -> Path:
