@@ -1,7 +1,9 @@
 """The import graph runs one way: no module imports (at the top or inside a function) one of
-a higher layer. The layers are the picture in docs/architecture.md."""
+a higher layer. The layers are the table in docs/architecture.md, and the graph's drawing
+there is this file's output: `python tests/test_layers.py [PACKAGE_FOLDER]`."""
 
 import ast
+import sys
 from pathlib import Path
 
 import edgecompress
@@ -30,15 +32,15 @@ LAYERS = [
 PACKAGES = {"", "device", "device.emulation", "techniques"}
 
 
-def _name(path: Path) -> str:
-    parts = path.relative_to(ROOT).with_suffix("").parts
+def _name(path: Path, root: Path = ROOT) -> str:
+    parts = path.relative_to(root).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _from_imports(path: Path):
+def _from_imports(path: Path, root: Path = ROOT):
     """(module, names) of each `from ... import` of the package in `path`, anywhere in its
     code, the module named from the package's root."""
-    name = _name(path)
+    name = _name(path, root)
     package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.level:
@@ -49,10 +51,10 @@ def _from_imports(path: Path):
             yield ".".join(node.module.split(".")[1:]), [a.name for a in node.names]
 
 
-def imports(path: Path) -> set[str]:
+def imports(path: Path, root: Path = ROOT) -> set[str]:
     """The package's modules that `path` imports anywhere in its code."""
     found = set()
-    for module, names in _from_imports(path):
+    for module, names in _from_imports(path, root):
         found |= {module} | {f"{module}.{name}".strip(".") for name in names}
     return found
 
@@ -82,3 +84,46 @@ def test_no_import_runs_back_up():
         upward += [f"{name} -> {target}" for target in imports(path)
                    if level.get(target, -1) > level[name]]
     assert not upward, upward
+
+
+FOUNDATION = {"errors", "options", "_io", "provenance", "budget", "data", "_tf"}
+DRAWING = ("```mermaid", "```")
+
+
+# the emulators' modules before they moved to device/emulation/
+FORMER_EMULATION = {"arm64", "cortex_m", "tflm_sources", "tflm_firmware", "cache", "child"}
+
+
+def _part(module: str) -> str:
+    """The box a module is drawn in: its subpackage, else itself."""
+    parts = module.split(".")
+    if parts[0] == "device" and len(parts) > 1 and \
+            (parts[1] == "emulation" or parts[1] in FORMER_EMULATION):
+        return "device/emulation"
+    if parts[0] in {"device", "techniques", "models", "cli"}:
+        return parts[0]
+    return parts[0] or "edgecompress"
+
+
+def drawing(root: Path = ROOT) -> str:
+    """The import graph of the package at `root` as a Mermaid flowchart, one box per
+    subpackage (the old emulator modules of `device/` counted as `device/emulation`), the
+    foundation modules every layer may use, and the package's own lazy exports, left out."""
+    names = {_name(p, root): p for p in root.rglob("*.py")}
+    edges = {(_part(name), _part(target)) for name, path in names.items()
+             for target in imports(path, root) if target in names}
+    edges = sorted((a, b) for a, b in edges if a != b and "edgecompress" not in (a, b)
+                   and b not in FOUNDATION and a not in FOUNDATION)
+    lines = [DRAWING[0], "flowchart BT"]
+    lines += [f'    {a.replace("/", "_")}["{a}"] --> {b.replace("/", "_")}["{b}"]'
+              for a, b in edges]
+    return "\n".join(lines + [DRAWING[1]])
+
+
+def test_the_drawing_in_the_docs_is_the_graph():
+    text = (ROOT.parent / "docs" / "architecture.md").read_text()
+    assert drawing() in text, "run `python tests/test_layers.py` and paste its output"
+
+
+if __name__ == "__main__":
+    print(drawing(Path(sys.argv[1]).resolve() if len(sys.argv) > 1 else ROOT))
