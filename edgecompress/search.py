@@ -38,6 +38,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,7 +151,7 @@ class Settings:
 
 
 def run(model, train, eval_data, out: Path, settings: Settings, *, transfer=None,
-        emulate=None) -> dict:
+        emulate=None, progress=_io.say) -> dict:
     """Runs (or resumes) a study and writes its results in `out`.
 
     Args:
@@ -162,6 +163,8 @@ def run(model, train, eval_data, out: Path, settings: Settings, *, transfer=None
         emulate: a `verdict.Emulation` (see `figures.measure`): judge trials on the
             target's emulated core or CPU class (latency from the lowest cycles per
             instruction; on microcontrollers also the firmware's exact flash and RAM).
+        progress: called with each line of progress: the seeds, one line per trial and
+            per finalist (a worker started by `settings.workers` prints its own).
 
     Returns:
         {"trials": rows, "front": rows, "best": row or None, "feasible": count,
@@ -194,13 +197,12 @@ def run(model, train, eval_data, out: Path, settings: Settings, *, transfer=None
     study = _study(storage, settings.study_name, settings.seed)
     _same_settings(study, _judged_by(settings, target, groups))
     objective = _Objective(model, train, eval_data, keras_labels, out, settings, target,
-                           groups, layers, transfer, emulate)
-    print(f"search: {len(groups)} channel groups"
+                           groups, layers, transfer, emulate, progress)
+    progress(f"search: {len(groups)} channel groups"
           + (f", {len(layers)} layers stored as one of {', '.join(settings.stored_as)}"
              if layers else "") + f", up to {trials} trial(s)"
           + (f" or {seconds:g} s" if seconds else "") + f", target {target.name}, budget "
-          f"{settings.max_drop:g} points" + (f", {workers} workers" if workers > 1 else ""),
-          flush=True)
+             f"{settings.max_drop:g} points" + (f", {workers} workers" if workers > 1 else ""))
     if not study.trials and trials and groups:
         for ratios in _seeds(objective):
             study.enqueue_trial({f"ratio {g}": r for g, r in ratios.items()})
@@ -285,8 +287,8 @@ def _seeds(objective) -> list[dict]:
              for p, m in fractions]
     seeds = [dict(t) for t in dict.fromkeys(tuple(s.items()) for s in seeds)]
     for ratios in seeds:
-        print("search: a trial seeded from the sensitivity scan: " + ", ".join(
-            f"{g} {r:g}" for g, r in ratios.items()), flush=True)
+        objective.progress("search: a trial seeded from the sensitivity scan: " + ", ".join(
+            f"{g} {r:g}" for g, r in ratios.items()))
     return seeds
 
 
@@ -311,8 +313,8 @@ def _storage_seeds(objective) -> list[dict]:
              for share in (1.0, 0.9)]
     plans = [dict(p) for p in dict.fromkeys(tuple(p.items()) for p in plans)]
     for plan in plans:
-        print("search: a trial seeded from the storage scan: " + ", ".join(
-            f"{layer} {kind}" for layer, kind in plan.items()), flush=True)
+        objective.progress("search: a trial seeded from the storage scan: " + ", ".join(
+            f"{layer} {kind}" for layer, kind in plan.items()))
     return plans
 
 
@@ -328,8 +330,8 @@ def _finalists(objective, study, count: int, steps: int, qat_steps: int) -> list
     (objective.out / "finalists").mkdir(exist_ok=True)
     for trial in sorted(device_fits, key=rank)[:count]:
         started = time.perf_counter()
-        print(f"finalist: trial {trial.number} again at {steps} + {qat_steps} steps ...",
-              flush=True)
+        objective.progress(f"finalist: trial {trial.number} again at {steps} + {qat_steps} "
+                           "steps ...")
         ratios = {g: trial.params[f"ratio {g}"] for g in objective.groups}
         bits = trial.params.get("weight bits", objective.settings.weight_bits[0])
         plan = {layer: trial.params[f"storage {layer}"] for layer in objective.layers}
@@ -340,9 +342,10 @@ def _finalists(objective, study, count: int, steps: int, qat_steps: int) -> list
         fits = all(v <= 0 for v in constraints.values())
         rows.append({"trial": trial.number, **row, "fits": fits,
                      "seconds": round(time.perf_counter() - started, 1)})
-        print(f"finalist: trial {trial.number}: {row['bytes']:,} bytes, drop "
-              f"{row['drop_points']:+.2f} points (was {trial.user_attrs['row']['drop_points']:+.2f}"
-              f"), {'fits' if fits else 'breaks'} the budgets", flush=True)
+        objective.progress(
+            f"finalist: trial {trial.number}: {row['bytes']:,} bytes, drop "
+            f"{row['drop_points']:+.2f} points (was {trial.user_attrs['row']['drop_points']:+.2f}"
+            f"), {'fits' if fits else 'breaks'} the budgets")
     return rows
 
 
@@ -436,7 +439,7 @@ def _start_worker(objective, storage, index, trials, seconds):
     folder.mkdir(parents=True, exist_ok=True)
     objective.model.save(folder / "model.h5")
     fields = {f.name: getattr(objective, f.name) for f in dataclasses.fields(objective)
-              if f.name not in ("model", "best")}
+              if f.name not in ("model", "best", "progress")}
     if fields["emulate"] is not None:  # its progress callback does not pickle
         fields["emulate"] = dataclasses.replace(fields["emulate"], progress=None)
     with open(folder / "request.pickle", "wb") as f:
@@ -471,6 +474,7 @@ class _Objective:
     layers: dict  # kernel layer -> its storages
     transfer: object = None
     emulate: object = None
+    progress: Callable[[str], None] = _io.say
     best: tuple | None = None  # (trial, bytes) of this process's smallest fitting trial
 
     def __call__(self, trial) -> tuple[float, float]:
@@ -488,10 +492,10 @@ class _Objective:
                                           f"trial_{trial.number}.tflite",
                                           callbacks=[self.reports(trial, stages)])
         except TRIAL_ERRORS as e:  # the study goes on; Optuna marks the trial failed
-            print(f"trial {trial.number}: failed: {e}", flush=True)
+            self.progress(f"trial {trial.number}: failed: {e}")
             raise
         except optuna.TrialPruned as e:
-            print(f"trial {trial.number}: pruned {e}", flush=True)
+            self.progress(f"trial {trial.number}: pruned {e}")
             raise
         row = {"trial": trial.number, **row, "interim_drops": trial.user_attrs["reports"],
                "seconds": round(time.perf_counter() - started, 1)}
@@ -503,11 +507,11 @@ class _Objective:
         fits = self.fits(trial)
         if fits and (self.best is None or row["bytes"] < self.best[1]):
             self.best = (trial.number, row["bytes"])
-        print(f"trial {trial.number}: {row['bytes']:,} bytes, {row['latency_ms']:.3g} ms, "
-              f"drop {row['drop_points']:+.2f} points, {'fits' if fits else 'breaks'} the "
-              f"budgets ({row['seconds']:.0f} s); best so far: " +
-              (f"trial {self.best[0]}, {self.best[1]:,} bytes" if self.best else "none"),
-              flush=True)
+        self.progress(
+            f"trial {trial.number}: {row['bytes']:,} bytes, {row['latency_ms']:.3g} ms, drop "
+            f"{row['drop_points']:+.2f} points, {'fits' if fits else 'breaks'} the budgets "
+            f"({row['seconds']:.0f} s); best so far: " +
+            (f"trial {self.best[0]}, {self.best[1]:,} bytes" if self.best else "none"))
         return float(row["bytes"]), float(row["latency_ms"])
 
     def reports(self, trial, stages: list[recipe.Stage]) -> StepReports:

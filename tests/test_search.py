@@ -35,11 +35,15 @@ def test_settings_are_json_and_refuse_what_they_cannot_mean():
 
 @pytest.mark.slow
 def test_a_finalist_is_a_second_draw_not_a_replay(trained, train_set, test_set, tmp_path,
-                                                  board):
+                                                  board, capsys):
     train, judge = train_set.with_preprocess("unit"), test_set.with_preprocess("unit")
+    lines = []
     result = search.run(trained[0], train, judge, tmp_path, search.Settings(
         target=board, max_drop=100, trials=1, finalists=1, final_steps=SHORT["steps"],
-        final_qat_steps=SHORT["qat_steps"], strip_names=True, **SHORT))  # as names differ
+        final_qat_steps=SHORT["qat_steps"], strip_names=True, **SHORT),  # as names differ
+        progress=lines.append)
+    assert capsys.readouterr().out == ""  # every line went to the callback
+    assert [line.split(":")[0] for line in lines[-3:]] == ["trial 0", "finalist", "finalist"]
     (trial,), (final,) = result["trials"], result["finalists"]
     assert final["trial"] == trial["trial"] and final["bytes"] == trial["bytes"]
     # the same recipe at the same length with the next seed: other weights (with the same
