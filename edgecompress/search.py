@@ -96,7 +96,7 @@ class Settings:
             seed to seed) and judge them the same way; the best is then the smallest
             finalist within every budget. The best:
             the trials within every budget by bytes, then those that broke only the
-            accuracy budget, by drop (full-length training may bring them within it).
+            accuracy budget, by drop (longer training may bring them within it).
         max_ratio: the largest share of a channel group a trial removes (0: storage alone);
             divisor: keep a multiple of this many channels.
         weight_bits: the weights' bits the trials choose from: (8,), (4,) or (8, 4). 4-bit
@@ -319,7 +319,8 @@ def _storage_seeds(objective) -> list[dict]:
 
 
 def _finalists(objective, study, count: int, steps: int, qat_steps: int) -> list[dict]:
-    """The `count` best trials (see `run`) trained again at full length and judged."""
+    """The `count` best trials (see `run`) trained again, with their own steps and the next
+    seed, and judged."""
     def rank(trial):
         row = trial.user_attrs["row"]
         return (0, row["bytes"]) if _Objective.fits(trial) else (1, row["drop_points"])
@@ -340,8 +341,8 @@ def _finalists(objective, study, count: int, steps: int, qat_steps: int) -> list
             objective.out / "finalists" / f"trial_{trial.number}.tflite",
             seed=objective.settings.seed + 1)
         fits = all(v <= 0 for v in constraints.values())
-        rows.append({"trial": trial.number, **row, "fits": fits,
-                     "seconds": round(time.perf_counter() - started, 1)})
+        rows.append({"trial": trial.number, **row, "fits": fits, "steps": steps,
+                     "qat_steps": qat_steps, "seconds": round(time.perf_counter() - started, 1)})
         objective.progress(
             f"finalist: trial {trial.number}: {row['bytes']:,} bytes, drop "
             f"{row['drop_points']:+.2f} points (was {trial.user_attrs['row']['drop_points']:+.2f}"
@@ -656,7 +657,7 @@ def _excess(value: float, limit: float | None) -> float:
 
 def summarise(study, out: Path, finals: list[dict] = ()) -> dict:
     """The trials, the Pareto front of those that fit, and the best (fewest bytes, then
-    lowest latency; among the full-length `finals` when one of them fits) copied to
+    lowest latency; among the `finals`, trained again, when one of them fits) copied to
     out/best with its recipe.json; also trials.json, report.md, pareto.png and
     report.html (all of it on one page)."""
     done = [t for t in study.trials if "row" in t.user_attrs]
@@ -684,15 +685,15 @@ def summarise(study, out: Path, finals: list[dict] = ()) -> dict:
         shutil.copy(source.with_suffix(".json"), out / "best" / "recipe.json")
         lines += [f"Best: trial {best['trial']}, {best['bytes']:,} bytes, "
                   f"{best['latency_ms']:.3g} ms, drop {best['drop_points']:+.2f} points "
-                  f"({best['drop_95']})" + (" after full-length training" if fitting_finals
-                                             else "") + "; `best/recipe.json` re-runs it "
+                  f"({best['drop_95']})" + _as_finalist(best, fitting_finals)
+                  + "; `best/recipe.json` re-runs it "
                   "with `edgecompress run`.", "", chosen_caution(len(rows)), "",
                   "## Pareto front", "",
                   report.markdown_table(front), ""]
     else:
         lines += ["No candidate fit every budget.", ""]
     if finals:
-        lines += ["## Finalists, trained again at full length", "",
+        lines += [f"## {FINALISTS}", "",
                   report.markdown_table(list(finals)), ""]
     lines += ["## All trials", "", report.markdown_table(rows) if rows else "(none)", ""]
     if pruned:
@@ -705,18 +706,26 @@ def summarise(study, out: Path, finals: list[dict] = ()) -> dict:
             [{**r, "variant": f"trial {r['trial']}"} for r in rows], out / "pareto.png",
             title="Search: every trial")))
     if finals:
-        sections.append(("Finalists, trained again at full length", list(finals)))
+        sections.append((FINALISTS, list(finals)))
     sections.append(("All trials", rows))
     if pruned:
         sections.append(("Pruned early (interim drops in points)", pruned))
     best_text = "" if best is None else (
         f" Best: trial {best['trial']}, {best['bytes']:,} bytes, {best['latency_ms']:.3g} ms, "
         f"drop {best['drop_points']:+.2f} points ({best['drop_95']})"
-        + (" after full-length training" if fitting_finals else "") + ", in best/. "
+        + _as_finalist(best, fitting_finals) + ", in best/. "
         + chosen_caution(len(rows)))
     report.html_page(out / "report.html", "Search", headline + (
         best_text or " No candidate fit every budget."), sections)
     return result
+
+
+FINALISTS = "Finalists, trained again with the next seed"
+
+
+def _as_finalist(best: dict, fitting_finals) -> str:
+    return (f" as a finalist ({best['steps']} + {best['qat_steps']} steps, the next seed)"
+            if fitting_finals else "")
 
 
 def chosen_caution(trials: int) -> str:

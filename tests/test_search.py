@@ -73,7 +73,7 @@ def test_the_winner_meets_the_budget_and_the_study_resumes(trained, train_set, t
         "technique"] == "channels"
     page = (out / "report.html").read_text()
     assert f"Best: trial {best['trial']}" in page and page.count("<img") == 1
-    assert "after full-length training" in page
+    assert "as a finalist (6 + 2 steps, the next seed)" in page
     assert "among 4 trial(s)" in page and "never saw" in (out / "report.md").read_text()
     assert page.count("<tr>") == (1 + len(front)) + (1 + 1) + (1 + 4)  # front, finalist, all
     again = search.run(model, train, judge, out,

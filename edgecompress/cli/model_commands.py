@@ -194,9 +194,9 @@ def add_search(commands) -> None:
     p.add_argument("--qat-steps", type=int, default=100,
                    help="QAT steps per trial (default 100)")
     p.add_argument("--finalists", type=int, default=0, metavar="N",
-                   help="after the trials, train the N best again at full length and pick "
-                        "the winner among them (default 0: the short trials decide); their "
-                        "time comes after --time-budget")
+                   help="after the trials, train the N best again with the next seed "
+                        "(steps below) and pick the winner among them (default 0: the short "
+                        "trials decide); their time comes after --time-budget")
     p.add_argument("--final-steps", type=int, default=3000,
                    help="a finalist's fine-tuning steps (default 3000)")
     p.add_argument("--final-qat-steps", type=int, default=500,
