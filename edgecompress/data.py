@@ -53,7 +53,7 @@ def preprocess(x: np.ndarray, how) -> np.ndarray:
         float32 array of the same shape.
 
     Example:
-        >>> preprocess(np.full((1, 2, 2, 3), 255, np.uint8), "unit").max()
+        >>> float(preprocess(np.full((1, 2, 2, 3), 255, np.uint8), "unit").max())
         1.0
     """
     return _scaled(x, *preprocess_scale(how))
@@ -96,7 +96,19 @@ class Dataset:
         return dataclasses.replace(self, x=self.x[index], y=y)
 
     def split(self, fraction: float, *, seed: int = 0) -> tuple["Dataset", "Dataset"]:
-        """(rest, held out): `fraction` of the images of each class held out at random."""
+        """Holds out a share of each class at random (a stratified split).
+
+        Args:
+            fraction: the share of each class to hold out, in (0, 1); at least one image.
+            seed: the draw.
+
+        Returns:
+            (rest, held out), two `Dataset`s with the same preprocessing.
+
+        Raises:
+            OptionError: `fraction` outside (0, 1).
+            DataError: the images carry no labels.
+        """
         if not 0 < fraction < 1:
             raise OptionError(f"The held-out fraction must be in (0, 1). Received: {fraction}.")
         labels = self.require_labels()
@@ -118,8 +130,15 @@ class Dataset:
         return sum(f in theirs for f in _fingerprints(self.x))
 
     def with_preprocess(self, how) -> "Dataset":
-        """The same images, fed to a model with the preprocessing `how` (a `Preprocess` or
-        its name)."""
+        """The same images, fed to a model with another preprocessing.
+
+        Args:
+            how: a `Preprocess` or its name: "raw" (0-255), "unit" (/255) or "symmetric"
+                (/127.5 - 1).
+
+        Returns:
+            A new `Dataset` sharing these arrays.
+        """
         return dataclasses.replace(self, preprocess=how)
 
     def resolve(self, how=None) -> Preprocess:
@@ -349,6 +368,15 @@ def shapes(n: int = 1000, *, size=(32, 32), channels: int = 3, seed: int = 0) ->
 
     Each image shows one shape (see `SHAPE_CLASSES`) of random colour, size and position on
     a random background, with a little pixel noise. Classes are balanced and interleaved.
+
+    Args:
+        n: images.
+        size: (height, width).
+        channels: 3 (colour) or 1.
+        seed: the draw; the same seed gives the same images.
+
+    Returns:
+        A labelled `Dataset` of uint8 images (its preprocessing still to choose).
 
     Example:
         >>> ds = shapes(20, size=(16, 16)); ds.x.shape, ds.classes[:2]

@@ -31,11 +31,20 @@ PREPARATION = "reference"  # the preparation stage's own checkpoints, inside CHE
 
 def prepare_output(out: Path, *, overwrite: bool, resume: bool = False) -> Path:
     """Creates `out` with its `checkpoints` folder, so that a run interrupted at any point
-    can be resumed; refuses a folder that holds results unless `overwrite`, or an
-    interrupted run's checkpoints unless `resume` (or `overwrite`).
+    can be resumed.
+
+    Args:
+        out: the run's folder.
+        overwrite: empty a folder that holds results (or an interrupted run).
+        resume: keep an interrupted run's checkpoints, to go on from them.
+
+    Returns:
+        `out`, as a `Path`.
 
     Raises:
-        OptionError: with what the folder holds and which option continues.
+        OptionError: the folder holds results and not `overwrite`, or an interrupted run's
+            checkpoints and neither option; the message says what it holds and which
+            option continues.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -218,7 +227,13 @@ def export_result(final, stages: list, path: Path, **calibration) -> Path:
     against the input model here: `judge` compares it with the float model.
 
     Args:
-        calibration: `tflite.export`'s data, preprocess, calibration_samples, strip_names.
+        final: the model `recipe.run` returned for `stages`.
+        stages: the recipe's stages.
+        path: the `.tflite` to write.
+        **calibration: `tflite.export`'s data, preprocess, calibration_samples, strip_names.
+
+    Returns:
+        `path`.
     """
     return tflite.export(final, path, mode=quantize.export_mode(final),
                          storage=storage_plan(stages), check=False, **calibration)
@@ -315,8 +330,16 @@ def _save_keras3(model, path: Path, progress) -> None:
 
 def judge(files: dict, eval_data, keras_labels, *, latency_runs: int = 500,
           preprocess=None) -> tuple[dict, list[dict]]:
-    """Runs each `.tflite` of `files` (name -> path) on LiteRT over `eval_data` and compares
-    it with the Keras model whose top-1 labels are `keras_labels`.
+    """Runs each `.tflite` of `files` on LiteRT over `eval_data` and compares it with the
+    Keras model.
+
+    Args:
+        files: name -> path, the first the reference of the speed-ups.
+        eval_data: labelled images with their preprocessing.
+        keras_labels: the float Keras model's top-1 labels on `eval_data`.
+        latency_runs: timed invocations per file.
+        preprocess: a `Preprocess` name for every file (default: each file's metadata, else
+            the data's own).
 
     Returns:
         ({name: verify.Evaluation}, table rows): bytes, accuracy, top-1 agreement, the

@@ -1,7 +1,10 @@
 """The public surface: every module says what it exports (`__all__`), every name it
 lists exists, and every name the package re-exports is one its module exports."""
 
+import ast
 import importlib
+import inspect
+import textwrap
 from pathlib import Path
 
 import edgecompress
@@ -41,3 +44,49 @@ def test_the_package_reexports_only_what_its_modules_export():
         assert attribute in exported, f"edgecompress.{public}: {module}.{attribute}"
         assert getattr(edgecompress, public) is getattr(
             importlib.import_module(f"edgecompress.{module}"), attribute)
+
+
+# the Python API users are shown (docs/python-api.md) beyond the package's own exports
+DOCUMENTED = ["data.load", "data.Dataset.with_preprocess", "data.Dataset.split", "models.load",
+              "models.bridge.register", "models.bridge.save_keras3", "recipe.run",
+              "pipeline.compress", "pipeline.prepare_output", "pipeline.export_result",
+              "pipeline.judge", "tflite.export", "device.verify.evaluate", "search.run",
+              "budget.paired_drop", "device.figures.measure"] + \
+             [f"techniques.{t}.apply" for t in ("prune", "channels", "quantize", "cluster",
+                                                 "lowrank", "storage", "student")]
+
+
+def _function(dotted: str):
+    module, _, attribute = dotted.rpartition(".")
+    try:
+        return getattr(importlib.import_module(f"edgecompress.{module}"), attribute)
+    except ModuleNotFoundError:  # a method: module.Class.method
+        module, _, owner = module.rpartition(".")
+        return getattr(getattr(importlib.import_module(f"edgecompress.{module}"), owner),
+                       attribute)
+
+
+def _returns_a_value(function) -> bool:
+    source = textwrap.dedent(inspect.getsource(function))
+    top = ast.parse(source).body[0]
+    nested = {id(n) for f in ast.walk(top) if f is not top and isinstance(
+        f, (ast.FunctionDef, ast.Lambda)) for n in ast.walk(f)}
+    return any(isinstance(n, ast.Return) and n.value is not None and id(n) not in nested
+               for n in ast.walk(top))
+
+
+def test_the_documented_functions_say_args_and_returns():
+    exported = [f"{w[0]}.{w[1]}" if isinstance(w, tuple) else f"{w}.{name}"
+                for name, w in edgecompress._EXPORTS.items()]
+    lacking = []
+    for dotted in sorted(set(exported + DOCUMENTED)):
+        function = _function(dotted)
+        if not inspect.isfunction(function):
+            continue  # classes document their fields
+        doc = inspect.getdoc(function) or ""
+        takes = [p for p in inspect.signature(function).parameters if p != "self"]
+        if takes and "Args:" not in doc:
+            lacking.append(f"{dotted}: Args")
+        if _returns_a_value(function) and "Returns:" not in doc:
+            lacking.append(f"{dotted}: Returns")
+    assert not lacking, lacking

@@ -33,9 +33,17 @@ class Figures:
 
 
 def measure(path, target, emulate: Emulation | None = None) -> Figures:
-    """The figures of a `.tflite` file (or its `inspect.open` handle) on `target`: from
-    QEMU's instruction count and the firmware with `emulate` (one image at the input's
-    zero point), else the calibrated MAC estimate.
+    """A file's latency, flash and RAM on a target, without a verdict's checks.
+
+    Args:
+        path: a `.tflite` file, or its `inspect.open` handle.
+        target: a `Target` or its name.
+        emulate: run the target's emulated firmware or CPU class on one image at the
+            input's zero point (QEMU's instruction count, the firmware's exact flash and
+            RAM); None: the calibrated MAC estimate.
+
+    Returns:
+        The `Figures`.
 
     Raises:
         EmulationError: the emulated firmware cannot run the file (an operator it lacks, a

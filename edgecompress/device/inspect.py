@@ -183,6 +183,12 @@ _NUMPY = {"FLOAT32": np.float32, "FLOAT16": np.float16, "FLOAT64": np.float64,
 def open(path) -> Model:
     """Reads and parses a `.tflite` file once; the handle every check of it shares.
 
+    Args:
+        path: the file.
+
+    Returns:
+        Its `Model` (tensors, operators, metadata, size, path).
+
     Raises:
         ModelError: the file is missing, unreadable, or not a valid `.tflite`.
     """
@@ -209,7 +215,13 @@ def read_tflite(path) -> bytes:
 
 
 def read(source) -> Model:
-    """Parses a `.tflite` file (path or bytes) into a `Model`.
+    """Parses a `.tflite` file into a `Model`.
+
+    Args:
+        source: a path, or the file's bytes.
+
+    Returns:
+        Its `Model`.
 
     Raises:
         ModelError: the bytes are not a valid flatbuffer.

@@ -179,7 +179,13 @@ def register(target: Target) -> Target:
 
 
 def get(target) -> Target:
-    """A `Target` by name, or the `Target` given.
+    """A target by name.
+
+    Args:
+        target: a name (`edgecompress targets` lists them), or a `Target`, returned as it is.
+
+    Returns:
+        The `Target`.
 
     Raises:
         OptionError: unknown name; the message lists the known targets.

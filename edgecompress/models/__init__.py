@@ -299,7 +299,14 @@ def macs(model: keras.Model) -> int:
 
 
 def build(name: str, **kwargs) -> keras.Model:
-    """Builds a zoo architecture by name, e.g. `build("resnet8", classes=10)`.
+    """Builds a zoo architecture by name.
+
+    Args:
+        name: one of `ZOO` ("resnet8", ...).
+        **kwargs: the architecture's options, e.g. `classes=10`, `width=0.5`.
+
+    Returns:
+        A new, untrained tf_keras model.
 
     Raises:
         OptionError: unknown name; the message lists the zoo.

@@ -53,8 +53,13 @@ _CONVERTERS: dict[str, Callable] = {}
 
 
 def register(class_name: str, converter: Callable) -> None:
-    """Teaches the bridge a layer class: `converter(keras3_layer)` returns
-    `(tf_keras_layer, weights)`, where `weights` go to the new layer once it is built."""
+    """Teaches the bridge a Keras 3 layer class it cannot rebuild by itself.
+
+    Args:
+        class_name: the Keras 3 layer's class name.
+        converter: `converter(keras3_layer)` returns `(tf_keras_layer, weights)`, where
+            `weights` go to the new layer once it is built.
+    """
     _CONVERTERS[class_name] = converter
 
 
@@ -292,7 +297,15 @@ def _first_difference(original, model, x) -> str:
 
 def save_keras3(model, path: Path) -> Path:
     """Saves a tf_keras model as a Keras 3 `.keras` archive (through Keras 3's reader of
-    Keras 2 `.h5` files), for users who go on training in Keras 3."""
+    Keras 2 `.h5` files), for users who go on training in Keras 3.
+
+    Args:
+        model: a tf_keras model, stripped of training wrappers.
+        path: where to write the `.keras` file.
+
+    Returns:
+        `path`.
+    """
     import tempfile
 
     from . import save

@@ -210,7 +210,15 @@ def _ratio(group: Group, config: Config) -> float:
 
 
 def apply(model: keras.Model, config: Config = Config()) -> keras.Model:
-    """Returns a smaller model without the least important channels, weights copied in.
+    """Removes the least important channels of each channel group and rebuilds the model.
+
+    Args:
+        model: a tf_keras model.
+        config: the share to remove (or per-group ratios), the importance criterion, its
+            scope, a channel divisor and exclusions.
+
+    Returns:
+        A smaller model, the kept channels' weights copied in.
 
     Raises:
         OptionError: bad configuration or an unknown excluded layer name.

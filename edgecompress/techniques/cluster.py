@@ -69,9 +69,17 @@ def _reason_to_skip(layer, config: Config) -> str | None:
 
 
 def apply(model: keras.Model, config: Config = Config()) -> keras.Model:
-    """Returns a copy of `model` whose kernels are clustered; fine-tune, then `strip()`.
+    """Wraps `model`'s kernels for weight clustering; fine-tune, then `strip()`.
 
     Layers that cannot be clustered are left as they are, with one warning naming them.
+
+    Args:
+        model: a tf_keras model (stripped of pruning wrappers; `preserve_sparsity` keeps
+            its zeros).
+        config: clusters per kernel (or per channel), their initialisation and exclusions.
+
+    Returns:
+        A copy of `model` with clustering wrappers.
 
     Example:
         >>> clustered = apply(model, Config(clusters=16))  # doctest: +SKIP

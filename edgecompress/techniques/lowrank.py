@@ -125,7 +125,15 @@ def plan(model: keras.Model, config: Config = Config()) -> list[Decision]:
 
 
 def apply(model: keras.Model, config: Config = Config()) -> keras.Model:
-    """Returns a new model with the planned layers factorised (weights from the SVD).
+    """Factorises the planned layers into two thinner ones, weights from the SVD.
+
+    Args:
+        model: a tf_keras model.
+        config: the rank as a share of each layer's largest, or the energy to keep, or
+            explicit ranks; the factorisation method and exclusions.
+
+    Returns:
+        A new model with the factorised layers.
 
     Raises:
         OptionError: an explicit rank above a layer's largest, or an unknown layer name.

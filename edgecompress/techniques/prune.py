@@ -122,10 +122,17 @@ def _input_channels(layer) -> int:
 
 
 def apply(model: keras.Model, config: Config = Config()) -> keras.Model:
-    """Returns a copy of `model` whose convolutions and Dense layers are wrapped for pruning.
+    """Wraps `model`'s convolutions and Dense layers for magnitude pruning.
 
     Fine-tune the result with the callbacks from `callbacks()`, then `strip()` it. Layers
     that cannot be pruned are left as they are, with one warning that names them.
+
+    Args:
+        model: a tf_keras model.
+        config: the sparsity, its pattern (unstructured or 2:4), schedule and exclusions.
+
+    Returns:
+        A copy of `model` with pruning wrappers.
 
     Raises:
         OptionError: `config.exclude` names a layer the model does not have.

@@ -68,10 +68,18 @@ class Config:
 
 
 def apply(model: keras.Model, config: Config = Config()) -> keras.Model:
-    """Returns a copy of `model` with fake quantisation for QAT.
+    """Adds fake quantisation for quantisation-aware training (QAT).
 
     Layers tfmot cannot quantise (custom layers, preprocessing layers such as Rescaling)
     stay float, with one warning that names them; a full-INT8 export may then fail.
+
+    Args:
+        model: a tf_keras model, stripped of pruning or clustering wrappers.
+        config: the scheme (default, or pruning-/cluster-preserving), the weights' bits
+            (8 or 4) and exclusions.
+
+    Returns:
+        A quantisation-aware copy of `model`.
 
     Raises:
         OptionError: the model is still wrapped for pruning or clustering, or is already

@@ -94,7 +94,16 @@ def _reason_to_skip(layer, chosen) -> str | None:
 
 
 def apply(model: keras.Model, config: Config = Config()) -> keras.Model:
-    """Returns a copy of `model` with each layer wrapped for its storage.
+    """Wraps each kernel layer to train for its storage (int4 grid, palette, sparse mask).
+
+    Args:
+        model: a tf_keras model.
+        config: the storage plan (layer -> storage, "*" for the rest) and the pruning
+            schedule of its sparse layers.
+
+    Returns:
+        A copy of `model` with each planned layer wrapped; fine-tune with `callbacks()`,
+        then `strip()`, and export with the same plan.
 
     Raises:
         OptionError: the plan names a layer the model does not have.

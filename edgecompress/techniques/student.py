@@ -28,7 +28,15 @@ class Config:
 
 
 def apply(model: keras.Model, config: Config = Config()) -> keras.Model:
-    """A new zoo model with `model`'s input shape and number of classes."""
+    """A new, untrained zoo model to distil `model` into.
+
+    Args:
+        model: the teacher, whose input shape and number of classes the student takes.
+        config: the zoo architecture and its options (e.g. width).
+
+    Returns:
+        The student model.
+    """
     return models.build(config.architecture, input_shape=models.input_shape(model)[1:],
                         classes=int(model.output_shape[-1]), **config.options)
 
