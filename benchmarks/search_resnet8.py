@@ -56,7 +56,9 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--qat-steps", type=int, default=200)
     parser.add_argument("--finalists", type=int, default=0,
-                        help="train this many of the best again at full length")
+                        help="train this many of the best again (the next seed)")
+    parser.add_argument("--final-draws", type=int, default=1,
+                        help="train each finalist this many times, judged by the mean drop")
     parser.add_argument("--final-steps", type=int, default=3000)
     parser.add_argument("--final-qat-steps", type=int, default=500)
     parser.add_argument("--transfer", action="store_true",
@@ -103,14 +105,15 @@ def main(argv=None) -> int:
         target="mcu-cortex-m4", max_drop=args.max_drop, max_bytes=args.max_bytes,
         max_ms=max_ms, trials=args.trials, time_budget=args.time_budget, steps=args.steps,
         qat_steps=args.qat_steps, finalists=args.finalists, final_steps=args.final_steps,
-        final_qat_steps=args.final_qat_steps, max_ratio=args.max_ratio,
+        final_qat_steps=args.final_qat_steps, final_draws=args.final_draws,
+        max_ratio=args.max_ratio,
         stored_as=tuple(args.stored_as), strip_names=args.strip_names, seed=args.seed)
     result = search.run(model, train, selection, args.out, settings, transfer=transfer)
     files = {"reference INT8": reference}
     if result["best"] is not None:
         files[f"search winner (trial {result['best']['trial']})"] = Path(result["best"]["file"])
     for final in result["finalists"]:
-        files[f"finalist (trial {final['trial']}, full length)"] = Path(final["file"])
+        files[f"finalist (trial {final['trial']})"] = Path(final["file"])
     if result["best"] is not None and args.select_on == "holdout":
         files["search winner, its recipe run on all train_original"] = rerun(
             model, result["best"], everything, judged["val_original"], args)

@@ -27,8 +27,8 @@ def test_settings_are_json_and_refuse_what_they_cannot_mean():
                                time_budget="25m")
     assert json.loads(json.dumps(dataclasses.asdict(settings)))["stored_as"] == ["lut4"]
     for bad, match in ((dict(max_bytes=0), "max_bytes"), (dict(workers=3, trials=2), "workers"),
-                       (dict(finalists=-1), "negative"), (dict(time_budget="soon"), "30m"),
-                       (dict(max_drop=-1), "max_drop")):
+                       (dict(finalists=-1), "negative"), (dict(final_draws=0), "final_draws"),
+                       (dict(time_budget="soon"), "30m"), (dict(max_drop=-1), "max_drop")):
         with pytest.raises(OptionError, match=match):
             search.Settings(target="mcu-cortex-m4", **bad)
 
@@ -40,15 +40,22 @@ def test_a_finalist_is_a_second_draw_not_a_replay(trained, train_set, test_set, 
     lines = []
     result = search.run(trained[0], train, judge, tmp_path, search.Settings(
         target=board, max_drop=100, trials=1, finalists=1, final_steps=SHORT["steps"],
-        final_qat_steps=SHORT["qat_steps"], strip_names=True, **SHORT),  # as names differ
-        progress=lines.append)
+        final_qat_steps=SHORT["qat_steps"], final_draws=2, strip_names=True,  # names differ
+        **SHORT), progress=lines.append)
     assert capsys.readouterr().out == ""  # every line went to the callback
     assert [line.split(":")[0] for line in lines[-3:]] == ["trial 0", "finalist", "finalist"]
     (trial,), (final,) = result["trials"], result["finalists"]
     assert final["trial"] == trial["trial"] and final["bytes"] == trial["bytes"]
-    # the same recipe at the same length with the next seed: other weights (with the same
+    # the same recipe at the same length with the next seeds: other weights (with the same
     # seed, the very same file)
-    assert open(final["file"], "rb").read() != open(trial["file"], "rb").read()
+    draws = sorted((tmp_path / "finalists").glob("trial_0_draw_*.tflite"))
+    assert len(draws) == 2 and final["file"] in map(str, draws)
+    contents = {trial["file"]: open(trial["file"], "rb").read()} | {
+        str(d): d.read_bytes() for d in draws}
+    assert len(set(contents.values())) == 3
+    # judged by the mean of its draws, its file the better draw's
+    assert final["mean_drop_points"] == pytest.approx(sum(final["draw_drops"]) / 2, abs=0.01)
+    assert final["drop_points"] == min(final["draw_drops"])
 
 
 @pytest.mark.slow  # a minute: the fast tier keeps the search's budget and naming tests
