@@ -121,6 +121,8 @@ def main(argv=None) -> int:
     print(f"\n{len(result['trials'])} trials, {result['feasible']} within the budget, "
           f"{len(result['pruned'])} pruned early.\n")
     print(report.text_table(rows))
+    if result["unconfirmed"]:
+        print(f"warning: {result['unconfirmed']}")
     if args.json:
         report.write_json(args.json, {"rows": rows, "trials": len(result["trials"]),
                                       "feasible": result["feasible"],

@@ -50,8 +50,8 @@ from .errors import EmulationError, OptionError
 from .techniques import channels, quantize
 from .train import FitConfig, StepReports
 
-__all__ = ["Settings", "chosen_caution", "interim_reports", "parse_duration", "run",
-           "summarise"]
+__all__ = ["Settings", "chosen_caution", "unconfirmed_warning", "interim_reports",
+           "parse_duration", "run", "summarise"]
 
 RATIO_STEP = 0.125
 SEED_FRACTIONS = (0.7, 0.5)  # of weights and MACs, for the seeds of a search without budgets
@@ -174,7 +174,9 @@ def run(model, train, eval_data, out: Path, settings: Settings, *, transfer=None
 
     Returns:
         {"trials": rows, "front": rows, "best": row or None, "feasible": count,
-         "finalists": rows, "pruned": rows of the trials stopped early}.
+         "finalists": rows, "pruned": rows of the trials stopped early, "unconfirmed":
+         a warning when finalists were trained and none stayed within the budgets, else
+         None}.
     """
     target = targets_module.get(settings.target)
     if emulate is not None and (not target.core or not target.cycles_per_instruction):
@@ -338,15 +340,15 @@ def _finalists(objective, study, count: int) -> list[dict]:
 
 def _finalist(objective, trial) -> dict:
     settings = objective.settings
-    steps, qat_steps, draws = settings.final_steps, settings.final_qat_steps, \
-        settings.final_draws
-    started = time.perf_counter()
-    objective.progress(f"finalist: trial {trial.number} again at {steps} + {qat_steps} "
-                       f"steps{f', {draws} draws' if draws > 1 else ''} ...")
+    draws, started = settings.final_draws, time.perf_counter()
     ratios = {g: trial.params[f"ratio {g}"] for g in objective.groups}
     bits = trial.params.get("weight bits", settings.weight_bits[0])
     plan = {layer: trial.params[f"storage {layer}"] for layer in objective.layers}
-    stages = objective.stages(ratios, bits, steps, qat_steps, plan)
+    stages = objective.stages(ratios, bits, settings.final_steps, settings.final_qat_steps,
+                              plan)
+    steps = " + ".join(f"{stage.fit.steps} {stage.technique}" for stage in stages)
+    objective.progress(f"finalist: trial {trial.number} again with {steps} steps"
+                       f"{f', {draws} draws' if draws > 1 else ''} ...")
     built = [objective.build(stages, objective.out / "finalists" / (
         f"trial_{trial.number}.tflite" if draws == 1 else
         f"trial_{trial.number}_draw_{draw}.tflite"), seed=settings.seed + draw)
@@ -362,9 +364,9 @@ def _finalist(objective, trial) -> dict:
            f"{mean_drop:+.2f} (mean of {', '.join(f'{d:+.2f}' for d in drops)})")
         + f" points (was {trial.user_attrs['row']['drop_points']:+.2f}), "
         f"{'fits' if fits else 'breaks'} the budgets")
-    return {"trial": trial.number, **row, "fits": fits, "steps": steps,
-            "qat_steps": qat_steps, **({"draw_drops": drops, "mean_drop_points":
-                                        round(mean_drop, 2)} if draws > 1 else {}),
+    spread = {"draw_drops": drops, "mean_drop_points": round(mean_drop, 2)} if draws > 1 \
+        else {}
+    return {"trial": trial.number, **row, "fits": fits, "steps": steps, **spread,
             "seconds": round(time.perf_counter() - started, 1)}
 
 
@@ -688,8 +690,10 @@ def summarise(study, out: Path, finals: list[dict] = ()) -> dict:
     pruned = [{"trial": t.number, **{k: t.params[k] for k in sorted(t.params)},
                "interim_drops": t.user_attrs.get("reports")}
               for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    unconfirmed = unconfirmed_warning(len(finals)) if finals and not fitting_finals and \
+        best is not None else None
     result = {"trials": rows, "front": front, "best": best, "feasible": len(feasible),
-              "finalists": list(finals), "pruned": pruned}
+              "finalists": list(finals), "pruned": pruned, "unconfirmed": unconfirmed}
     report.write_json(out / "trials.json", result)
     headline = f"{len(rows)} trial(s), {len(feasible)} within every budget" + (
         f"; {len(pruned)} more pruned early, beyond the accuracy budget." if pruned else ".")
@@ -706,6 +710,7 @@ def summarise(study, out: Path, finals: list[dict] = ()) -> dict:
                   f"({best['drop_95']})" + _as_finalist(best, fitting_finals)
                   + "; `best/recipe.json` re-runs it "
                   "with `edgecompress run`.", "", chosen_caution(len(rows)), "",
+                  *([f"**Warning:** {unconfirmed}", ""] if unconfirmed else []),
                   "## Pareto front", "",
                   report.markdown_table(front), ""]
     else:
@@ -732,7 +737,7 @@ def summarise(study, out: Path, finals: list[dict] = ()) -> dict:
         f" Best: trial {best['trial']}, {best['bytes']:,} bytes, {best['latency_ms']:.3g} ms, "
         f"drop {best['drop_points']:+.2f} points ({best['drop_95']})"
         + _as_finalist(best, fitting_finals) + ", in best/. "
-        + chosen_caution(len(rows)))
+        + chosen_caution(len(rows)) + (f" Warning: {unconfirmed}" if unconfirmed else ""))
     report.html_page(out / "report.html", "Search", headline + (
         best_text or " No candidate fit every budget."), sections)
     return result
@@ -745,10 +750,18 @@ def _as_finalist(best: dict, fitting_finals) -> str:
     if not fitting_finals:
         return ""
     draws = best.get("draw_drops", [None])
-    return (f" as a finalist ({best['steps']} + {best['qat_steps']} steps, " +
+    return (f" as a finalist ({best['steps']} steps, " +
             ("the next seed)" if len(draws) == 1 else
              f"its best of {len(draws)} draws, whose mean drop is "
              f"{best['mean_drop_points']:+.2f})"))
+
+
+def unconfirmed_warning(finalists: int) -> str:
+    """What a winner means when no finalist stayed within the budgets."""
+    return (f"none of the {finalists} finalist(s) stayed within the budgets when trained "
+            "again, so the winner is the smallest trial within them, and its drop may be one "
+            "lucky draw: a new draw of its recipe may lose more. More finalist steps or "
+            "draws, more fine-tuning images or a looser budget would tell.")
 
 
 def chosen_caution(trials: int) -> str:

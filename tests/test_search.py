@@ -80,7 +80,7 @@ def test_the_winner_meets_the_budget_and_the_study_resumes(trained, train_set, t
         "technique"] == "channels"
     page = (out / "report.html").read_text()
     assert f"Best: trial {best['trial']}" in page and page.count("<img") == 1
-    assert "as a finalist (6 + 2 steps, the next seed)" in page
+    assert "as a finalist (6 channels + 2 qat steps, the next seed)" in page
     assert "among 4 trial(s)" in page and "never saw" in (out / "report.md").read_text()
     assert page.count("<tr>") == (1 + len(front)) + (1 + 1) + (1 + 4)  # front, finalist, all
     again = search.run(model, train, judge, out,
@@ -303,3 +303,37 @@ def test_a_storage_search_with_a_bytes_budget_starts_from_the_storage_scan(
     (seeded,) = result["trials"]
     assert set(seeded["storage"].values()) != {"int8"}, seeded["storage"]
     assert Path(seeded["file"]).stat().st_size <= budget, (untouched, seeded)
+
+
+def _study_of(tmp_path, drops):
+    """A study whose trials made files of 1,000, 2,000, ... bytes with these drops, judged
+    against a 1-point budget (the constraints as the objective sets them)."""
+    import optuna
+
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    for number, drop in enumerate(drops):
+        file = tmp_path / f"trial_{number}.tflite"
+        file.write_bytes(b"x" * 8)
+        file.with_suffix(".json").write_text("{}")
+        row = {"trial": number, "bytes": 1000 * (number + 1), "latency_ms": 1.0,
+               "accuracy": 0.9, "drop_points": drop, "drop_95": "", "file": str(file)}
+        study.add_trial(optuna.trial.create_trial(
+            values=[row["bytes"], 1.0],
+            user_attrs={"row": row, "constraints": [(drop - 1) / 100, 0.0]}))
+    return study
+
+
+def test_a_winner_no_finalist_confirmed_comes_with_a_warning(tmp_path):
+    study = _study_of(tmp_path, [0.8, 0.5])
+    for name in "abc":
+        (tmp_path / name).mkdir()
+    confirmed = search.summarise(study, tmp_path / "a", [
+        {"trial": 1, "bytes": 2000, "latency_ms": 1.0, "drop_points": 0.9, "drop_95": "",
+         "fits": True, "steps": "300 storage", "file": str(tmp_path / "trial_1.tflite")}])
+    assert confirmed["best"]["trial"] == 1 and confirmed["unconfirmed"] is None
+    lucky = search.summarise(study, tmp_path / "b", [
+        {"trial": 0, "bytes": 1000, "latency_ms": 1.0, "drop_points": 2.4, "drop_95": "",
+         "fits": False, "steps": "300 storage", "file": str(tmp_path / "trial_0.tflite")}])
+    assert lucky["best"]["trial"] == 0 and "lucky draw" in lucky["unconfirmed"]
+    assert "**Warning:** none of the 1 finalist(s)" in (tmp_path / "b" / "report.md").read_text()
+    assert search.summarise(study, tmp_path / "c")["unconfirmed"] is None  # none asked

@@ -275,6 +275,8 @@ def run_search(args) -> int:
     print(f"best: trial {best['trial']}, {best['bytes']:,} bytes, {best['latency_ms']:.3g} "
           f"ms, drop {best['drop_points']:+.2f} points; wrote {args.out}/best/")
     print(search.chosen_caution(len(result["trials"])))
+    if result["unconfirmed"]:
+        print(f"edgecompress search: warning: {result['unconfirmed']}", file=sys.stderr)
     return 0
 
 
