@@ -57,6 +57,8 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--qat-steps", type=int, default=200)
     parser.add_argument("--finalists", type=int, default=0,
                         help="train this many of the best again (the next seed)")
+    parser.add_argument("--minimise", choices=("bytes", "drop"), default="bytes",
+                        help="rank the files within the budgets by bytes or by drop")
     parser.add_argument("--final-draws", type=int, default=1,
                         help="train each finalist this many times, judged by the mean drop")
     parser.add_argument("--final-steps", type=int, default=3000)
@@ -106,8 +108,8 @@ def main(argv=None) -> int:
         max_ms=max_ms, trials=args.trials, time_budget=args.time_budget, steps=args.steps,
         qat_steps=args.qat_steps, finalists=args.finalists, final_steps=args.final_steps,
         final_qat_steps=args.final_qat_steps, final_draws=args.final_draws,
-        max_ratio=args.max_ratio,
-        stored_as=tuple(args.stored_as), strip_names=args.strip_names, seed=args.seed)
+        minimise=args.minimise, max_ratio=args.max_ratio, stored_as=tuple(args.stored_as),
+        strip_names=args.strip_names, seed=args.seed)
     result = search.run(model, train, selection, args.out, settings, transfer=transfer)
     files = {"reference INT8": reference}
     if result["best"] is not None:

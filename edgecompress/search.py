@@ -9,8 +9,9 @@ bytes, and its latency (LiteRT on this machine for phone and Linux targets; for
 microcontrollers the calibrated MAC estimate). With `emulate`, latency comes from the
 instructions counted on the target's core or CPU class under QEMU; on microcontrollers the
 firmware's flash and measured arena then replace the file's bytes and the activation
-estimate in the flash and RAM budgets. Objectives: bytes
-and latency, both minimised (Optuna's multi-objective TPE, which learns from few trials);
+estimate in the flash and RAM budgets. Objectives: bytes (or, with `minimise="drop"`,
+the drop) and latency, both minimised (Optuna's multi-objective TPE, which learns from
+few trials);
 constraints (`Trial.set_constraint`): the accuracy budget, the target's flash and RAM, and
 the user's own bytes and latency budgets, each as a share of its budget (accuracy as a
 share of the images) so that the sampler can weigh one excess against another. A new
@@ -56,6 +57,7 @@ __all__ = ["Settings", "chosen_caution", "unconfirmed_warning", "interim_reports
 RATIO_STEP = 0.125
 SEED_FRACTIONS = (0.7, 0.5)  # of weights and MACs, for the seeds of a search without budgets
 SEED_IMAGES = 300
+MINIMISE = ("bytes", "drop")  # what the search ranks the candidates within budget by
 HEARTBEAT_SECONDS = 60  # a trial whose worker is silent for 3 beats is marked failed
 REPORT_AT = (1 / 3, 2 / 3)  # of a trial's fine-tuning steps
 REPORT_IMAGES = 500
@@ -109,6 +111,9 @@ class Settings:
             the microcontroller holds).
         strip_names: write the trials' files without tensor names and signatures (their
             bytes are then what a microcontroller's flash holds; `metadata.add`).
+        minimise: "bytes" (default): the smallest file within every budget; "drop": the
+            most accurate file within them (a finalist by its mean drop), for a bytes
+            budget that should be spent on accuracy.
         seed: training's seed and the sampler's (worker i's sampler: seed + i).
         workers: processes on this machine that share the trials (this one included).
         storage: an Optuna storage URL (default: SQLite in `out`, so a search resumes);
@@ -132,6 +137,7 @@ class Settings:
     weight_bits: tuple = (8,)
     stored_as: tuple = ()
     strip_names: bool = False
+    minimise: str = "bytes"
     seed: int = 0
     workers: int = 1
     storage: str | None = None
@@ -147,6 +153,9 @@ class Settings:
         if self.trials < 0 or self.finalists < 0:
             raise OptionError(f"`trials` and `finalists` count; they cannot be negative. "
                               f"Received: trials={self.trials}, finalists={self.finalists}.")
+        if self.minimise not in MINIMISE:
+            raise OptionError(f"`minimise` is one of {', '.join(MINIMISE)}. "
+                              f"Received: {self.minimise!r}.")
         if self.final_draws < 1:
             raise OptionError(f"`final_draws` trains each finalist that many times; it must "
                               f"be at least 1. Received: {self.final_draws}.")
@@ -226,7 +235,8 @@ def run(model, train, eval_data, out: Path, settings: Settings, *, transfer=None
             print(f"search: worker {number} ended with exit status {child.returncode}; its "
                   "finished trials are kept", file=sys.stderr, flush=True)
     finals = _finalists(objective, study, settings.finalists)
-    return summarise(study, out, finals)  # trials are read from the storage, workers' too
+    # trials are read from the storage, workers' too
+    return summarise(study, out, finals, settings.minimise)
 
 
 def _judged_by(settings: Settings, target, groups: list) -> dict:
@@ -238,6 +248,7 @@ def _judged_by(settings: Settings, target, groups: list) -> dict:
             | ({"weight_bits": list(s.weight_bits)} if s.weight_bits != (8,) else {})
             | ({"strip_names": True} if s.strip_names else {})
             | ({"stored_as": list(s.stored_as)} if s.stored_as else {})
+            | ({"minimise": s.minimise} if s.minimise != "bytes" else {})
             | {k: v for k, v in (("max_bytes", s.max_bytes), ("max_ms", s.max_ms)) if v})
 
 
@@ -330,7 +341,8 @@ def _finalists(objective, study, count: int) -> list[dict]:
     finalist steps and the next seeds, and judged by their mean drop."""
     def rank(trial):
         row = trial.user_attrs["row"]
-        return (0, row["bytes"]) if _Objective.fits(trial) else (1, row["drop_points"])
+        return (0, *_order(row, objective.settings.minimise)) if _Objective.fits(trial) \
+            else (1, row["drop_points"], row["bytes"])
 
     device_fits = [t for t in study.trials if "row" in t.user_attrs
                    and all(c <= 0 for c in t.user_attrs["constraints"][1:])]
@@ -526,14 +538,17 @@ class _Objective:
         trial.set_user_attr("constraints", list(constraints.values()))
         trial.set_user_attr("process", os.getpid())
         fits = self.fits(trial)
-        if fits and (self.best is None or row["bytes"] < self.best[1]):
-            self.best = (trial.number, row["bytes"])
+        if fits and (self.best is None or _order(row, settings.minimise) <
+                     _order(self.best[1], settings.minimise)):
+            self.best = (trial.number, row)
         self.progress(
             f"trial {trial.number}: {row['bytes']:,} bytes, {row['latency_ms']:.3g} ms, drop "
             f"{row['drop_points']:+.2f} points, {'fits' if fits else 'breaks'} the budgets "
             f"({row['seconds']:.0f} s); best so far: " +
-            (f"trial {self.best[0]}, {self.best[1]:,} bytes" if self.best else "none"))
-        return float(row["bytes"]), float(row["latency_ms"])
+            (f"trial {self.best[0]}, {self.best[1]['bytes']:,} bytes, drop "
+             f"{self.best[1]['drop_points']:+.2f}" if self.best else "none"))
+        first = row["bytes"] if settings.minimise == "bytes" else row["drop_points"]
+        return float(first), float(row["latency_ms"])
 
     def reports(self, trial, stages: list[recipe.Stage]) -> StepReports:
         """The trial's interim drops (its user attribute "reports", in points), each a
@@ -675,9 +690,10 @@ def _excess(value: float, limit: float | None) -> float:
     return (value - limit) / limit if limit else -1.0
 
 
-def summarise(study, out: Path, finals: list[dict] = ()) -> dict:
+def summarise(study, out: Path, finals: list[dict] = (), minimise: str = "bytes") -> dict:
     """The trials, the Pareto front of those that fit, and the best (fewest bytes, then
-    lowest latency; among the `finals`, trained again, when one of them fits) copied to
+    lowest latency, or with `minimise` "drop" the lowest drop, then fewest bytes; among
+    the `finals`, trained again, when one of them fits) copied to
     out/best with its recipe.json; also trials.json, report.md, pareto.png and
     report.html (all of it on one page)."""
     done = [t for t in study.trials if "row" in t.user_attrs]
@@ -685,7 +701,7 @@ def summarise(study, out: Path, finals: list[dict] = ()) -> dict:
     feasible = [r for r in rows if r["fits"]]
     front = [feasible[i] for i in _front(feasible)]
     fitting_finals = [r for r in finals if r["fits"]]
-    best = min(fitting_finals or feasible, key=lambda r: (r["bytes"], r["latency_ms"])) \
+    best = min(fitting_finals or feasible, key=lambda r: _order(r, minimise)) \
         if fitting_finals or feasible else None
     pruned = [{"trial": t.number, **{k: t.params[k] for k in sorted(t.params)},
                "interim_drops": t.user_attrs.get("reports")}
@@ -754,6 +770,14 @@ def _as_finalist(best: dict, fitting_finals) -> str:
             ("the next seed)" if len(draws) == 1 else
              f"its best of {len(draws)} draws, whose mean drop is "
              f"{best['mean_drop_points']:+.2f})"))
+
+
+def _order(row: dict, minimise: str) -> tuple:
+    """What ranks a row within every budget: its bytes then latency, or its drop (a
+    finalist's mean over its draws) then bytes."""
+    if minimise == "bytes":
+        return row["bytes"], row["latency_ms"]
+    return row.get("mean_drop_points", row["drop_points"]), row["bytes"]
 
 
 def unconfirmed_warning(finalists: int) -> str:

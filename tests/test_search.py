@@ -28,6 +28,7 @@ def test_settings_are_json_and_refuse_what_they_cannot_mean():
     assert json.loads(json.dumps(dataclasses.asdict(settings)))["stored_as"] == ["lut4"]
     for bad, match in ((dict(max_bytes=0), "max_bytes"), (dict(workers=3, trials=2), "workers"),
                        (dict(finalists=-1), "negative"), (dict(final_draws=0), "final_draws"),
+                       (dict(minimise="size"), "minimise"),
                        (dict(time_budget="soon"), "30m"), (dict(max_drop=-1), "max_drop")):
         with pytest.raises(OptionError, match=match):
             search.Settings(target="mcu-cortex-m4", **bad)
@@ -41,7 +42,7 @@ def test_a_finalist_is_a_second_draw_not_a_replay(trained, train_set, test_set, 
     result = search.run(trained[0], train, judge, tmp_path, search.Settings(
         target=board, max_drop=100, trials=1, finalists=1, final_steps=SHORT["steps"],
         final_qat_steps=SHORT["qat_steps"], final_draws=2, strip_names=True,  # names differ
-        **SHORT), progress=lines.append)
+        minimise="drop", **SHORT), progress=lines.append)
     assert capsys.readouterr().out == ""  # every line went to the callback
     assert [line.split(":")[0] for line in lines[-3:]] == ["trial 0", "finalist", "finalist"]
     (trial,), (final,) = result["trials"], result["finalists"]
@@ -56,6 +57,12 @@ def test_a_finalist_is_a_second_draw_not_a_replay(trained, train_set, test_set, 
     # judged by the mean of its draws, its file the better draw's
     assert final["mean_drop_points"] == pytest.approx(sum(final["draw_drops"]) / 2, abs=0.01)
     assert final["drop_points"] == min(final["draw_drops"])
+    # with minimise="drop" the study's first objective is the drop, not the bytes
+    import optuna
+
+    study = optuna.load_study(study_name="edgecompress",
+                              storage=f"sqlite:///{tmp_path / 'study.db'}")
+    assert study.trials[0].values[0] == pytest.approx(trial["drop_points"])
 
 
 @pytest.mark.slow  # a minute: the fast tier keeps the search's budget and naming tests
@@ -337,3 +344,17 @@ def test_a_winner_no_finalist_confirmed_comes_with_a_warning(tmp_path):
     assert lucky["best"]["trial"] == 0 and "lucky draw" in lucky["unconfirmed"]
     assert "**Warning:** none of the 1 finalist(s)" in (tmp_path / "b" / "report.md").read_text()
     assert search.summarise(study, tmp_path / "c")["unconfirmed"] is None  # none asked
+
+
+def test_minimising_the_drop_picks_the_most_accurate_file_within_the_budgets(tmp_path):
+    study = _study_of(tmp_path, [0.8, 0.5, 1.5])  # the third breaks the 1-point budget
+    for name in "ab":
+        (tmp_path / name).mkdir()
+    assert search.summarise(study, tmp_path / "a")["best"]["trial"] == 0  # the smallest
+    assert search.summarise(study, tmp_path / "a", minimise="drop")["best"]["trial"] == 1
+    # finalists by their mean drop, not their kept (best) draw's
+    finals = [{"trial": n, "bytes": 1000 * (n + 1), "latency_ms": 1.0, "drop_points": best,
+               "mean_drop_points": mean, "drop_95": "", "fits": True, "steps": "",
+               "file": str(tmp_path / f"trial_{n}.tflite")}
+              for n, best, mean in ((0, 0.1, 0.6), (1, 0.4, 0.5))]
+    assert search.summarise(study, tmp_path / "b", finals, "drop")["best"]["trial"] == 1

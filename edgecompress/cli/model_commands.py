@@ -197,6 +197,10 @@ def add_search(commands) -> None:
                    help="after the trials, train the N best again with the next seed "
                         "(steps below) and pick the winner among them (default 0: the short "
                         "trials decide); their time comes after --time-budget")
+    p.add_argument("--minimise", choices=("bytes", "drop"), default="bytes",
+                   help="what ranks the files within every budget: bytes (the smallest, "
+                        "default) or drop (the most accurate, for a --max-bytes to spend "
+                        "on accuracy)")
     p.add_argument("--final-draws", type=int, default=1, metavar="K",
                    help="train each finalist K times (the next K seeds) and judge it by its "
                         "mean drop; its file is its best draw's (default 1)")
@@ -261,7 +265,7 @@ def run_search(args) -> int:
         max_ms=args.max_ms, trials=args.trials, time_budget=args.time_budget,
         steps=args.steps, qat_steps=args.qat_steps, finalists=args.finalists,
         final_steps=args.final_steps, final_qat_steps=args.final_qat_steps,
-        final_draws=args.final_draws,
+        final_draws=args.final_draws, minimise=args.minimise,
         max_ratio=args.max_ratio, divisor=args.divisor, weight_bits=tuple(args.weight_bits),
         stored_as=tuple(args.stored_as), strip_names=args.strip_names, seed=args.seed,
         workers=args.workers, storage=args.storage)
