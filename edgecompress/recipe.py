@@ -61,8 +61,19 @@ def pruning(fit_config: FitConfig, samples: int, *, sparsity: float = 0.5,
             pattern: str = "unstructured", allocation: str = "uniform",
             distill: distill.Config | None = None) -> Stage:
     """A pruning stage whose polynomial schedule reaches `sparsity` two thirds of the way
-    through its fine-tuning (of `samples` images a pass), leaving the last third to recover
-    at full sparsity."""
+    through its fine-tuning, leaving the last third to recover at full sparsity.
+
+    Args:
+        fit_config: the stage's fine-tuning.
+        samples: fine-tuning images a pass (the schedule counts steps).
+        sparsity: the share of weights removed at the end.
+        pattern: "unstructured" or "2:4".
+        allocation: how the sparsity is shared between layers (see `prune.Config`).
+        distill: learn from the teacher too, or None.
+
+    Returns:
+        The `Stage`.
+    """
     steps = max(2, fit_config.total_steps(samples))
     end = max(1, 2 * steps // 3)
     config = prune.Config(sparsity=sparsity, pattern=pattern, allocation=allocation,

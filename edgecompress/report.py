@@ -272,7 +272,18 @@ def _png_base64(figure) -> str:
 
 def html_report(results: dict, path, *, title: str = "edgecompress report",
                 baseline: str | None = None, notes: str = "") -> Path:
-    """Writes one self-contained HTML page: the table and every plot, embedded."""
+    """Writes one self-contained HTML page: the table and every plot, embedded.
+
+    Args:
+        results: variant -> `Evaluation` (or row), as `table` takes them.
+        path: the `.html` to write.
+        title: the page's title.
+        baseline: the variant the speed-ups are against (default: the first).
+        notes: a paragraph above the table.
+
+    Returns:
+        `path`.
+    """
     rows = table(results, baseline, as_rows=True)
     figures = [("Accuracy against size and latency", pareto_plot(rows)),
                ("Latency", latency_plot(results)),

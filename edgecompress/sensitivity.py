@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import models, report, tflite
+from . import _io, models, report, tflite
 from .data import Dataset
 from .errors import OptionError
 from .techniques import channels
@@ -32,9 +32,21 @@ CACHE = "sensitivity.json"
 
 def channel_sensitivity(model, data: Dataset, *, ratios=DEFAULT_RATIOS,
                         criterion: str = "l1", preprocess=None) -> list[dict]:
-    """One row per (prunable channel group, ratio): the group's first producer layer, its
-    channels, those kept, and the accuracy and top-1 agreement with the unpruned model on
-    `data`, without fine-tuning."""
+    """What removing each channel group's least important channels costs, without
+    fine-tuning.
+
+    Args:
+        model: a tf_keras model.
+        data: images, with labels for the accuracy.
+        ratios: shares of each group's channels to remove.
+        criterion: the importance of a channel (see `channels.Config`).
+        preprocess: the images' `Preprocess` (default: the dataset's).
+
+    Returns:
+        One row per (prunable channel group, ratio): the group's first producer layer, its
+        channels, those kept, and the accuracy and top-1 agreement with the unpruned model
+        on `data`.
+    """
     if not ratios or any(not 0 < r < 1 for r in ratios):
         raise OptionError(f"`ratios` must lie in (0, 1). Received: ratios={list(ratios)}.")
     how = data.resolve(preprocess)
@@ -62,12 +74,22 @@ DEFAULT_STORAGES = ("int4", "lut4", "lut3", "lut2", "prune75", "prune90")
 
 def storage_sensitivity(model, data: Dataset, *, storages=DEFAULT_STORAGES,
                         preprocess=None, seed: int = 0) -> list[dict]:
-    """One row per (kernel layer, storage): what storing that layer alone so costs before
-    any fine-tuning (accuracy and top-1 agreement with the unchanged model on `data`), and
-    the kernel's estimated stored bytes. LUT and pruned layers start as training for the
-    storage starts (`techniques.storage`: k-means per output channel, magnitude pruning,
-    the int4 grid per output channel; int4 is for Conv2D only: a kind that cannot store a
-    layer has no row)."""
+    """What storing each kernel layer alone costs before any fine-tuning. LUT and pruned
+    layers start as training for the storage starts (`techniques.storage`: k-means per
+    output channel, magnitude pruning, the int4 grid per output channel; int4 is for
+    Conv2D only: a kind that cannot store a layer has no row).
+
+    Args:
+        model: a tf_keras model.
+        data: images, with labels for the accuracy.
+        storages: the storages to try (`edgecompress.storage` names).
+        preprocess: the images' `Preprocess` (default: the dataset's).
+        seed: the k-means draw.
+
+    Returns:
+        One row per (kernel layer, storage): accuracy and top-1 agreement with the
+        unchanged model on `data`, and the kernel's estimated stored bytes.
+    """
     from ._tf import keras
     from .techniques import storage as for_storage
     from . import storage as stored
@@ -97,13 +119,26 @@ def storage_sensitivity(model, data: Dataset, *, storages=DEFAULT_STORAGES,
 
 def scan(model, data: Dataset, out: Path, *, ratios=DEFAULT_RATIOS, samples: int = 500,
          preprocess=None, quantisation: bool = True, key: str = "",
-         storages=()) -> dict:
-    """Channel and quantisation sensitivity on `samples` images of `data` drawn at random
-    (seed 0), and with `storages` (e.g. `DEFAULT_STORAGES`) each kernel layer's under
-    those storages, written to `out` (sensitivity.json, sensitivity.md, sensitivity.png).
+         storages=(), progress=_io.say) -> dict:
+    """Channel, quantisation and (with `storages`) storage sensitivity on a random sample
+    of `data`, written to `out` (sensitivity.json, sensitivity.md, sensitivity.png).
 
-    `key` identifies the model (e.g. its file's SHA-256); with the same key, data and
-    settings, an earlier result in `out` is returned instead of measured again.
+    Args:
+        model: a tf_keras model.
+        data: labelled images.
+        out: an existing folder.
+        ratios: shares of each channel group to remove.
+        samples: images drawn from `data` (seed 0).
+        preprocess: the images' `Preprocess` (default: the dataset's).
+        quantisation: also measure INT8's error per operator.
+        key: what identifies the model (e.g. its file's SHA-256); with the same key, data
+            and settings, an earlier result in `out` is returned instead of measured again.
+        storages: storages per kernel layer to try (e.g. `DEFAULT_STORAGES`), or none.
+        progress: called with each line of progress.
+
+    Returns:
+        {"settings", "channels": rows, "storage": rows, "quantisation": rows}, the last
+        two when asked.
     """
     subset = data.take(samples, seed=0)
     how = subset.resolve(preprocess)
@@ -113,19 +148,18 @@ def scan(model, data: Dataset, out: Path, *, ratios=DEFAULT_RATIOS, samples: int
                 "storages": list(storages)}
     cached = _cached(out / CACHE, settings)
     if cached is not None:
-        print(f"sensitivity: reusing {out / CACHE} (same model, data and settings)")
+        progress(f"sensitivity: reusing {out / CACHE} (same model, data and settings)")
         return cached
-    print(f"sensitivity: pruning each channel group at {', '.join(map(str, ratios))} on "
-          f"{len(subset)} images ...", flush=True)
+    progress(f"sensitivity: pruning each channel group at {', '.join(map(str, ratios))} on "
+             f"{len(subset)} images ...")
     result = {"settings": settings,
               "channels": channel_sensitivity(model, subset, ratios=ratios, preprocess=how)}
     if storages:
-        print(f"sensitivity: each kernel layer stored as {', '.join(storages)} ...",
-              flush=True)
+        progress(f"sensitivity: each kernel layer stored as {', '.join(storages)} ...")
         result["storage"] = storage_sensitivity(model, subset, storages=storages,
                                                 preprocess=how)
     if quantisation:
-        print("sensitivity: INT8 error per operator ...", flush=True)
+        progress("sensitivity: INT8 error per operator ...")
         result["quantisation"] = tflite.quantization_errors(model, subset, preprocess=how,
                                                             samples=min(len(subset), 100))
     write(result, out)
@@ -177,12 +211,24 @@ def _plot(rows: list[dict], path: Path) -> None:
 def allocate(model, rows: list[dict], *, params: float = 1.0, macs: float = 1.0,
              step: float = 0.125, max_ratio: float = 0.75, divisor: int = 1) -> dict:
     """Channel ratios per group that bring the model's weights and multiply-accumulates
-    down to `params` and `macs` (fractions of the unpruned model's), giving up as little
-    measured agreement as it can: step by step, the group whose next `step` of channels
-    removes the most excess per point of agreement lost (the sensitivity analysis of Li et
-    al. 2017, "Pruning Filters for Efficient ConvNets", turned into a greedy allocation).
-    `rows` are `channel_sensitivity`'s; ratios between its ratios are interpolated. Stops
-    at `max_ratio` everywhere even when the fractions are not reached."""
+    down to fractions of the unpruned model's, giving up as little measured agreement as
+    it can: step by step, the group whose next `step` of channels removes the most excess
+    per point of agreement lost (the sensitivity analysis of Li et al. 2017, "Pruning
+    Filters for Efficient ConvNets", turned into a greedy allocation). Ratios between the
+    measured ones are interpolated.
+
+    Args:
+        model: the unpruned tf_keras model.
+        rows: `channel_sensitivity`'s rows.
+        params, macs: the fractions of weights and MACs to reach.
+        step: the ratio one step removes.
+        max_ratio: the most of any group removed; the allocation stops there everywhere
+            even when the fractions are not reached.
+        divisor: keep a multiple of this many channels.
+
+    Returns:
+        {group's first producer layer: ratio}.
+    """
     full = (model.count_params(), models.macs(model))
 
     def excess(ratios):

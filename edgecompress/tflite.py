@@ -343,8 +343,20 @@ def quantization_errors(model: keras.Model, data: Dataset, *, preprocess=None,
 
 def export_modes(model, folder, data, *, modes=("fp32", "fp16", "dynamic", "int8"),
                  preprocess=None, progress=None) -> dict:
-    """Exports a Keras model in each mode into `folder` ({mode}.tflite); int8 calibrates on
-    `data` (what `compare-modes` runs on each phone class). Returns {mode: path}."""
+    """Exports a Keras model in each mode into `folder` (what `compare-modes` runs on each
+    phone class).
+
+    Args:
+        model: a tf_keras model.
+        folder: where {mode}.tflite go.
+        data: calibration images for int8.
+        modes: `Mode` names.
+        preprocess: the images' `Preprocess` (default: the dataset's).
+        progress: called with a line per mode, or None.
+
+    Returns:
+        {mode: path}.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     files = {}

@@ -140,6 +140,21 @@ def memory_check(model, target, micro_run) -> Check:
 
 
 def latency_checks(runner, target, data, how, runs, summary) -> list[Check]:
+    """The latency: on a microcontroller the calibrated MAC estimate, elsewhere LiteRT's
+    median on this machine (judged only for a target without an emulated CPU class, and
+    then as this machine's time, not the device's).
+
+    Args:
+        runner: the file's interpreter here (`verify.runner`).
+        target: the `Target`.
+        data: the images one invocation takes its input from (None: blank).
+        how: their `Preprocess`.
+        runs: timed invocations here.
+        summary: the file's figures, to which the estimate or the median is added.
+
+    Returns:
+        A list of zero (a microcontroller without calibration) or one `Check`.
+    """
     macs = summary["macs"]
     if target.runtime == "tflm":
         estimate = target.estimate_ms(macs)
@@ -173,7 +188,20 @@ def latency_checks(runner, target, data, how, runs, summary) -> list[Check]:
 def accuracy_check(runner, target, data, how, reference, min_accuracy, micro_run):
     """Accuracy on every image of `data` from the file's interpreter here (LiteRT, or
     TFLite Micro's Python runtime for a file only it runs), whether or not TFLite Micro is
-    installed; TFLite Micro's own run on its sample is compared with it."""
+    installed; TFLite Micro's own run on its sample is compared with it.
+
+    Args:
+        runner: the file's interpreter here (`verify.runner`).
+        target: the `Target`.
+        data: labelled images.
+        how: their `Preprocess`.
+        reference: the float model's top-1 labels on `data`, for the agreement, or None.
+        min_accuracy: the accuracy budget, or None (then the check informs).
+        micro_run: TFLite Micro's run on a sample of `data`, or None.
+
+    Returns:
+        The accuracy `Check`, then the comparison with TFLite Micro when it ran.
+    """
     predictions = runner.run(data, how)[0].argmax(axis=1)
     where = ("TFLite Micro's Python runtime" if runner.kernels == "tflite-micro" else
              f"LiteRT on this machine ({runner.kernels} kernels)") + f", {len(data):,} images"
@@ -233,7 +261,18 @@ def decoding_cost(model, summary) -> list[Check]:
 
 def int4_against_int8(runner, model, data, how, runs) -> Check:
     """The int4 file's LiteRT latency against its int8 twin's (the same weights stored as
-    int8), both measured here in this run."""
+    int8), both measured here in this run.
+
+    Args:
+        runner: the int4 file's interpreter (`verify.runner`).
+        model: the opened int4 file.
+        data: images one invocation takes its input from (None: blank).
+        how: their `Preprocess`.
+        runs: timed invocations of each file.
+
+    Returns:
+        An informative `Check`.
+    """
     twin = verify.LiteRTModel(inspect.read(inspect.int8_twin(model.content)),
                               threads=runner.threads)
     image = data.x[0] if data is not None else np.zeros(model.input_shape[1:], np.uint8)

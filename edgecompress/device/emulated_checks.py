@@ -31,7 +31,24 @@ def with_emulation_finding(checks, error, target) -> list[Check]:
 
 def verify_emulated(model, target, data, how, reference, min_accuracy, runner, run,
                     summary) -> Verdict:
-    """The verdict from TFLite Micro run on the target's core under QEMU."""
+    """The verdict from TFLite Micro run on the target's core under QEMU.
+
+    Args:
+        model: the opened file.
+        target: the microcontroller `Target`.
+        data: labelled images, or None.
+        how: their `Preprocess`.
+        reference: the float model's top-1 labels on `data`, or None.
+        min_accuracy: the accuracy budget, or None.
+        runner: the file's interpreter here (`verify.runner`), for the accuracy on all of
+            `data` and the byte-for-byte comparison.
+        run: the `cortex_m.EmulatedRun` of a sample of `data`.
+        summary: the file's figures, which the emulated ones join.
+
+    Returns:
+        The `Verdict`: flash and RAM of firmware and model, operators, latency from the
+        instructions, accuracy.
+    """
     built = run.firmware
     where = f"{built.core.name} ({built.board.machine}), {built.kernels} kernels"
     flash = run.flash_bytes(model.size)
@@ -83,7 +100,23 @@ def verify_emulated(model, target, data, how, reference, min_accuracy, runner, r
 
 def verify_arm64(model, target, data, how, reference, min_accuracy, runner, run,
                  summary) -> Verdict:
-    """The verdict from LiteRT's ARM64 build on the target's emulated CPU class."""
+    """The verdict from LiteRT's ARM64 build on the target's emulated CPU class.
+
+    Args:
+        model: the opened file.
+        target: the phone or board `Target`.
+        data: labelled images, or None.
+        how: their `Preprocess`.
+        reference: the float model's top-1 labels on `data`, or None.
+        min_accuracy: the accuracy budget, or None.
+        runner: the file's interpreter here (`verify.runner`), for the accuracy.
+        run: the `arm64.ArmRun`.
+        summary: the file's figures, which the emulated ones join.
+
+    Returns:
+        The `Verdict`: instructions, XNNPACK's kernels, the operators left to LiteRT,
+        latency from the instructions, accuracy.
+    """
     cpu = run.cpu
     instructions = run.steady_instructions
     counted = run.instructions[1:] if len(run.instructions) > 1 else run.instructions

@@ -94,9 +94,21 @@ def verify_target(path, target, data: Dataset | None = None, *, preprocess=None,
 
 
 def emulate_run(model, target, data, preprocess, samples: int, emulate: Emulation):
-    """The emulated run of `samples` images of `data` (None: the input's zero point), a
-    `cortex_m.EmulatedRun` or an `arm64.ArmRun`, or the `EmulationError` that is the
-    verdict's finding (an operator the firmware lacks, a model that does not fit)."""
+    """Runs the file on the target's emulated core or CPU class.
+
+    Args:
+        model: the opened file.
+        target: the `Target`: a microcontroller runs the TFLite Micro firmware, a phone or
+            board CPU LiteRT's ARM64 build.
+        data: images, or None: the input's zero point.
+        preprocess: their `Preprocess` name (default: the file's metadata, else the data's).
+        samples: images to run.
+        emulate: the `Emulation` (kernels, sources, cache, build options).
+
+    Returns:
+        A `cortex_m.EmulatedRun` or an `arm64.ArmRun`, or the `EmulationError` that is the
+        verdict's finding (an operator the firmware lacks, a model that does not fit).
+    """
     if target.runtime == "litert" and target.core:
         return arm64.run(model, _arm64_inputs(model, data, preprocess, samples),
                          cpu=target.core, cache=emulate.cache)

@@ -225,7 +225,15 @@ def evaluate(path, data: Dataset, *, preprocess=None, reference: np.ndarray | No
 
 def evaluate_in_process(file: inspect.Model, data, *, preprocess, reference, threads,
                         kernels, latency_runs):
-    """`evaluate` of an opened file without the child process."""
+    """`evaluate` of an opened file without the child process (for code already isolated).
+
+    Args:
+        file: the opened `.tflite`.
+        data, preprocess, reference, threads, kernels, latency_runs: as `evaluate`.
+
+    Returns:
+        The `Evaluation`.
+    """
     how = file.preprocess(preprocess, fallback=data.preprocess)
     labels = data.require_labels()
     check_labels(labels, data.classes, file)

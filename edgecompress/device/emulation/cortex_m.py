@@ -68,7 +68,13 @@ def run(model, inputs, *, core: str = "cortex-m4", kernels: str = "cmsis-nn",
         model: an `inspect.Model` (from `inspect.open`).
         inputs: images already in the input tensor's type, (N, *input shape[1:]); a list
             with one such array per input tensor for models with several inputs.
+        core, kernels, options, sources, cache, progress: the firmware's, as `firmware`
+            takes them.
         timeout: seconds before QEMU is ended (default: from the model's MACs).
+
+    Returns:
+        The `EmulatedRun`: outputs, instructions per invocation and per operator, the
+        arena used and the firmware.
 
     Raises:
         EmulatorUnavailable: tools or sources missing.

@@ -111,9 +111,14 @@ def firmware(used_ops, *, core: str = "cortex-m4", kernels: str = "cmsis-nn",
         used_ops: TFLite operator names, e.g. {"CONV_2D", "SOFTMAX"}.
         core: a key of `CORES`.
         kernels: "cmsis-nn" (what products ship) or "reference".
+        options: the compiler's settings (`BuildOptions`).
         sources: the folder of the TFLite Micro archives (default: `default_sources()`).
         cache: the cache folder (default: `cache_dir()`).
         progress: called with one line of text as the build goes.
+
+    Returns:
+        The `Firmware`: its ELF, core, board, kernel set, operators, section sizes and
+        marks.
     """
     require_tools()
     core_profile = lookup(CORES, core, "core")

@@ -114,11 +114,19 @@ STARTUP_SECONDS = 120  # importing numpy and LiteRT under emulation took ~6 s he
 
 def run(model, inputs: np.ndarray, *, cpu: str = "cortex-a76", threads: int = 1,
         cache=None, timeout: float | None = None) -> ArmRun:
-    """Runs `inputs` (already in the input tensor's type, (N, *shape[1:])) through the
-    model on LiteRT with XNNPACK, on the emulated CPU class.
+    """Runs `inputs` through the model on LiteRT with XNNPACK, on the emulated CPU class.
 
     Args:
         model: a `.tflite` path, or an `inspect.Model`.
+        inputs: images already in the input tensor's type, (N, *input shape[1:]).
+        cpu: a CPU class of `cores.CPUS`.
+        threads: LiteRT's threads.
+        cache: the cache folder that `phone-setup` filled (default: `cache_dir()`).
+        timeout: seconds before QEMU is ended (default: from the number of images).
+
+    Returns:
+        The `ArmRun`: outputs, instructions per invocation, XNNPACK's kernels and the
+        operators left to LiteRT.
 
     Raises:
         EmulatorUnavailable: not set up, or the installed QEMU lacks the CPU model.
