@@ -51,13 +51,14 @@ from .errors import EmulationError, OptionError
 from .techniques import channels, quantize
 from .train import FitConfig, StepReports
 
-__all__ = ["Settings", "chosen_caution", "unconfirmed_warning", "interim_reports",
-           "parse_duration", "run", "summarise"]
+__all__ = ["Settings", "chosen_caution", "interim_reports", "parse_duration", "run",
+           "summarise"]
 
 RATIO_STEP = 0.125
 SEED_FRACTIONS = (0.7, 0.5)  # of weights and MACs, for the seeds of a search without budgets
 SEED_IMAGES = 300
 MINIMISE = ("bytes", "drop")  # what the search ranks the candidates within budget by
+FINALISTS = "Finalists, trained again with the next seed"  # their section's heading
 HEARTBEAT_SECONDS = 60  # a trial whose worker is silent for 3 beats is marked failed
 REPORT_AT = (1 / 3, 2 / 3)  # of a trial's fine-tuning steps
 REPORT_IMAGES = 500
@@ -216,9 +217,9 @@ def run(model, train, eval_data, out: Path, settings: Settings, *, transfer=None
     objective = _Objective(model, train, eval_data, keras_labels, out, settings, target,
                            groups, layers, transfer, emulate, progress)
     progress(f"search: {len(groups)} channel groups"
-          + (f", {len(layers)} layers stored as one of {', '.join(settings.stored_as)}"
-             if layers else "") + f", up to {trials} trial(s)"
-          + (f" or {seconds:g} s" if seconds else "") + f", target {target.name}, budget "
+             + (f", {len(layers)} layers stored as one of {', '.join(settings.stored_as)}"
+                if layers else "") + f", up to {trials} trial(s)"
+             + (f" or {seconds:g} s" if seconds else "") + f", target {target.name}, budget "
              f"{settings.max_drop:g} points" + (f", {workers} workers" if workers > 1 else ""))
     if not study.trials and trials and groups:
         for ratios in _seeds(objective):
@@ -508,7 +509,7 @@ class _Objective:
     transfer: object = None
     emulate: object = None
     progress: Callable[[str], None] = _io.say
-    best: tuple | None = None  # (trial, bytes) of this process's smallest fitting trial
+    best: tuple | None = None  # (trial, row) of this process's best fitting trial
 
     def __call__(self, trial) -> tuple[float, float]:
         started = time.perf_counter()
@@ -706,7 +707,7 @@ def summarise(study, out: Path, finals: list[dict] = (), minimise: str = "bytes"
     pruned = [{"trial": t.number, **{k: t.params[k] for k in sorted(t.params)},
                "interim_drops": t.user_attrs.get("reports")}
               for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
-    unconfirmed = unconfirmed_warning(len(finals)) if finals and not fitting_finals and \
+    unconfirmed = _unconfirmed_warning(len(finals)) if finals and not fitting_finals and \
         best is not None else None
     result = {"trials": rows, "front": front, "best": best, "feasible": len(feasible),
               "finalists": list(finals), "pruned": pruned, "unconfirmed": unconfirmed}
@@ -759,9 +760,6 @@ def summarise(study, out: Path, finals: list[dict] = (), minimise: str = "bytes"
     return result
 
 
-FINALISTS = "Finalists, trained again with the next seed"
-
-
 def _as_finalist(best: dict, fitting_finals) -> str:
     if not fitting_finals:
         return ""
@@ -780,12 +778,12 @@ def _order(row: dict, minimise: str) -> tuple:
     return row.get("mean_drop_points", row["drop_points"]), row["bytes"]
 
 
-def unconfirmed_warning(finalists: int) -> str:
+def _unconfirmed_warning(finalists: int) -> str:
     """What a winner means when no finalist stayed within the budgets."""
     return (f"none of the {finalists} finalist(s) stayed within the budgets when trained "
-            "again, so the winner is the smallest trial within them, and its drop may be one "
-            "lucky draw: a new draw of its recipe may lose more. More finalist steps or "
-            "draws, more fine-tuning images or a looser budget would tell.")
+            "again, so the winner is a trial within them, judged on one draw, and its drop "
+            "may be a lucky one: a new draw of its recipe may lose more. More finalist steps "
+            "or draws, more fine-tuning images or a looser budget would tell.")
 
 
 def chosen_caution(trials: int) -> str:

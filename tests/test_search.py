@@ -341,7 +341,7 @@ def test_a_winner_no_finalist_confirmed_comes_with_a_warning(tmp_path):
     lucky = search.summarise(study, tmp_path / "b", [
         {"trial": 0, "bytes": 1000, "latency_ms": 1.0, "drop_points": 2.4, "drop_95": "",
          "fits": False, "steps": "300 storage", "file": str(tmp_path / "trial_0.tflite")}])
-    assert lucky["best"]["trial"] == 0 and "lucky draw" in lucky["unconfirmed"]
+    assert lucky["best"]["trial"] == 0 and "lucky one" in lucky["unconfirmed"]
     assert "**Warning:** none of the 1 finalist(s)" in (tmp_path / "b" / "report.md").read_text()
     assert search.summarise(study, tmp_path / "c")["unconfirmed"] is None  # none asked
 
