@@ -31,7 +31,6 @@ KERNEL_SETS = ("cmsis-nn", "reference")
 NATIVE_FILES = ("runner.cc", "runtime.cc", "startup.c", "board.ld")
 
 
-
 @dataclass(frozen=True)
 class BuildOptions:
     """How TFLite Micro is compiled: TFLite Micro's own optimisation levels (-O2 for kernels
@@ -298,7 +297,6 @@ def _linker_script(board: Board) -> str:
         data_origin=hex(board.data[0]), data_length=hex(board.data[1]),
         large_origin=hex(board.large[0]), large_length=hex(board.large[1]),
         heap_size=hex(32 << 10))
-
 
 
 def _sections(elf: Path) -> dict:

@@ -59,7 +59,6 @@ def setup(cache=None, progress=print) -> Path:
     return root
 
 
-
 def _install_tools(progress) -> None:
     missing = sorted({package for tool, package in PACKAGES.items()
                       if shutil.which(tool) is None})
