@@ -66,4 +66,3 @@ def measure(path, target, emulate: Emulation | None = None) -> Figures:
     instructions = run.median_instructions
     return Figures(target.estimate_ms_from_instructions(instructions),
                    run.flash_bytes(model.size), run.ram_bytes, instructions)
-

@@ -160,5 +160,3 @@ def _smallest_arena(fits) -> int:
         else:
             low = middle
     return high
-
-

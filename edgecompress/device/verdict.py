@@ -190,5 +190,3 @@ def _verify(model, target, data, preprocess, reference, min_accuracy, micro_samp
     if data is not None:
         checks += accuracy_check(runner, target, data, how, reference, min_accuracy, micro_run)
     return Verdict(model.path, target.to_json(), checks, summary)
-
-

@@ -323,4 +323,3 @@ def plugin(sources=None, cache=None) -> Path:
     require_tools()
     return build_plugin(unpack_sources(sources, cache).trees["plugin"] / "include" / "qemu",
                         cache)
-
