@@ -347,8 +347,11 @@ def _finalists(objective, study, count: int) -> list[dict]:
 
     device_fits = [t for t in study.trials if "row" in t.user_attrs
                    and all(c <= 0 for c in t.user_attrs["constraints"][1:])]
+    distinct = {}  # a plan the sampler proposed twice is trained again once
+    for trial in sorted(device_fits, key=rank):
+        distinct.setdefault(tuple(sorted(trial.params.items())), trial)
     (objective.out / "finalists").mkdir(exist_ok=True)
-    return [_finalist(objective, trial) for trial in sorted(device_fits, key=rank)[:count]]
+    return [_finalist(objective, trial) for trial in list(distinct.values())[:count]]
 
 
 def _finalist(objective, trial) -> dict:

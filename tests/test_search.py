@@ -358,3 +358,30 @@ def test_minimising_the_drop_picks_the_most_accurate_file_within_the_budgets(tmp
                "file": str(tmp_path / f"trial_{n}.tflite")}
               for n, best, mean in ((0, 0.1, 0.6), (1, 0.4, 0.5))]
     assert search.summarise(study, tmp_path / "b", finals, "drop")["best"]["trial"] == 1
+
+
+def test_a_plan_proposed_twice_is_one_finalist(tmp_path):
+    """The sampler may propose one plan twice; training it again twice with the same
+    seeds would only repeat the same draws."""
+    import types
+
+    import optuna
+
+    choice = optuna.distributions.CategoricalDistribution(["int8", "lut4"])
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    for number, kind in enumerate(["lut4", "lut4", "int8"]):
+        row = {"bytes": 1000 if kind == "lut4" else 2000, "latency_ms": 1.0,
+               "drop_points": 0.5}
+        study.add_trial(optuna.trial.create_trial(
+            params={"storage conv2d": kind}, distributions={"storage conv2d": choice},
+            values=[row["bytes"], 1.0], user_attrs={"row": row, "constraints": [-0.1, 0.0]}))
+    built = []
+    objective = types.SimpleNamespace(
+        settings=search.Settings(target="mcu-cortex-m4", final_draws=1), groups=[],
+        layers={"conv2d": ["int8", "lut4"]}, out=tmp_path, progress=lambda line: None,
+        stages=lambda ratios, bits, steps, qat_steps, plan: [],
+        build=lambda stages, path, seed: built.append(path.name) or (
+            {"bytes": 1, "latency_ms": 1.0, "drop_points": 0.5}, {"accuracy drop": -1}))
+    finals = search._finalists(objective, study, 2)
+    assert [f["trial"] for f in finals] == [0, 2] and built == ["trial_0.tflite",
+                                                                "trial_2.tflite"]
