@@ -430,11 +430,14 @@ def _study(storage: str, name: str, seed: int):
                     study_name=name, storage=database, load_if_exists=True,
                     directions=["minimize", "minimize"],
                     sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True))
-        except sqlalchemy.exc.IntegrityError:
-            # two searches started together on a new database both create Optuna's tables;
-            # the second's CREATE fails on the first's: the tables exist on the next try
-            time.sleep(1 + attempt)
         except (sqlalchemy.exc.SQLAlchemyError, ImportError) as e:
+            # two searches started together on a new database both create Optuna's tables;
+            # the second's CREATE fails on the first's (SQLite: an IntegrityError;
+            # PostgreSQL: "relation ... already exists"): the tables exist on the next try
+            if isinstance(e, sqlalchemy.exc.IntegrityError) or isinstance(
+                    e, sqlalchemy.exc.ProgrammingError) and "already exists" in str(e):
+                time.sleep(1 + attempt)
+                continue
             reason = " ".join(str(getattr(e, "orig", None) or e).split())[:300]
             raise OptionError(f"Cannot open the study storage {shown}: {reason}") from None
     raise OptionError(f"Cannot open the study storage {shown}: its tables could not be "

@@ -385,3 +385,34 @@ def test_a_plan_proposed_twice_is_one_finalist(tmp_path):
     finals = search._finalists(objective, study, 2)
     assert [f["trial"] for f in finals] == [0, 2] and built == ["trial_0.tflite",
                                                                 "trial_2.tflite"]
+
+
+def test_a_search_that_loses_the_race_to_create_the_tables_tries_again(tmp_path,
+                                                                         monkeypatch):
+    """Two searches started together on a new PostgreSQL database: the second's CREATE
+    TABLE fails with "relation ... already exists" (seen in CI); it must open the study
+    the first made, not stop."""
+    import optuna
+    import sqlalchemy
+
+    calls = []
+
+    class Racing(optuna.storages.RDBStorage):
+        def __init__(self, *args, **kwargs):
+            calls.append(1)
+            if len(calls) == 1:
+                raise sqlalchemy.exc.ProgrammingError(
+                    "CREATE TABLE studies", {}, Exception('relation "studies" already exists'))
+            super().__init__(*args, **kwargs)
+
+    class Refused(optuna.storages.RDBStorage):
+        def __init__(self, *args, **kwargs):
+            raise sqlalchemy.exc.ProgrammingError("SELECT", {}, Exception("permission denied"))
+
+    monkeypatch.setattr(search.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(optuna.storages, "RDBStorage", Racing)
+    study = search._study(f"sqlite:///{tmp_path / 'study.db'}", "edgecompress", 0)
+    assert len(calls) == 2 and study.study_name == "edgecompress"
+    monkeypatch.setattr(optuna.storages, "RDBStorage", Refused)  # not a race: one line
+    with pytest.raises(OptionError, match="permission denied"):
+        search._study(f"sqlite:///{tmp_path / 'other.db'}", "edgecompress", 0)
