@@ -117,7 +117,8 @@ def _repeated_interrupts():
     """After Ctrl-C, raises KeyboardInterrupt again every `REPEAT_SECONDS` until the run
     stops. CPython ignores an exception raised while a finalizer (`__del__`) runs, and
     TensorFlow's converter runs many: a single Ctrl-C during an export was lost and the run
-    went on to exit status 0. Outside the main thread (no signal handlers) it does nothing."""
+    went on to exit status 0. Any error that ends the run after Ctrl-C is the interrupt.
+    Outside the main thread (no signal handlers) it does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -140,6 +141,10 @@ def _repeated_interrupts():
     previous = signal.signal(signal.SIGINT, handler)
     try:
         yield
+    except Exception as e:
+        if interrupted.is_set():  # an interrupt inside native code can surface as another
+            raise KeyboardInterrupt from e  # error (CI saw TensorFlow's SystemError)
+        raise
     finally:
         stopped.set()
         if interrupted.is_set():

@@ -246,3 +246,25 @@ def test_a_ctrl_c_lost_in_a_finalizer_is_raised_again(capsys):
     assert time.monotonic() - started < 5
     assert "test: interrupted" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_an_error_after_a_ctrl_c_is_the_interrupt(capsys):
+    """A KeyboardInterrupt raised inside native code can come out as another error (CI saw
+    TensorFlow raise "SystemError: bad argument to internal function"); after Ctrl-C it
+    is the interrupt: status 130 and the resume hint, not a traceback."""
+    import signal
+    import time
+
+    from edgecompress.cli import common
+
+    def run():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            raise SystemError("bad argument to internal function") from None
+
+    assert common.guarded("test", run, on_interrupt="; --resume") == 130
+    assert "test: interrupted; --resume" in capsys.readouterr().err
+    with pytest.raises(IndexError):  # without Ctrl-C, a bug stays a bug
+        common.guarded("test", lambda: [][1])
