@@ -769,11 +769,10 @@ def summarise(study, out: Path, finals: list[dict] = (), minimise: str = "bytes"
 def _as_finalist(best: dict, fitting_finals) -> str:
     if not fitting_finals:
         return ""
-    draws = best.get("draw_drops", [None])
-    return (f" as a finalist ({best['steps']} steps, " +
-            ("the next seed)" if len(draws) == 1 else
-             f"its best of {len(draws)} draws, whose mean drop is "
-             f"{best['mean_drop_points']:+.2f})"))
+    if "draw_drops" not in best:
+        return f" as a finalist ({best['steps']} steps, the next seed)"
+    return (f" as a finalist ({best['steps']} steps, its best of {len(best['draw_drops'])} "
+            f"draws, whose mean drop is {best['mean_drop_points']:+.2f})")
 
 
 def _order(row: dict, minimise: str) -> tuple:
