@@ -75,9 +75,9 @@ DEFAULT_STORAGES = ("int4", "lut4", "lut3", "lut2", "prune75", "prune90")
 def storage_sensitivity(model, data: Dataset, *, storages=DEFAULT_STORAGES,
                         preprocess=None, seed: int = 0) -> list[dict]:
     """What storing each kernel layer alone costs before any fine-tuning. LUT and pruned
-    layers start as training for the storage starts (`techniques.storage`: palettes per
-    output channel settled by k-means, magnitude pruning, the int4 grid per output
-    channel; int4 is for Conv2D only: a kind that cannot store a layer has no row).
+    layers start as training for the storage starts (`techniques.storage`: k-means per
+    output channel, magnitude pruning, the int4 grid per output channel; int4 is for
+    Conv2D only: a kind that cannot store a layer has no row).
 
     Args:
         model: a tf_keras model.

@@ -155,32 +155,6 @@ def test_int4_layer_is_requantised_with_its_bias_and_both_runtimes_run_the_mix(
     assert np.mean(litert.argmax(1) == after) >= 0.99  # the same int4 weights on both
 
 
-def test_palettes_start_settled_with_less_error_than_tfmots_seeds(trained):
-    from edgecompress._tf import tfmot
-
-    def rounding_error(kernel, palettes):  # each weight to its channel's nearest value
-        channels = kernel.reshape(-1, kernel.shape[-1]).T
-        return sum(np.min((w[:, None] - p[None, :]) ** 2, axis=1).sum()
-                   for w, p in zip(channels, palettes))
-
-    layer = trained[0].get_layer("conv2d_1")
-    kernel = layer.get_weights()[0]
-    model = for_storage.apply(trained[0], for_storage.Config({"conv2d_1": "lut2"}))
-    settled = next(iter(model.get_layer("cluster_conv2d_1").cluster_centroids.values()))
-    settled = settled.numpy()
-    for weights, palette in zip(kernel.reshape(-1, kernel.shape[-1]).T, settled):
-        nearest = np.abs(weights[:, None] - palette[None, :]).argmin(axis=1)
-        for value, index in zip(palette, range(palette.size)):  # Lloyd's fixed point
-            if np.any(nearest == index):
-                assert value == pytest.approx(weights[nearest == index].mean(), abs=1e-5)
-    seeds = tfmot.clustering.keras.cluster_weights(  # what tfmot alone starts from
-        layer, number_of_clusters=4, cluster_per_channel=True,
-        cluster_centroids_init=tfmot.clustering.keras.CentroidInitialization.KMEANS_PLUS_PLUS)
-    seeds.build(layer.input_shape)
-    seeds = next(iter(seeds.cluster_centroids.values())).numpy()
-    assert rounding_error(kernel, settled) < 0.8 * rounding_error(kernel, seeds)
-
-
 def test_int4_layers_train_on_the_grid_the_export_stores(trained, train_set, test_set, tmp_path):
     config = for_storage.Config({"conv2d_1": "int4"})
     model = for_storage.apply(trained[0], config)

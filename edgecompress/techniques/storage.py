@@ -28,7 +28,7 @@ from ..errors import OptionError
 from . import _layers, cluster, prune
 
 __all__ = ["Config", "plan_for", "unsupported", "apply", "callbacks", "strip", "describe",
-           "Int4Conv2D", "int4_grid", "settle_palettes"]
+           "Int4Conv2D", "int4_grid"]
 
 
 @dataclass(frozen=True)
@@ -130,43 +130,7 @@ def apply(model: keras.Model, config: Config = Config()) -> keras.Model:
     wrapped, skipped = _layers.wrap(model, lambda layer: _reason_to_skip(layer, chosen),
                                     wrapper)
     _layers.warn_skipped("Training for storage", skipped)
-    settle_palettes(wrapped)
     return wrapped
-
-
-LLOYD_STEPS = 30
-
-
-def settle_palettes(model: keras.Model, steps: int = LLOYD_STEPS) -> None:
-    """Moves each clustered kernel's palette (per output channel for Conv2D) to where
-    Lloyd's k-means steps settle it: each value to the mean of the weights nearest it.
-    tfmot starts a palette from k-means++'s seeds alone (`clustering_centroids.py`, tfmot
-    0.8: a fixed seed, no Lloyd step), which leaves most of the rounding error a palette of
-    that size need not have; a short fine-tuning then spends its steps recovering it."""
-    for layer in model.layers:
-        for name, palette in getattr(layer, "cluster_centroids", {}).items():
-            weights = layer.original_clusterable_weights[name].numpy()
-            values = palette.numpy()
-            if values.ndim == 1:  # one palette for the whole kernel
-                palette.assign(_lloyd(weights.ravel(), values, steps))
-            else:  # one per output channel, the kernel's last axis (channels last)
-                palette.assign(np.stack([_lloyd(weights[..., c].ravel(), values[c], steps)
-                                         for c in range(values.shape[0])]))
-
-
-def _lloyd(weights: np.ndarray, palette: np.ndarray, steps: int) -> np.ndarray:
-    """`palette` after up to `steps` of Lloyd's algorithm on one-dimensional `weights` (a
-    value that no weight is nearest stays where it is)."""
-    palette = palette.astype(np.float64)
-    for _ in range(steps):
-        nearest = np.abs(weights[:, None] - palette[None, :]).argmin(axis=1)
-        counts = np.bincount(nearest, minlength=palette.size)
-        sums = np.bincount(nearest, weights=weights, minlength=palette.size)
-        settled = np.where(counts > 0, sums / np.maximum(counts, 1), palette)
-        if np.allclose(settled, palette):
-            break
-        palette = settled
-    return palette.astype(np.float32)
 
 
 @keras.utils.register_keras_serializable(package="edgecompress")
