@@ -34,6 +34,7 @@ PLANS = {
     "small int8, lut3 stage 3, lut4 rest": {**SMALL, **dict.fromkeys(STAGE_3, "lut3"),
                                             "*": "lut4"},
     "lut3 stages 2-3, int8 rest": dict.fromkeys(("conv2d_4", "conv2d_6", "conv2d_7"), "lut3"),
+    "lut2 stage 3, int8 rest": dict.fromkeys(STAGE_3, "lut2"),
     "lut4": {"*": "lut4"},
 }
 
