@@ -418,7 +418,6 @@ def test_a_search_that_loses_the_race_to_create_the_tables_tries_again(tmp_path,
         search._study(f"sqlite:///{tmp_path / 'other.db'}", "edgecompress", 0)
 
 
-
 def test_the_sampler_draws_at_random_only_for_its_first_few_trials(tmp_path):
     """Optuna's default start (10 random trials) spent 8 of a 20-trial storage search on
     random plans, which fitted the budgets far less often than TPE's own; the study's
