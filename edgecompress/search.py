@@ -63,10 +63,6 @@ HEARTBEAT_SECONDS = 60  # a trial whose worker is silent for 3 beats is marked f
 REPORT_AT = (1 / 3, 2 / 3)  # of a trial's fine-tuning steps
 REPORT_IMAGES = 500
 PRUNE_AFTER = 4  # completed trials with reports before a trial can be pruned
-# Trials (the scan's seeds included) that TPE draws at random before it models the study:
-# Optuna's default of 10 spent 8 of a 20-trial ResNet-8 storage search on random plans,
-# 1 in 32 of which fitted the budgets over four searches, against 9 in 40 of TPE's own.
-STARTUP_TRIALS = 4
 
 
 def parse_duration(text) -> float | None:
@@ -433,8 +429,7 @@ def _study(storage: str, name: str, seed: int):
                 return optuna.create_study(
                     study_name=name, storage=database, load_if_exists=True,
                     directions=["minimize", "minimize"],
-                    sampler=optuna.samplers.TPESampler(
-                        seed=seed, multivariate=True, n_startup_trials=STARTUP_TRIALS))
+                    sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True))
         except (sqlalchemy.exc.SQLAlchemyError, ImportError) as e:
             # two searches started together on a new database both create Optuna's tables;
             # the second's CREATE fails on the first's (SQLite: an IntegrityError;

@@ -416,30 +416,3 @@ def test_a_search_that_loses_the_race_to_create_the_tables_tries_again(tmp_path,
     monkeypatch.setattr(optuna.storages, "RDBStorage", Refused)  # not a race: one line
     with pytest.raises(OptionError, match="permission denied"):
         search._study(f"sqlite:///{tmp_path / 'other.db'}", "edgecompress", 0)
-
-
-def test_the_sampler_draws_at_random_only_for_its_first_few_trials(tmp_path):
-    """Optuna's default start (10 random trials) spent 8 of a 20-trial storage search on
-    random plans, which fitted the budgets far less often than TPE's own; the study's
-    sampler draws at random for `STARTUP_TRIALS` trials (the scan's seeds included)."""
-    import optuna
-
-    kinds = ["int8", "int4", "lut4", "lut3", "lut2"]
-
-    def objective(trial):
-        picked = [kinds.index(trial.suggest_categorical(f"storage {i}", kinds))
-                  for i in range(6)]
-        return float(sum(abs(k - i % 5) for i, k in enumerate(picked))), 1.0
-
-    def proposals(study):
-        study.enqueue_trial({f"storage {i}": "lut3" for i in range(6)})  # a scan's seed
-        study.optimize(objective, n_trials=10)
-        return [tuple(sorted(t.params.items())) for t in study.trials]
-
-    ours = proposals(search._study(f"sqlite:///{tmp_path / 'study.db'}", "edgecompress", 0))
-    default = proposals(optuna.create_study(  # Optuna's default start, the same seed
-        directions=["minimize", "minimize"],
-        sampler=optuna.samplers.TPESampler(seed=0, multivariate=True)))
-    start = search.STARTUP_TRIALS
-    assert ours[:start] == default[:start]  # the same random draws ...
-    assert ours[start:] != default[start:]  # ... until the sampler models the study
