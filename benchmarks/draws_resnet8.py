@@ -52,6 +52,12 @@ def arguments() -> argparse.ArgumentParser:
     return parser
 
 
+def spread(drops: list[float]) -> dict:
+    """Mean and sample standard deviation (None for one draw) of some drops."""
+    return {"mean": round(float(np.mean(drops)), 2),
+            "sd": round(float(np.std(drops, ddof=1)), 2) if len(drops) > 1 else None}
+
+
 def main(argv=None) -> int:
     args = arguments().parse_args(argv)
     setting = Setting.load(args.shared)
@@ -80,10 +86,7 @@ def main(argv=None) -> int:
         row["minutes"] = round((time.perf_counter() - started) / 60, 1)
         rows.append(row)
         print(report.text_table(rows), flush=True)
-    summary = {name: {"mean": round(float(np.mean([r[f"{name} drop"] for r in rows])), 2),
-                      "sd": round(float(np.std([r[f"{name} drop"] for r in rows], ddof=1)), 2)
-                      if len(rows) > 1 else None}
-               for name in judged}
+    summary = {name: spread([row[f"{name} drop"] for row in rows]) for name in judged}
     print(f"\n{args.plan}, {args.steps} steps, seeds {args.seeds}: " + "; ".join(
         f"{name} mean {s['mean']:+.2f}" + (f", sd {s['sd']:.2f}" if s["sd"] is not None else "")
         for name, s in summary.items()))

@@ -23,7 +23,7 @@ import numpy as np
 
 from fidelity_resnet8 import ROOT
 from search_resnet8 import HOLDOUT
-from edgecompress import data, models, report
+from edgecompress import budget, data, models, report
 from edgecompress.device import inspect, verify
 
 JUDGES = ("drop", "disagreement", "kl")
@@ -38,18 +38,23 @@ def arguments() -> argparse.ArgumentParser:
     return parser
 
 
-def judged(file, images, float_probabilities) -> dict:
-    """The three judges of one file on `images` (points, points, nats)."""
-    runner = verify.runner(file, kernels="reference")
+def judged(runner, images, float_probabilities) -> dict:
+    """The three judges of one file (its `verify.runner`) on `images` (points, points,
+    nats)."""
     outputs, _ = runner.run(images, "raw")
     scale, zero_point = runner.output["quantization"]
     probabilities = np.clip((outputs.astype(np.float32) - zero_point) * scale, 1e-6, 1)
     probabilities /= probabilities.sum(axis=1, keepdims=True)
     teacher = np.clip(float_probabilities, 1e-7, 1)
     predicted, float_predicted = probabilities.argmax(1), teacher.argmax(1)
-    return {"drop": 100 * (np.mean(float_predicted == images.y) - np.mean(predicted == images.y)),
+    return {"drop": budget.paired_drop(float_predicted == images.y,
+                                       predicted == images.y).points,
             "disagreement": 100 * np.mean(predicted != float_predicted),
             "kl": float(np.mean(np.sum(teacher * np.log(teacher / probabilities), axis=1)))}
+
+
+def probabilities(model, images) -> np.ndarray:
+    return np.concatenate([model.predict_on_batch(x) for x, _ in images.batches(256)])
 
 
 def main(argv=None) -> int:
@@ -65,23 +70,24 @@ def main(argv=None) -> int:
     everything = data.load(cifar / "train_original.npz", preprocess="raw")
     fixed = {"val_original": data.load(cifar / "val_original.npz", preprocess="raw"),
              "JPEG test": data.load(cifar / "test.npz", preprocess="raw").take(args.jpeg)}
+    fixed_teacher = {name: probabilities(model, images) for name, images in fixed.items()}
     rows, seen = [], set()
     for search in args.searches:
         folder, seed = search.rsplit(":", 1)
-        sets = {"hold-out": everything.split(HOLDOUT, seed=int(seed))[1], **fixed}
-        teacher = {name: np.concatenate([model.predict_on_batch(x)
-                                         for x, _ in images.batches(256)])
-                   for name, images in sets.items()}
+        hold_out = everything.split(HOLDOUT, seed=int(seed))[1]
+        sets = {"hold-out": hold_out, **fixed}
+        teacher = {"hold-out": probabilities(model, hold_out), **fixed_teacher}
         for path in sorted(Path(folder).glob("*/trial_*.tflite")):
             digest = hashlib.sha256(path.read_bytes()).hexdigest()
             if digest in seen:
                 continue
             seen.add(digest)
             file = inspect.open(path)
+            runner = verify.runner(file, kernels="reference")
             row = {"file": str(path), "bytes": file.size}
             for name, images in sets.items():
                 row.update({f"{name} {judge}": round(value, 4) for judge, value in
-                            judged(file, images, teacher[name]).items()})
+                            judged(runner, images, teacher[name]).items()})
             rows.append(row)
             print(f"{len(rows)}: {path}", flush=True)
     correlations = {f"hold-out {judge}": {
