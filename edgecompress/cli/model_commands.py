@@ -192,7 +192,8 @@ def add_search(commands) -> None:
     p.add_argument("--steps", type=int, default=300,
                    help="fine-tuning steps per trial (default 300)")
     p.add_argument("--qat-steps", type=int, default=100,
-                   help="QAT steps per trial (default 100)")
+                   help="QAT steps per trial, or its storage training's with --stored-as "
+                        "(default 100)")
     p.add_argument("--finalists", type=int, default=0, metavar="N",
                    help="after the trials, train the N best again with the next seed "
                         "(steps below) and pick the winner among them (default 0: the short "
@@ -207,7 +208,8 @@ def add_search(commands) -> None:
     p.add_argument("--final-steps", type=int, default=3000,
                    help="a finalist's fine-tuning steps (default 3000)")
     p.add_argument("--final-qat-steps", type=int, default=500,
-                   help="a finalist's QAT steps (default 500)")
+                   help="a finalist's QAT steps, or its storage training's with --stored-as "
+                        "(default 500)")
     p.add_argument("--divisor", type=int, default=1,
                    help="keep a multiple of this many channels (8 suits XNNPACK)")
     p.add_argument("--weight-bits", type=int, nargs="+", choices=(8, 4), default=[8],
