@@ -99,9 +99,11 @@ class Settings:
             seed to seed) and judge them the same way; the best is then the smallest
             finalist within every budget. final_draws: train each finalist this many
             times (seeds seed + 1, seed + 2, ...) and judge it by its mean drop, so that
-            one lucky draw does not decide; its file is its best draw's. The best:
-            the trials within every budget by bytes, then those that broke only the
-            accuracy budget, by drop (longer training may bring them within it).
+            one lucky draw does not decide; its file is its best draw's. When no
+            finalist's mean fits, the best is a finalist whose best draw fits, else a
+            trial (with a warning). Finalists: the trials within every budget by bytes,
+            then those that broke only the accuracy budget, by drop (longer training
+            may bring them within it).
         max_ratio: the largest share of a channel group a trial removes (0: storage alone);
             divisor: keep a multiple of this many channels.
         weight_bits: the weights' bits the trials choose from: (8,), (4,) or (8, 4). 4-bit
@@ -372,6 +374,7 @@ def _finalist(objective, trial) -> dict:
     drops = [row["drop_points"] for row, _ in built]
     mean_drop = sum(drops) / draws
     row, constraints = min(built, key=lambda b: b[0]["drop_points"])  # the file kept
+    draw_fits = all(v <= 0 for v in constraints.values())
     constraints = {**constraints, "accuracy drop": (mean_drop - settings.max_drop) / 100}
     fits = all(v <= 0 for v in constraints.values())
     objective.progress(
@@ -382,8 +385,8 @@ def _finalist(objective, trial) -> dict:
         f"{'fits' if fits else 'breaks'} the budgets")
     spread = {"draw_drops": drops, "mean_drop_points": round(mean_drop, 2)} if draws > 1 \
         else {}
-    return {"trial": trial.number, **row, "fits": fits, "steps": steps, **spread,
-            "seconds": round(time.perf_counter() - started, 1)}
+    return {"trial": trial.number, **row, "fits": fits, "draw_fits": draw_fits,
+            "steps": steps, **spread, "seconds": round(time.perf_counter() - started, 1)}
 
 
 def _same_settings(study, settings: dict) -> None:
@@ -700,21 +703,22 @@ def _excess(value: float, limit: float | None) -> float:
 def summarise(study, out: Path, finals: list[dict] = (), minimise: str = "bytes") -> dict:
     """The trials, the Pareto front of those that fit, and the best (fewest bytes, then
     lowest latency, or with `minimise` "drop" the lowest drop, then fewest bytes; among
-    the `finals`, trained again, when one of them fits) copied to
-    out/best with its recipe.json; also trials.json, report.md, pareto.png and
-    report.html (all of it on one page)."""
+    the `finals`, trained again, whose mean fits, else those whose kept draw fits, else the
+    trials) copied to out/best with its recipe.json; also trials.json, report.md,
+    pareto.png and report.html (all of it on one page)."""
     done = [t for t in study.trials if "row" in t.user_attrs]
     rows = [{**t.user_attrs["row"], "fits": _Objective.fits(t)} for t in done]
     feasible = [r for r in rows if r["fits"]]
     front = [feasible[i] for i in _front(feasible)]
-    fitting_finals = [r for r in finals if r["fits"]]
-    best = min(fitting_finals or feasible, key=lambda r: _order(r, minimise)) \
-        if fitting_finals or feasible else None
+    confirmed = [r for r in finals if r["fits"]]
+    one_draw = [r for r in finals if r.get("draw_fits")]
+    candidates = confirmed or one_draw or feasible
+    best = min(candidates, key=lambda r: _order(r, minimise)) if candidates else None
     pruned = [{"trial": t.number, **{k: t.params[k] for k in sorted(t.params)},
                "interim_drops": t.user_attrs.get("reports")}
               for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
-    unconfirmed = _unconfirmed_warning(len(finals)) if finals and not fitting_finals and \
-        best is not None else None
+    unconfirmed = _unconfirmed_warning(len(finals), bool(one_draw)) \
+        if finals and not confirmed and best is not None else None
     result = {"trials": rows, "front": front, "best": best, "feasible": len(feasible),
               "finalists": list(finals), "pruned": pruned, "unconfirmed": unconfirmed}
     report.write_json(out / "trials.json", result)
@@ -730,7 +734,7 @@ def summarise(study, out: Path, finals: list[dict] = (), minimise: str = "bytes"
         shutil.copy(source.with_suffix(".json"), out / "best" / "recipe.json")
         lines += [f"Best: trial {best['trial']}, {best['bytes']:,} bytes, "
                   f"{best['latency_ms']:.3g} ms, drop {best['drop_points']:+.2f} points "
-                  f"({best['drop_95']})" + _as_finalist(best, fitting_finals)
+                  f"({best['drop_95']})" + _as_finalist(best, finals)
                   + "; `best/recipe.json` re-runs it "
                   "with `edgecompress run`.", "", chosen_caution(len(rows)), "",
                   *([f"**Warning:** {unconfirmed}", ""] if unconfirmed else []),
@@ -759,20 +763,21 @@ def summarise(study, out: Path, finals: list[dict] = (), minimise: str = "bytes"
     best_text = "" if best is None else (
         f" Best: trial {best['trial']}, {best['bytes']:,} bytes, {best['latency_ms']:.3g} ms, "
         f"drop {best['drop_points']:+.2f} points ({best['drop_95']})"
-        + _as_finalist(best, fitting_finals) + ", in best/. "
+        + _as_finalist(best, finals) + ", in best/. "
         + chosen_caution(len(rows)) + (f" Warning: {unconfirmed}" if unconfirmed else ""))
     report.html_page(out / "report.html", "Search", headline + (
         best_text or " No candidate fit every budget."), sections)
     return result
 
 
-def _as_finalist(best: dict, fitting_finals) -> str:
-    if not fitting_finals:
+def _as_finalist(best: dict, finals) -> str:
+    if not any(best is final for final in finals):
         return ""
     if "draw_drops" not in best:
         return f" as a finalist ({best['steps']} steps, the next seed)"
     return (f" as a finalist ({best['steps']} steps, its best of {len(best['draw_drops'])} "
-            f"draws, whose mean drop is {best['mean_drop_points']:+.2f})")
+            f"draws, whose mean drop is {best['mean_drop_points']:+.2f}"
+            + ("" if best["fits"] else ", beyond the budget") + ")")
 
 
 def _order(row: dict, minimise: str) -> tuple:
@@ -783,12 +788,15 @@ def _order(row: dict, minimise: str) -> tuple:
     return row.get("mean_drop_points", row["drop_points"]), row["bytes"]
 
 
-def _unconfirmed_warning(finalists: int) -> str:
-    """What a winner means when no finalist stayed within the budgets."""
+def _unconfirmed_warning(finalists: int, finalist_draw: bool) -> str:
+    """What a winner means when no finalist stayed within the budgets (by its mean drop
+    over its draws): the winner is then a finalist's draw that did, else a trial."""
+    winner = ("the winner is the draw of a finalist that did, at the finalist length"
+              if finalist_draw else "the winner is a trial within them")
     return (f"none of the {finalists} finalist(s) stayed within the budgets when trained "
-            "again, so the winner is a trial within them, judged on one draw, and its drop "
-            "may be a lucky one: a new draw of its recipe may lose more. More finalist steps "
-            "or draws, more fine-tuning images or a looser budget would tell.")
+            f"again, so {winner}, judged on one draw, and its drop may be a lucky one: a new "
+            "draw of its recipe may lose more. More finalist steps or draws, more "
+            "fine-tuning images or a looser budget would tell.")
 
 
 def chosen_caution(trials: int) -> str:

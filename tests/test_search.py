@@ -57,6 +57,7 @@ def test_a_finalist_is_a_second_draw_not_a_replay(trained, train_set, test_set, 
     # judged by the mean of its draws, its file the better draw's
     assert final["mean_drop_points"] == pytest.approx(sum(final["draw_drops"]) / 2, abs=0.01)
     assert final["drop_points"] == min(final["draw_drops"])
+    assert final["fits"] and final["draw_fits"]  # a 100-point budget
     # with minimise="drop" the study's first objective is the drop, not the bytes
     import optuna
 
@@ -342,8 +343,19 @@ def test_a_winner_no_finalist_confirmed_comes_with_a_warning(tmp_path):
         {"trial": 0, "bytes": 1000, "latency_ms": 1.0, "drop_points": 2.4, "drop_95": "",
          "fits": False, "steps": "300 storage", "file": str(tmp_path / "trial_0.tflite")}])
     assert lucky["best"]["trial"] == 0 and "lucky one" in lucky["unconfirmed"]
+    assert "a trial within them" in lucky["unconfirmed"]
     assert "**Warning:** none of the 1 finalist(s)" in (tmp_path / "b" / "report.md").read_text()
     assert search.summarise(study, tmp_path / "c")["unconfirmed"] is None  # none asked
+    # a finalist whose mean over its draws broke the budget but whose kept draw fits wins
+    # over the trial: the same kind of lucky draw, trained at the finalist length
+    (tmp_path / "d").mkdir()
+    drawn = search.summarise(study, tmp_path / "d", [
+        {"trial": 0, "bytes": 1000, "latency_ms": 1.0, "drop_points": 0.9, "drop_95": "",
+         "mean_drop_points": 1.6, "draw_drops": [0.9, 2.3], "fits": False, "draw_fits": True,
+         "steps": "3000 storage", "file": str(tmp_path / "trial_0.tflite")}])
+    assert drawn["best"]["steps"] == "3000 storage"
+    assert "draw of a finalist" in drawn["unconfirmed"]
+    assert "mean drop is +1.60, beyond the budget" in (tmp_path / "d" / "report.md").read_text()
 
 
 def test_minimising_the_drop_picks_the_most_accurate_file_within_the_budgets(tmp_path):
