@@ -204,7 +204,8 @@ def add_search(commands) -> None:
                         "on accuracy)")
     p.add_argument("--final-draws", type=int, default=1, metavar="K",
                    help="train each finalist K times (the next K seeds) and judge it by its "
-                        "mean drop; its file is its best draw's (default 1)")
+                        "mean drop; its file is its best draw's (default 1). When no mean "
+                        "fits, a finalist whose best draw fits wins, with a warning")
     p.add_argument("--final-steps", type=int, default=3000,
                    help="a finalist's fine-tuning steps (default 3000)")
     p.add_argument("--final-qat-steps", type=int, default=500,
