@@ -790,13 +790,13 @@ def _order(row: dict, minimise: str) -> tuple:
 
 def _unconfirmed_warning(finalists: int, finalist_draw: bool) -> str:
     """What a winner means when no finalist stayed within the budgets (by its mean drop
-    over its draws): the winner is then a finalist's draw that did, else a trial."""
-    winner = ("the winner is the draw of a finalist that did, at the finalist length"
+    over its draws): the winner is then a finalist draw that fits on its own, else a trial."""
+    winner = ("the winner is one finalist draw that fits on its own, at the finalist length"
               if finalist_draw else "the winner is a trial within them")
     return (f"none of the {finalists} finalist(s) stayed within the budgets when trained "
-            f"again, so {winner}, judged on one draw, and its drop may be a lucky one: a new "
-            "draw of its recipe may lose more. More finalist steps or draws, more "
-            "fine-tuning images or a looser budget would tell.")
+            f"again (by its mean drop), so {winner}, judged on one draw, and its drop may be "
+            "a lucky one: a new draw of its recipe may lose more. More finalist steps or "
+            "draws, more fine-tuning images or a looser budget would tell.")
 
 
 def chosen_caution(trials: int) -> str:

@@ -354,7 +354,7 @@ def test_a_winner_no_finalist_confirmed_comes_with_a_warning(tmp_path):
          "mean_drop_points": 1.6, "draw_drops": [0.9, 2.3], "fits": False, "draw_fits": True,
          "steps": "3000 storage", "file": str(tmp_path / "trial_0.tflite")}])
     assert drawn["best"]["steps"] == "3000 storage"
-    assert "draw of a finalist" in drawn["unconfirmed"]
+    assert "one finalist draw that fits" in drawn["unconfirmed"]
     assert "mean drop is +1.60, beyond the budget" in (tmp_path / "d" / "report.md").read_text()
 
 
