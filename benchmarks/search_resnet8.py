@@ -62,7 +62,8 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--final-draws", type=int, default=1,
                         help="train each finalist this many times, judged by the mean drop")
     parser.add_argument("--final-steps", type=int, default=3000)
-    parser.add_argument("--final-qat-steps", type=int, default=500)
+    parser.add_argument("--final-qat-steps", type=int,
+                        help="default 500, or 3000 with --stored-as (as edgecompress search)")
     parser.add_argument("--transfer", action="store_true",
                         help="the JPEG-decoded train images as transfer data (through "
                              "the float model's predictions only; val_original's copies "

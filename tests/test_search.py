@@ -26,6 +26,10 @@ def test_settings_are_json_and_refuse_what_they_cannot_mean():
     settings = search.Settings(target="mcu-cortex-m4", max_bytes=48_000, stored_as=("lut4",),
                                time_budget="25m")
     assert json.loads(json.dumps(dataclasses.asdict(settings)))["stored_as"] == ["lut4"]
+    # storage finalists train ten times longer than QAT ones unless told
+    assert settings.final_qat_steps == search.FINAL_STORAGE_STEPS
+    assert search.Settings(target="mcu-cortex-m4").final_qat_steps == search.FINAL_QAT_STEPS
+    assert dataclasses.replace(settings, final_qat_steps=7).final_qat_steps == 7
     for bad, match in ((dict(max_bytes=0), "max_bytes"), (dict(workers=3, trials=2), "workers"),
                        (dict(finalists=-1), "negative"), (dict(final_draws=0), "final_draws"),
                        (dict(minimise="size"), "minimise"),

@@ -208,9 +208,10 @@ def add_search(commands) -> None:
                         "fits, a finalist whose best draw fits wins, with a warning")
     p.add_argument("--final-steps", type=int, default=3000,
                    help="a finalist's fine-tuning steps (default 3000)")
-    p.add_argument("--final-qat-steps", type=int, default=500,
-                   help="a finalist's QAT steps, or its storage training's with --stored-as "
-                        "(default 500)")
+    p.add_argument("--final-qat-steps", type=int, metavar="STEPS",
+                   help="a finalist's QAT steps (default 500), or its storage training's "
+                        "with --stored-as (default 3000: storage plans lose less trained "
+                        "that long)")
     p.add_argument("--divisor", type=int, default=1,
                    help="keep a multiple of this many channels (8 suits XNNPACK)")
     p.add_argument("--weight-bits", type=int, nargs="+", choices=(8, 4), default=[8],
