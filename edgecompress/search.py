@@ -685,8 +685,8 @@ def interim_reports(eval_data, float_labels, total_steps: int, on_drop) -> StepR
     float_right = float_labels[:len(probe)] == probe.require_labels()
 
     def report(step, model):
-        on_drop(step, budget.paired_drop(float_right,
-                                         models.predict_labels(model, probe) == probe.y))
+        labels = models.predict_labels(model, probe, traced=False)  # once or twice per model
+        on_drop(step, budget.paired_drop(float_right, labels == probe.y))
 
     return StepReports({max(1, round(f * total_steps)) for f in REPORT_AT}, report)
 

@@ -18,6 +18,14 @@ def test_save_load_round_trip(trained, test_set, tmp_path, suffix):
     np.testing.assert_allclose(loaded.predict_on_batch(x), model.predict_on_batch(x), atol=1e-6)
 
 
+def test_labels_are_the_same_traced_or_eager(trained, test_set):
+    model, test_set = trained[0], test_set.with_preprocess("unit")
+    traced = models.predict_labels(model, test_set, batch_size=7)  # several batches, one short
+    assert len(traced) == len(test_set)
+    assert np.array_equal(models.predict_labels(model, test_set, batch_size=7, traced=False),
+                          traced)
+
+
 def test_missing_and_non_model_files(tmp_path):
     with pytest.raises(ModelError, match="does not exist"):
         models.load(tmp_path / "nope.h5")
