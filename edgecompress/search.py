@@ -102,11 +102,11 @@ class Settings:
             draw of the recipe, not a replay: a short recipe's drop varies by points from
             seed to seed) and judge them the same way; the best is then the smallest
             finalist within every budget. final_qat_steps: default 500, or 3,000 with
-            `stored_as` (its storage training's length). final_draws: train each finalist this many
-            times (seeds seed + 1, seed + 2, ...) and judge it by its mean drop, so that
-            one lucky draw does not decide; its file is its best draw's. When no
-            finalist's mean fits, the best is a finalist whose best draw fits, else a
-            trial (with a warning). Finalists: the trials within every budget by bytes,
+            `stored_as` (its storage training's length). final_draws: train each
+            finalist this many times (seeds seed + 1, seed + 2, ...) and judge it by its
+            mean drop, so that one lucky draw does not decide; its file is its best
+            draw's. When no finalist's mean fits, the best is a finalist whose best draw
+            fits, else a trial (with a warning). Finalists: the trials within every budget by bytes,
             then those that broke only the accuracy budget, by drop (longer training
             may bring them within it).
         max_ratio: the largest share of a channel group a trial removes (0: storage alone);
