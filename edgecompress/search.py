@@ -106,9 +106,9 @@ class Settings:
             finalist this many times (seeds seed + 1, seed + 2, ...) and judge it by its
             mean drop, so that one lucky draw does not decide; its file is its best
             draw's. When no finalist's mean fits, the best is a finalist whose best draw
-            fits, else a trial (with a warning). Finalists: the trials within every budget by bytes,
-            then those that broke only the accuracy budget, by drop (longer training
-            may bring them within it).
+            fits, else a trial (with a warning). Finalists: the trials within every
+            budget by bytes, then those that broke only the accuracy budget, by drop
+            (longer training may bring them within it).
         max_ratio: the largest share of a channel group a trial removes (0: storage alone);
             divisor: keep a multiple of this many channels.
         weight_bits: the weights' bits the trials choose from: (8,), (4,) or (8, 4). 4-bit
