@@ -338,11 +338,19 @@ def rescales_its_input(model: keras.Model) -> bool:
 
 def predict_labels(model: keras.Model, data, preprocess=None, *, batch_size: int = 256,
                    traced: bool = True):
-    """Top-1 labels that `model` predicts for every image of a `Dataset` (fed with
-    `preprocess`, by default the dataset's own). `traced=False` calls the model eagerly:
-    slower per batch, but without the trace of a first `predict_on_batch` (16 s for a
-    ResNet-8 wrapped for storage training against 2 s eagerly for 500 images), for a
-    few batches of a model seen once."""
+    """Top-1 labels that `model` predicts for every image of a `Dataset`.
+
+    Args:
+        model: a Keras classifier.
+        data: a `Dataset`, fed with `preprocess` (by default the dataset's own).
+        batch_size: images per call.
+        traced: False calls the model eagerly: slower per batch, but without the trace of
+            a first `predict_on_batch` (16 s for a ResNet-8 wrapped for storage training
+            against 2 s eagerly for 500 images), for a few batches of a model seen once.
+
+    Returns:
+        An array of class indices, one per image.
+    """
     data.check_fits(input_shape(model))
     predict = model.predict_on_batch if traced else \
         (lambda x: np.asarray(model(x, training=False)))
