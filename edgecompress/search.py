@@ -362,10 +362,10 @@ def _finalists(objective, study, count: int) -> list[dict]:
     for trial in sorted(device_fits, key=rank):
         distinct.setdefault(tuple(sorted(trial.params.items())), trial)
     (objective.out / "finalists").mkdir(exist_ok=True)
-    return [_finalist(objective, trial) for trial in list(distinct.values())[:count]]
+    return [_finalist(objective, study, trial) for trial in list(distinct.values())[:count]]
 
 
-def _finalist(objective, trial) -> dict:
+def _finalist(objective, study, trial) -> dict:
     settings = objective.settings
     draws, started = settings.final_draws, time.perf_counter()
     ratios = {g: trial.params[f"ratio {g}"] for g in objective.groups}
@@ -376,10 +376,8 @@ def _finalist(objective, trial) -> dict:
     steps = " + ".join(f"{stage.fit.steps} {stage.technique}" for stage in stages)
     objective.progress(f"finalist: trial {trial.number} again with {steps} steps"
                        f"{f', {draws} draws' if draws > 1 else ''} ...")
-    built = [objective.build(stages, objective.out / "finalists" / (
-        f"trial_{trial.number}.tflite" if draws == 1 else
-        f"trial_{trial.number}_draw_{draw}.tflite"), seed=settings.seed + draw)
-        for draw in range(1, draws + 1)]
+    built = [_draw(objective, study, trial.number, stages, steps, draw)
+             for draw in range(1, draws + 1)]
     drops = [row["drop_points"] for row, _ in built]
     mean_drop = sum(drops) / draws
     row, constraints = min(built, key=lambda b: b[0]["drop_points"])  # the file kept
@@ -396,6 +394,25 @@ def _finalist(objective, trial) -> dict:
         else {}
     return {"trial": trial.number, **row, "fits": fits, "draw_fits": draw_fits,
             "steps": steps, **spread, "seconds": round(time.perf_counter() - started, 1)}
+
+
+def _draw(objective, study, number: int, stages, steps: str, draw: int) -> tuple[dict, dict]:
+    """A finalist's draw, trained and judged (row, constraints) and recorded in the study,
+    or read back from it when an earlier run made it with the same steps and seed and its
+    file is still there: a search resumed after a stop does not train it again."""
+    seed = objective.settings.seed + draw
+    path = objective.out / "finalists" / (
+        f"trial_{number}.tflite" if objective.settings.final_draws == 1 else
+        f"trial_{number}_draw_{draw}.tflite")
+    key = f"finalist {number} draw {draw}: {steps} steps, seed {seed}"
+    recorded = study.user_attrs.get(key)
+    if recorded and path.is_file() and path.stat().st_size == recorded[0]["bytes"]:
+        objective.progress(f"finalist: trial {number} draw {draw} was trained by an earlier "
+                           f"run: {path} is kept")
+        return recorded[0] | {"file": str(path)}, recorded[1]
+    row, constraints = objective.build(stages, path, seed=seed)
+    study.set_user_attr(key, [row, constraints])
+    return row, constraints
 
 
 def _same_settings(study, settings: dict) -> None:

@@ -377,31 +377,70 @@ def test_minimising_the_drop_picks_the_most_accurate_file_within_the_budgets(tmp
     assert search.summarise(study, tmp_path / "b", finals, "drop")["best"]["trial"] == 1
 
 
-def test_a_plan_proposed_twice_is_one_finalist(tmp_path):
-    """The sampler may propose one plan twice; training it again twice with the same
-    seeds would only repeat the same draws."""
+def _stand_in_objective(out, built, final_draws=1, steps=3):
+    """The parts of a search's objective that `_finalists` uses; `build` writes a file of
+    the row's bytes and appends its name to `built`."""
     import types
 
+    def build(stages, path, seed):
+        built.append(path.name)
+        path.write_bytes(bytes(1000))
+        return {"bytes": 1000, "latency_ms": 1.0, "drop_points": 0.1 * seed,
+                "file": str(path)}, {"accuracy drop": -1}
+
+    return types.SimpleNamespace(
+        settings=search.Settings(target="mcu-cortex-m4", final_draws=final_draws), groups=[],
+        layers={"conv2d": ["int8", "lut4"]}, out=out, progress=lambda line: None,
+        stages=lambda ratios, bits, steps_, qat_steps, plan: [types.SimpleNamespace(
+            technique="storage", fit=types.SimpleNamespace(steps=steps))], build=build)
+
+
+def _storage_study(kinds):
     import optuna
 
     choice = optuna.distributions.CategoricalDistribution(["int8", "lut4"])
     study = optuna.create_study(directions=["minimize", "minimize"])
-    for number, kind in enumerate(["lut4", "lut4", "int8"]):
+    for kind in kinds:
         row = {"bytes": 1000 if kind == "lut4" else 2000, "latency_ms": 1.0,
                "drop_points": 0.5}
         study.add_trial(optuna.trial.create_trial(
             params={"storage conv2d": kind}, distributions={"storage conv2d": choice},
             values=[row["bytes"], 1.0], user_attrs={"row": row, "constraints": [-0.1, 0.0]}))
+    return study
+
+
+def test_a_plan_proposed_twice_is_one_finalist(tmp_path):
+    """The sampler may propose one plan twice; training it again twice with the same
+    seeds would only repeat the same draws."""
     built = []
-    objective = types.SimpleNamespace(
-        settings=search.Settings(target="mcu-cortex-m4", final_draws=1), groups=[],
-        layers={"conv2d": ["int8", "lut4"]}, out=tmp_path, progress=lambda line: None,
-        stages=lambda ratios, bits, steps, qat_steps, plan: [],
-        build=lambda stages, path, seed: built.append(path.name) or (
-            {"bytes": 1, "latency_ms": 1.0, "drop_points": 0.5}, {"accuracy drop": -1}))
-    finals = search._finalists(objective, study, 2)
+    finals = search._finalists(_stand_in_objective(tmp_path, built),
+                               _storage_study(["lut4", "lut4", "int8"]), 2)
     assert [f["trial"] for f in finals] == [0, 2] and built == ["trial_0.tflite",
                                                                 "trial_2.tflite"]
+
+
+def test_a_resumed_search_trains_only_the_finalist_draws_it_lacks(tmp_path):
+    study, built = _storage_study(["lut4"]), []
+    objective = _stand_in_objective(tmp_path, built, final_draws=3)
+    build = objective.build
+
+    def stopped_at_the_third(stages, path, seed):
+        if seed == 3:
+            raise KeyboardInterrupt
+        return build(stages, path, seed)
+
+    objective.build = stopped_at_the_third
+    with pytest.raises(KeyboardInterrupt):  # stopped during the third draw
+        search._finalists(objective, study, 1)
+    assert built == ["trial_0_draw_1.tflite", "trial_0_draw_2.tflite"]
+    (tmp_path / "finalists" / "trial_0_draw_2.tflite").unlink()  # a draw whose file is gone
+    objective.build = build
+    (final,) = search._finalists(objective, study, 1)
+    assert built[2:] == ["trial_0_draw_2.tflite", "trial_0_draw_3.tflite"]
+    assert final["draw_drops"] == pytest.approx([0.1, 0.2, 0.3])
+    # finalists of another length are other draws
+    search._finalists(_stand_in_objective(tmp_path, built, final_draws=3, steps=4), study, 1)
+    assert len(built) == 7
 
 
 def test_a_search_that_loses_the_race_to_create_the_tables_tries_again(tmp_path,
