@@ -377,7 +377,7 @@ def test_minimising_the_drop_picks_the_most_accurate_file_within_the_budgets(tmp
     assert search.summarise(study, tmp_path / "b", finals, "drop")["best"]["trial"] == 1
 
 
-def _stand_in_objective(out, built, final_draws=1, steps=3):
+def _stand_in_objective(out, built, final_draws=1, fit_steps=3):
     """The parts of a search's objective that `_finalists` uses; `build` writes a file of
     the row's bytes and appends its name to `built`."""
     import types
@@ -391,8 +391,8 @@ def _stand_in_objective(out, built, final_draws=1, steps=3):
     return types.SimpleNamespace(
         settings=search.Settings(target="mcu-cortex-m4", final_draws=final_draws), groups=[],
         layers={"conv2d": ["int8", "lut4"]}, out=out, progress=lambda line: None,
-        stages=lambda ratios, bits, steps_, qat_steps, plan: [types.SimpleNamespace(
-            technique="storage", fit=types.SimpleNamespace(steps=steps))], build=build)
+        stages=lambda ratios, bits, steps, qat_steps, plan: [types.SimpleNamespace(
+            technique="storage", fit=types.SimpleNamespace(steps=fit_steps))], build=build)
 
 
 def _storage_study(kinds):
@@ -439,7 +439,7 @@ def test_a_resumed_search_trains_only_the_finalist_draws_it_lacks(tmp_path):
     assert built[2:] == ["trial_0_draw_2.tflite", "trial_0_draw_3.tflite"]
     assert final["draw_drops"] == pytest.approx([0.1, 0.2, 0.3])
     # finalists of another length are other draws
-    search._finalists(_stand_in_objective(tmp_path, built, final_draws=3, steps=4), study, 1)
+    search._finalists(_stand_in_objective(tmp_path, built, final_draws=3, fit_steps=4), study, 1)
     assert len(built) == 7
 
 
