@@ -58,3 +58,15 @@ def test_reference_figures_and_our_int8_export(resnet8, cifar, tmp_path):
     assert mine.bytes <= expected["ours INT8, default calibration"]["max_bytes"]
     assert mine.accuracy >= expected["ours INT8, default calibration"]["min_accuracy"]
     assert mine.agreement > results["reference INT8"].agreement - 0.01
+
+
+def test_the_emulator_finds_shared_tflm_beside_the_checkout_from_any_folder(tmp_path,
+                                                                           monkeypatch):
+    """A benchmark run from benchmarks/ (or any folder) finds ../shared/tflm without
+    $EDGECOMPRESS_TFLM_SOURCES: it is looked for beside the checkout, not the package."""
+    from edgecompress.device.emulation import sources
+
+    expected = shared_path("tflm")
+    monkeypatch.delenv(sources.SOURCES_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert sources.default_sources() == expected
