@@ -67,7 +67,8 @@ def arguments() -> argparse.ArgumentParser:
                         help="train each finalist this many times, judged by the mean drop")
     parser.add_argument("--final-steps", type=int, default=3000)
     parser.add_argument("--final-qat-steps", type=int,
-                        help="default 500, or 3000 with --stored-as (as edgecompress search)")
+                        help=f"default {search.FINAL_QAT_STEPS}, or {search.FINAL_STORAGE_STEPS} "
+                             "with --stored-as (as edgecompress search)")
     parser.add_argument("--transfer", action="store_true",
                         help="the JPEG-decoded train images as transfer data (through "
                              "the float model's predictions only; val_original's copies "
@@ -131,7 +132,8 @@ def main(argv=None) -> int:
             model, result["best"], everything, judged["val_original"], args)
     rows = measure(model, files, judged)
     front = measured_front(model, result["trials"], judged["val_original"])
-    print(f"\n{len(result['trials'])} trials, {result['feasible']} within the budget, "
+    print(f"\n{len(result['trials']) + len(result['pruned'])} trials: "
+          f"{len(result['trials'])} completed ({result['feasible']} within the budgets), "
           f"{len(result['pruned'])} pruned early.\n")
     print(report.text_table(rows))
     print("\nThe front of the trials within the budgets (bytes, emulated M4 instructions), "

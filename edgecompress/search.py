@@ -48,6 +48,7 @@ import optuna
 from . import _io, budget, data, distill, models, pipeline, recipe, report, sensitivity, tflite
 from .device import figures, inspect, targets as targets_module, verify
 from .errors import EmulationError, OptionError
+from .options import FINAL_QAT_STEPS, FINAL_STORAGE_STEPS
 from .techniques import channels, quantize
 from .train import FitConfig, StepReports
 
@@ -63,11 +64,6 @@ HEARTBEAT_SECONDS = 60  # a trial whose worker is silent for 3 beats is marked f
 REPORT_AT = (1 / 3, 2 / 3)  # of a trial's fine-tuning steps
 REPORT_IMAGES = 500
 PRUNE_AFTER = 4  # completed trials with reports before a trial can be pruned
-# a finalist's QAT steps, or its storage training's: at 3,000 steps against 300, an
-# int4/lut3 plan lost 1.4 points less on val_original, the hand-made plan 0.1 (four draws
-# each, benchmarks/results/draws_resnet8_3000_steps.json)
-FINAL_QAT_STEPS = 500
-FINAL_STORAGE_STEPS = 3000
 
 
 def parse_duration(text) -> float | None:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from ..errors import OptionError
+from ..options import FINAL_QAT_STEPS, FINAL_STORAGE_STEPS
 from .common import (DATA_HELP, add_allow_code, add_calibration_samples, add_force,
                      add_mode, add_preprocess, add_strip_names, load_data_for)
 from .emulator_commands import require_emulator
@@ -210,9 +211,9 @@ def add_search(commands) -> None:
     p.add_argument("--final-steps", type=int, default=3000,
                    help="a finalist's fine-tuning steps (default 3000)")
     p.add_argument("--final-qat-steps", type=int, metavar="STEPS",
-                   help="a finalist's QAT steps (default 500), or its storage training's "
-                        "with --stored-as (default 3000: storage plans lose less trained "
-                        "that long)")
+                   help=f"a finalist's QAT steps (default {FINAL_QAT_STEPS}), or its storage "
+                        f"training's with --stored-as (default {FINAL_STORAGE_STEPS}: storage "
+                        "plans lose less trained that long)")
     p.add_argument("--divisor", type=int, default=1,
                    help="keep a multiple of this many channels (8 suits XNNPACK)")
     p.add_argument("--weight-bits", type=int, nargs="+", choices=(8, 4), default=[8],
