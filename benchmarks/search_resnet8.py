@@ -12,7 +12,7 @@ drop on val_original (original pixels; the float model was trained on those imag
 differences) and on the JPEG test set, the instructions per inference of TFLite Micro with
 CMSIS-NN on the emulated Cortex-M4 (palettes and int4 cost decoding that the MACs do not
 show), and LiteRT's median latency on this machine. So is the front: the trials within the
-budgets that no other beats on both bytes and emulated instructions.
+budgets that no other beats on bytes, emulated instructions and drop where they were judged.
 
 `--finalists N` trains the N best trials again at full length (`--final-steps`), and
 `--trials 0` with the same `--out`, `--steps` and `--qat-steps` does only that for a study
@@ -136,8 +136,8 @@ def main(argv=None) -> int:
           f"{len(result['trials'])} completed ({result['feasible']} within the budgets), "
           f"{len(result['pruned'])} pruned early.\n")
     print(report.text_table(rows))
-    print("\nThe front of the trials within the budgets (bytes, emulated M4 instructions), "
-          "their files as the trials trained them:\n")
+    print("\nThe front of the trials within the budgets (bytes, emulated M4 instructions, "
+          f"drop on the {args.select_on} images), their files as the trials trained them:\n")
     print(report.text_table(front) if front else "(no trial within the budgets)")
     if result["unconfirmed"]:
         print(f"warning: {result['unconfirmed']}")
@@ -189,22 +189,22 @@ def measure(model, files: dict, judged: dict) -> list[dict]:
 
 
 def measured_front(model, trials: list[dict], val_original) -> list[dict]:
-    """The trials within the budgets that no other beats on both bytes and emulated M4
-    instructions, with their drop on val_original (which chose none of them)."""
+    """The trials within the budgets that no other beats on bytes, emulated M4 instructions
+    and drop on the images that judged them, each also judged on val_original (which
+    chose none of them)."""
     rows = [{"trial": t["trial"], "bytes": t["bytes"],
              "m4_instructions_M": round(m4_instructions(t["file"]) / 1e6, 2),
-             "hold-out drop": f"{t['drop_points']:+.2f}", "file": t["file"]}
-            for t in trials if t["fits"]]
-    front = [r for r in rows if not any(
-        o["bytes"] <= r["bytes"] and o["m4_instructions_M"] <= r["m4_instructions_M"]
-        and (o["bytes"], o["m4_instructions_M"]) != (r["bytes"], r["m4_instructions_M"])
-        for o in rows)]
-    front.sort(key=lambda r: r["bytes"])
+             "drop": t["drop_points"], "file": t["file"]} for t in trials if t["fits"]]
+    figures_of = [(r["bytes"], r["m4_instructions_M"], r["drop"]) for r in rows]
+    front = sorted((r for r, mine in zip(rows, figures_of) if not any(
+        all(a <= b for a, b in zip(other, mine)) and other != mine for other in figures_of)),
+        key=lambda r: r["bytes"])
     if front:
         labels = models.predict_labels(model, val_original)
         _, judged = pipeline.judge({f"trial {r['trial']}": r["file"] for r in front},
                                    val_original, labels, latency_runs=1)
         for row, result in zip(front, judged):
+            row["drop"] = f"{row['drop']:+.2f}"
             row["val_original drop"] = f"{result['drop_points']:+.2f} [{result['drop_95']}]"
     return front
 
