@@ -36,6 +36,16 @@ PLANS = {
     "lut3 stages 2-3, int8 rest": dict.fromkeys(("conv2d_4", "conv2d_6", "conv2d_7"), "lut3"),
     "lut2 stage 3, int8 rest": dict.fromkeys(STAGE_3, "lut2"),
     "lut4": {"*": "lut4"},
+    # the 60,000-byte searches' winners (results/search_storage_resnet8_60000_*.json):
+    # bytes mode seeds 0 and 1 (43,120 and 46,592 bytes), drop mode (58,992 and 47,216)
+    "60000 bytes seed 0": dict(zip(KERNELS, "lut4 int8 lut3 lut4 lut3 lut3 lut3 lut3 int4 int8"
+                                   .split())),
+    "60000 bytes seed 1": dict(zip(KERNELS, "int8 int8 int8 lut4 int4 lut3 int4 lut3 int4 int8"
+                                   .split())),
+    "60000 drop seed 0": dict(zip(KERNELS, "lut4 lut3 lut3 lut4 int4 lut4 int8 lut4 int4 lut4"
+                                  .split())),
+    "60000 drop seed 1": dict(zip(KERNELS, "int8 int8 int8 lut4 lut4 lut3 int4 lut3 int4 int8"
+                                  .split())),
 }
 
 
