@@ -259,6 +259,10 @@ def test_storage_per_layer_is_a_dimension_and_the_bytes_are_the_stored_files(
     with pytest.raises(OptionError, match="runs LiteRT, which cannot decode them"):
         search.run(trained[0], train, judge, tmp_path / "phone",
                    search.Settings(target="phone-cpu-1t", trials=1, stored_as=("lut3",), **SHORT))
+    with pytest.raises(OptionError, match="latency budget with stored kernels needs --emulate"):
+        search.run(trained[0], train, judge, tmp_path / "timed",
+                   search.Settings(target=board, trials=1, stored_as=("lut3",), max_ms=50.0,
+                                   **SHORT))
 
 
 @pytest.mark.slow

@@ -226,7 +226,8 @@ def add_search(commands) -> None:
                         "weights are stored, among these KINDs (int8, int4, lut2-lut7, "
                         "prune1-prune99; see export --storage); a trial then trains for "
                         "its plan (--qat-steps of it) instead of QAT, and its bytes are the "
-                        "stored file's")
+                        "stored file's. With --max-ms it needs --emulate (the MAC estimate "
+                        "cannot see decoding)")
     p.add_argument("--max-ratio", type=float, default=0.75,
                    help="largest share of a channel group a trial removes (default "
                         "%(default)s; 0 searches storage alone)")
