@@ -14,9 +14,11 @@ from .errors import OptionError
 __all__ = ["lookup", "Choice", "Mode", "Preprocess", "LearningRate", "Criterion", "Method",
            "FINAL_QAT_STEPS", "FINAL_STORAGE_STEPS"]
 
-# A search finalist's QAT steps, or its storage training's: at 3,000 steps against 300, an
-# int4/lut3 plan lost 1.4 points less on val_original, the hand-made plan 0.1 (four draws
-# each, benchmarks/results/draws_resnet8_3000_steps.json).
+# A search finalist's QAT steps, or its storage training's. At 3,000 steps against 300 on
+# val_original an int4/lut3 plan lost 1.4 points less and the hand-made palette plan 0.1
+# (four draws each), lut4 everywhere the same (four each), the 60,000-byte seed-0 winner's
+# plan 1.2 more (two against one): not one rule for every plan
+# (benchmarks/results/draws_resnet8_*.json).
 FINAL_QAT_STEPS = 500
 FINAL_STORAGE_STEPS = 3000
 

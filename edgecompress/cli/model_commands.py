@@ -212,8 +212,8 @@ def add_search(commands) -> None:
                    help="a finalist's fine-tuning steps (default 3000)")
     p.add_argument("--final-qat-steps", type=int, metavar="STEPS",
                    help=f"a finalist's QAT steps (default {FINAL_QAT_STEPS}), or its storage "
-                        f"training's with --stored-as (default {FINAL_STORAGE_STEPS}: storage "
-                        "plans lose less trained that long)")
+                        f"training's with --stored-as (default {FINAL_STORAGE_STEPS}; "
+                        "docs/search.md says which plans gain from it)")
     p.add_argument("--divisor", type=int, default=1,
                    help="keep a multiple of this many channels (8 suits XNNPACK)")
     p.add_argument("--weight-bits", type=int, nargs="+", choices=(8, 4), default=[8],

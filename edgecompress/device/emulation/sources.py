@@ -57,7 +57,7 @@ def default_sources() -> Path | None:
     working folder, else what `setup_sources` fetched into the cache, when it exists."""
     if os.environ.get(SOURCES_ENV):
         return Path(os.environ[SOURCES_ENV])
-    checkout = Path(__file__).resolve().parents[3]  # edgecompress/device/emulation/
+    checkout = Path(__file__).resolve().parents[3]  # above edgecompress/device/emulation/
     for candidate in (checkout.parent / "shared" / "tflm", Path.cwd().parent / "shared" / "tflm",
                       cache_dir() / "archives"):
         if candidate.is_dir():
