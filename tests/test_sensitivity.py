@@ -3,6 +3,7 @@ with the INT8 error per operator; cached; one-line errors."""
 
 import json
 
+import numpy as np
 import pytest
 
 from edgecompress import cli, sensitivity
@@ -78,7 +79,12 @@ def test_the_allocation_takes_the_useless_channels_first(useless_group, test_set
 
     rows = sensitivity.channel_sensitivity(useless_group, test_set, preprocess="unit")
     ratios = sensitivity.allocate(useless_group, rows, params=0.6)
-    assert ratios["stem"] == 0 and ratios["inner"] > 0
+    measured = sorted((r["ratio"], 1 - r["agreement"]) for r in rows if r["group"] == "stem")
+    stem_loss = np.interp(ratios["stem"], [0.0] + [r for r, _ in measured],
+                          [0.0] + [loss for _, loss in measured])
+    # the stem only as far as it measured free: a tiny model's stem sometimes loses nothing
+    # at its first measured ratio, and then saves more weights per step than `inner`
+    assert ratios["inner"] > 0 and stem_loss == 0, (ratios, measured)
     pruned = channels.apply(useless_group, channels.Config(ratio=0.0, ratios=ratios))
     assert pruned.count_params() <= 0.6 * useless_group.count_params()
     squeezed = sensitivity.allocate(useless_group, rows, params=0.05, max_ratio=0.5)
