@@ -199,10 +199,8 @@ def measured_front(model, trials: list[dict], val_original) -> list[dict]:
     rows = [{"trial": t["trial"], "bytes": t["bytes"],
              "m4_instructions_M": round(m4_instructions(t["file"]) / 1e6, 2),
              "drop": t["drop_points"], "file": t["file"]} for t in trials if t["fits"]]
-    figures_of = [(r["bytes"], r["m4_instructions_M"], r["drop"]) for r in rows]
-    front = sorted((r for r, mine in zip(rows, figures_of) if not any(
-        all(a <= b for a, b in zip(other, mine)) and other != mine for other in figures_of)),
-        key=lambda r: r["bytes"])
+    kept = report.non_dominated([(r["bytes"], r["m4_instructions_M"], r["drop"]) for r in rows])
+    front = sorted((rows[i] for i in kept), key=lambda r: r["bytes"])
     if front:
         labels = models.predict_labels(model, val_original)
         _, judged = pipeline.judge({f"trial {r['trial']}": r["file"] for r in front},

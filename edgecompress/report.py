@@ -18,9 +18,9 @@ import numpy as np
 from . import _io
 
 __all__ = ["comparison_row", "table", "text_table", "markdown_table", "write_text", "write_json",
-           "new_figure", "pareto_front", "pareto_plot", "latency_plot", "per_class_plot",
-           "confusion_matrix", "confusion_plot", "weights_plot", "html_report", "html_page",
-           "compression_markdown"]
+           "new_figure", "non_dominated", "pareto_front", "pareto_plot", "latency_plot",
+           "per_class_plot", "confusion_matrix", "confusion_plot", "weights_plot", "html_report",
+           "html_page", "compression_markdown"]
 
 
 # --- tables ----------------------------------------------------------------------------
@@ -139,6 +139,13 @@ def pareto_front(costs, accuracies) -> list[int]:
             front.append(i)
             best = accuracies[i]
     return front
+
+
+def non_dominated(points: list[tuple]) -> list[int]:
+    """Indices of the points (figures to minimise, each a tuple) that no other point equals
+    or beats on every figure while differing on one."""
+    return [i for i, mine in enumerate(points) if not any(
+        other != mine and all(a <= b for a, b in zip(other, mine)) for other in points)]
 
 
 def pareto_plot(rows: list[dict], path=None, *, title: str = "", size: str = "bytes"):

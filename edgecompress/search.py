@@ -839,9 +839,7 @@ def chosen_caution(trials: int) -> str:
 def _front(rows: list[dict]) -> list[int]:
     """Indices of the rows no other row beats on bytes, latency and drop (storage plans
     share one MAC-estimated latency, so without the drop their front was one trial)."""
-    figures = [(r["bytes"], r["latency_ms"], r["drop_points"]) for r in rows]
-    return [i for i, mine in enumerate(figures) if not any(
-        all(a <= b for a, b in zip(other, mine)) and other != mine for other in figures)]
+    return report.non_dominated([(r["bytes"], r["latency_ms"], r["drop_points"]) for r in rows])
 
 
 if __name__ == "__main__":
