@@ -24,7 +24,7 @@ from .errors import OptionError
 from .techniques import channels
 
 __all__ = ["DEFAULT_RATIOS", "channel_sensitivity", "DEFAULT_STORAGES", "storage_sensitivity",
-           "allocate_storage", "scan", "write", "allocate"]
+           "allocate_storage", "uniform_storages", "scan", "write", "allocate"]
 
 DEFAULT_RATIOS = (0.25, 0.5, 0.75)
 CACHE = "sensitivity.json"
@@ -256,6 +256,22 @@ def allocate(model, rows: list[dict], *, params: float = 1.0, macs: float = 1.0,
             break
         _, group, ratios[group], over = max(options)
     return ratios
+
+
+def uniform_storages(rows: list[dict], kinds=None) -> list[tuple[int, dict]]:
+    """The plans that store every kernel layer as one kind (int8 where that kind cannot
+    store a layer), each with its kernels' estimated bytes: the same precision everywhere,
+    the plans a per-layer one has to beat. `rows` and `kinds` as for `allocate_storage`."""
+    kinds = set(kinds or {r["storage"] for r in rows} | {"int8"})
+    weights = {r["layer"]: r["weights"] for r in rows}
+    sizes = {(r["layer"], r["storage"]): r["bytes"] for r in rows} \
+        | {(layer, "int8"): size for layer, size in weights.items()}
+    plans = []
+    for kind in sorted(kinds):
+        plan = {layer: kind if (layer, kind) in sizes else "int8" for layer in weights}
+        if "int8" in kinds or "int8" not in plan.values():
+            plans.append((sum(sizes[layer, chosen] for layer, chosen in plan.items()), plan))
+    return plans
 
 
 def allocate_storage(rows: list[dict], kernel_bytes: float, kinds=None) -> dict:

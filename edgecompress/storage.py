@@ -32,7 +32,7 @@ from .device import decoding, inspect, metadata
 from .errors import ModelError, OptionError
 
 __all__ = ["Storage", "estimated_bytes", "parse_plan", "plan_json", "kernel_layers", "resolve",
-           "encode", "prune_encode", "INT4_LEVELS", "trim", "check_same_outputs"]
+           "encode", "prune_encode", "INT4_LEVELS", "trim", "trimmed", "check_same_outputs"]
 
 RUNTIME = inspect.MICRO_RUNTIME  # the metadata's "runtime" of files only TFLite Micro runs
 DEFAULT_KEY = "*"
@@ -384,6 +384,14 @@ def trim(model) -> list[str]:
         del model.metadata[name]
         cuts.add("converter metadata")
     return sorted(cuts)
+
+
+def trimmed(flatbuffer: bytes) -> bytes:
+    """The file with `trim`'s cuts made, as a plan with a DECODE layer makes them: what
+    the rest of the file weighs beside stored kernels."""
+    model = _compression().model_editor.read(flatbuffer)
+    trim(model)
+    return decoding.align(model.build())
 
 
 def check_same_outputs(plain: bytes, encoded: bytes, inputs: np.ndarray,

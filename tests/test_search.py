@@ -309,7 +309,7 @@ def test_trials_in_a_hopeless_region_are_pruned_and_the_winner_comes_from_elsewh
 
 @pytest.mark.slow
 def test_a_storage_search_with_a_bytes_budget_starts_from_the_storage_scan(
-        trained, train_set, test_set, tmp_path, board):
+        trained, train_set, test_set, tmp_path, board, capsys):
     from pathlib import Path
 
     train, judge = train_set.with_preprocess("unit"), test_set.with_preprocess("unit")
@@ -323,6 +323,9 @@ def test_a_storage_search_with_a_bytes_budget_starts_from_the_storage_scan(
     (seeded,) = result["trials"]
     assert set(seeded["storage"].values()) != {"int8"}, seeded["storage"]
     assert Path(seeded["file"]).stat().st_size <= budget, (untouched, seeded)
+    (uniform,) = [line.split("(one kind everywhere): ")[1]
+                  for line in capsys.readouterr().out.splitlines() if "one kind everywhere" in line]
+    assert len({part.split()[1] for part in uniform.split(", ")} - {"int8"}) == 1, uniform
 
 
 def _study_of(tmp_path, drops):

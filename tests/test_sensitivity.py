@@ -113,6 +113,22 @@ def test_storage_sensitivity_stores_one_layer_at_a_time(trained, test_set):
     assert min(r["agreement"] for r in rows) < 0.9  # something is lost somewhere
 
 
+def test_uniform_storages_store_every_layer_alike_with_int8_where_a_kind_cannot():
+    rows = [{"layer": "conv", "weights": 1000, "storage": "int4", "bytes": 500,
+             "agreement": 0.9},
+            {"layer": "conv", "weights": 1000, "storage": "lut2", "bytes": 350,
+             "agreement": 0.8},
+            {"layer": "dense", "weights": 100, "storage": "lut2", "bytes": 60,
+             "agreement": 0.5}]
+    plans = {tuple(sorted(p.items())): size for size, p in sensitivity.uniform_storages(rows)}
+    assert plans == {(("conv", "int4"), ("dense", "int8")): 600,
+                     (("conv", "int8"), ("dense", "int8")): 1100,
+                     (("conv", "lut2"), ("dense", "lut2")): 410}
+    # without int8 a kind that cannot store every layer makes no plan
+    assert sensitivity.uniform_storages(rows, kinds=("int4", "lut2")) == \
+        [(410, {"conv": "lut2", "dense": "lut2"})]
+
+
 def test_storage_allocation_meets_the_bytes_giving_up_the_least_agreement():
     rows = [{"layer": "big", "weights": 1000, "storage": "lut4", "bytes": 600,
              "agreement": 0.99},

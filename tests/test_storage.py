@@ -111,6 +111,20 @@ def test_byte_parts_add_up_to_the_file(stored):
         assert parts["kernels"] == sum(k["bytes"] for k in model.parts["kernels"])
 
 
+def test_trimmed_says_what_the_rest_of_a_stored_file_weighs(for_lut3, stored, train_set,
+                                                            tmp_path):
+    """The search weighs a plan's estimated kernels beside this rest."""
+    model, _ = for_lut3
+    plain = tflite.export(model, tmp_path / "plain.tflite", data=train_set, preprocess="unit",
+                          strip_names=True).read_bytes()
+    kernels = inspect.open(stored[0]).parts["parts"]["kernels"]
+    packed = inspect.open(stored[1])
+    rest_beside_stored = packed.size - packed.parts["parts"]["kernels"]
+    rest = len(storage.trimmed(plain)) - kernels
+    assert rest < len(plain) - kernels - 100  # zero points and bias scales cut
+    assert abs(rest - rest_beside_stored) < 400, (rest, rest_beside_stored)
+
+
 def test_litert_refuses_a_file_only_tflite_micro_runs(stored):
     with pytest.raises(ModelError, match="for TFLite Micro only"):
         verify.LiteRTModel(stored[1])
