@@ -39,6 +39,7 @@ on val_original of the best hand-made storage file at 48,000 and 60,000 bytes):
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -163,12 +164,29 @@ def rerun(model, best: dict, train, eval_data, args) -> Path:
     does), its file stored as the search stored it."""
     out = args.out / "winner_rerun"
     out.mkdir(parents=True, exist_ok=True)
+    recipe_file = Path(best["file"]).with_suffix(".json")
+    if _ran_before(out, recipe_file, args.seed):
+        print(f"the winner's recipe (trial {best['trial']}) was run on all train_original by "
+              f"an earlier run: {out / 'model_int8.tflite'} is kept", flush=True)
+        return out / "model_int8.tflite"
     print(f"the winner's recipe (trial {best['trial']}) again on all {len(train):,} "
           "train_original images ...", flush=True)
-    stages = recipe.load(Path(best["file"]).with_suffix(".json"))
+    stages = recipe.load(recipe_file)
     pipeline.compress(model, stages, train, eval_data, out, pipeline.Settings(
         seed=args.seed, verbose=0, strip_names=args.strip_names))
     return out / "model_int8.tflite"
+
+
+def _ran_before(out: Path, recipe_file: Path, seed: int) -> bool:
+    """Whether `out` holds a finished run of the same recipe with the same seed: a run
+    writes recipe.json first and report.json last, so a stopped one leaves the report
+    older than the recipe."""
+    report_file, ran = out / "report.json", out / "recipe.json"
+    if not (report_file.is_file() and ran.is_file() and (out / "model_int8.tflite").is_file()
+            and report_file.stat().st_mtime >= ran.stat().st_mtime):
+        return False
+    return json.loads(ran.read_text()) == json.loads(recipe_file.read_text()) and \
+        json.loads(report_file.read_text())["provenance"]["seed"] == seed
 
 
 def measure(model, files: dict, judged: dict) -> list[dict]:
