@@ -330,8 +330,9 @@ def _storage_seeds(objective) -> list[dict]:
     the flash, without emulation) bounds the file: the storage scan on `SEED_IMAGES`
     fine-tuning images, allocated greedily to the kernel bytes that the budget leaves
     beside the rest of the untouched INT8 file (and to 90 % of them), and the richest plan
-    of one kind everywhere that fits. A plan that decodes (LUT, prune) is weighed beside
-    the rest as `storage.trim` leaves it, 6,800 bytes lighter on the ResNet-8."""
+    of one kind everywhere that fits. When a kind that decodes (LUT, prune) is offered,
+    that rest is the file as `storage.trim` leaves it (6,800 bytes lighter on the
+    ResNet-8); the plan of one kind is weighed beside the rest it will have."""
     from . import storage
 
     flash = objective.target.flash_bytes if objective.emulate is None else None
