@@ -102,8 +102,7 @@ class Settings:
             `stored_as` (its storage training's length). final_draws: train each
             finalist this many times (seeds seed + 1, seed + 2, ...) and judge it by its
             mean drop, so that one lucky draw does not decide; its file is its best
-            draw's. A storage plan is drawn as often at the trial's length too and judged
-            at the length whose mean is lower. When no finalist's mean fits, the best is a finalist whose best draw
+            draw's. When no finalist's mean fits, the best is a finalist whose best draw
             fits, else a trial (with a warning). Finalists: the trials within every
             budget by bytes, then those that broke only the accuracy budget, by drop
             (longer training may bring them within it).
@@ -385,70 +384,49 @@ def _finalists(objective, study, count: int) -> list[dict]:
 
 
 def _finalist(objective, study, trial) -> dict:
-    """The trial's recipe drawn `final_draws` times at the finalist length, and a storage
-    plan's as many times at the trial's own length too, judged at the length whose mean
-    drop is lower: a palette plan can lose more after 3,000 steps than after 300."""
     settings = objective.settings
     draws, started = settings.final_draws, time.perf_counter()
     ratios = {g: trial.params[f"ratio {g}"] for g in objective.groups}
     bits = trial.params.get("weight bits", settings.weight_bits[0])
     plan = {layer: trial.params[f"storage {layer}"] for layer in objective.layers}
-    lengths = [objective.stages(ratios, bits, settings.final_steps, settings.final_qat_steps,
-                                plan)]
-    own_length = objective.stages(ratios, bits, plan=plan)
-    if plan and _steps(own_length) != _steps(lengths[0]):
-        lengths.append(own_length)
-    objective.progress(f"finalist: trial {trial.number} again with "
-                       + " and ".join(f"{_steps(stages)}" for stages in lengths)
-                       + f" steps{f', {draws} draws each' if draws > 1 else ''} ...")
-    at_length = {_steps(stages): [_draw(objective, study, trial.number, stages, draw,
-                                        "short" if i else "")
-                                  for draw in range(1, draws + 1)]
-                 for i, stages in enumerate(lengths)}
-    means = {steps: sum(row["drop_points"] for row, _ in built) / draws
-             for steps, built in at_length.items()}
-    steps = min(means, key=means.get)  # the finalist length on a tie
-    drops = [row["drop_points"] for row, _ in at_length[steps]]
-    row, constraints = min(at_length[steps], key=lambda b: b[0]["drop_points"])  # file kept
+    stages = objective.stages(ratios, bits, settings.final_steps, settings.final_qat_steps,
+                              plan)
+    steps = " + ".join(f"{stage.fit.steps} {stage.technique}" for stage in stages)
+    objective.progress(f"finalist: trial {trial.number} again with {steps} steps"
+                       f"{f', {draws} draws' if draws > 1 else ''} ...")
+    built = [_draw(objective, study, trial.number, stages, steps, draw)
+             for draw in range(1, draws + 1)]
+    drops = [row["drop_points"] for row, _ in built]
+    mean_drop = sum(drops) / draws
+    row, constraints = min(built, key=lambda b: b[0]["drop_points"])  # the file kept
     draw_fits = all(v <= 0 for v in constraints.values())
-    constraints = {**constraints, "accuracy drop": (means[steps] - settings.max_drop) / 100}
+    constraints = {**constraints, "accuracy drop": (mean_drop - settings.max_drop) / 100}
     fits = all(v <= 0 for v in constraints.values())
     objective.progress(
-        f"finalist: trial {trial.number}: {row['bytes']:,} bytes, drop " + "; ".join(
-            f"{mean:+.2f} at {length} steps" + (_mean_of(at_length[length]) if draws > 1 else "")
-            for length, mean in means.items())
-        + f": judged at {steps} steps, {'fits' if fits else 'breaks'} the budgets")
-    spread = {"draw_drops": drops, "mean_drop_points": round(means[steps], 2)} if draws > 1 \
+        f"finalist: trial {trial.number}: {row['bytes']:,} bytes, drop "
+        + (f"{row['drop_points']:+.2f}" if draws == 1 else
+           f"{mean_drop:+.2f} (mean of {', '.join(f'{d:+.2f}' for d in drops)})")
+        + f" points (was {trial.user_attrs['row']['drop_points']:+.2f}), "
+        f"{'fits' if fits else 'breaks'} the budgets")
+    spread = {"draw_drops": drops, "mean_drop_points": round(mean_drop, 2)} if draws > 1 \
         else {}
     return {"trial": trial.number, **row, "fits": fits, "draw_fits": draw_fits,
-            "steps": steps, **spread,
-            **({"other_length": {length: round(mean, 2) for length, mean in means.items()
-                                 if length != steps}} if len(means) > 1 else {}),
-            "seconds": round(time.perf_counter() - started, 1)}
+            "steps": steps, **spread, "seconds": round(time.perf_counter() - started, 1)}
 
 
-def _mean_of(built) -> str:
-    return " (mean of " + ", ".join(f"{row['drop_points']:+.2f}" for row, _ in built) + ")"
-
-
-def _steps(stages) -> str:
-    return " + ".join(f"{stage.fit.steps} {stage.technique}" for stage in stages)
-
-
-def _draw(objective, study, number: int, stages, draw: int, tag: str = ""
-          ) -> tuple[dict, dict]:
+def _draw(objective, study, number: int, stages, steps: str, draw: int) -> tuple[dict, dict]:
     """A finalist's draw, trained and judged (row, constraints) and recorded in the study,
     or read back from it when an earlier run made it with the same steps and seed and its
     file is still there: a search resumed after a stop does not train it again."""
-    seed, steps = objective.settings.seed + draw, _steps(stages)
+    seed = objective.settings.seed + draw
     path = objective.out / "finalists" / (
-        f"trial_{number}" + (f"_{tag}" if tag else "")
-        + (f"_draw_{draw}" if objective.settings.final_draws > 1 else "") + ".tflite")
+        f"trial_{number}.tflite" if objective.settings.final_draws == 1 else
+        f"trial_{number}_draw_{draw}.tflite")
     key = f"finalist {number} draw {draw}: {steps} steps, seed {seed}"
     recorded = study.user_attrs.get(key)
     if recorded and path.is_file() and path.stat().st_size == recorded[0]["bytes"]:
-        objective.progress(f"finalist: trial {number} draw {draw} ({steps} steps) was trained "
-                           f"by an earlier run: {path} is kept")
+        objective.progress(f"finalist: trial {number} draw {draw} was trained by an earlier "
+                           f"run: {path} is kept")
         return recorded[0] | {"file": str(path)}, recorded[1]
     row, constraints = objective.build(stages, path, seed=seed)
     study.set_user_attr(key, [row, constraints])

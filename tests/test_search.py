@@ -249,12 +249,8 @@ def test_storage_per_layer_is_a_dimension_and_the_bytes_are_the_stored_files(
     result = search.run(trained[0], train, judge, tmp_path,
                         search.Settings(target=board, max_drop=100, trials=3, steps=2, qat_steps=4,
                                         max_ratio=0.0, stored_as=("int8", "lut3", "prune75"),
-                                        strip_names=True, finalists=1, final_qat_steps=8))
+                                        strip_names=True))
     layers = ["conv2d", "conv2d_1", "dense"]
-    (final,) = result["finalists"]  # drawn at the finalist length and at the trial's
-    assert {final["steps"], *final["other_length"]} == {"8 storage", "4 storage"}
-    assert sorted(p.name for p in (tmp_path / "finalists").iterdir() if p.suffix == ".tflite") \
-        == [f"trial_{final['trial']}.tflite", f"trial_{final['trial']}_short.tflite"]
     for row in result["trials"]:
         assert sorted(row["storage"]) == layers
         file = inspect.open(row["file"])
@@ -391,27 +387,22 @@ def test_minimising_the_drop_picks_the_most_accurate_file_within_the_budgets(tmp
     assert search.summarise(study, tmp_path / "b", finals, "drop")["best"]["trial"] == 1
 
 
-def _stand_in_objective(out, built, final_draws=1, fit_steps=3, long_loses=0.0):
+def _stand_in_objective(out, built, final_draws=1, fit_steps=3):
     """The parts of a search's objective that `_finalists` uses; `build` writes a file of
-    the row's bytes and appends its name to `built`. A draw drops 0.1 point a seed, and
-    `long_loses` more at the finalist length (`fit_steps`; a trial's own length is 1)."""
+    the row's bytes and appends its name to `built`."""
     import types
 
     def build(stages, path, seed):
         built.append(path.name)
         path.write_bytes(bytes(1000))
-        longer = long_loses if stages[0].fit.steps == fit_steps else 0.0
-        return {"bytes": 1000, "latency_ms": 1.0, "drop_points": 0.1 * seed + longer,
+        return {"bytes": 1000, "latency_ms": 1.0, "drop_points": 0.1 * seed,
                 "file": str(path)}, {"accuracy drop": -1}
-
-    def stages(ratios, bits, steps=None, qat_steps=None, plan=None):
-        return [types.SimpleNamespace(technique="storage", fit=types.SimpleNamespace(
-            steps=fit_steps if qat_steps else 1))]
 
     return types.SimpleNamespace(
         settings=search.Settings(target="mcu-cortex-m4", final_draws=final_draws), groups=[],
         layers={"conv2d": ["int8", "lut4"]}, out=out, progress=lambda line: None,
-        stages=stages, build=build)
+        stages=lambda ratios, bits, steps, qat_steps, plan: [types.SimpleNamespace(
+            technique="storage", fit=types.SimpleNamespace(steps=fit_steps))], build=build)
 
 
 def _storage_study(kinds):
@@ -434,9 +425,8 @@ def test_a_plan_proposed_twice_is_one_finalist(tmp_path):
     built = []
     finals = search._finalists(_stand_in_objective(tmp_path, built),
                                _storage_study(["lut4", "lut4", "int8"]), 2)
-    assert [f["trial"] for f in finals] == [0, 2]
-    assert built == ["trial_0.tflite", "trial_0_short.tflite", "trial_2.tflite",
-                     "trial_2_short.tflite"]
+    assert [f["trial"] for f in finals] == [0, 2] and built == ["trial_0.tflite",
+                                                                "trial_2.tflite"]
 
 
 def test_a_resumed_search_trains_only_the_finalist_draws_it_lacks(tmp_path):
@@ -456,32 +446,11 @@ def test_a_resumed_search_trains_only_the_finalist_draws_it_lacks(tmp_path):
     (tmp_path / "finalists" / "trial_0_draw_2.tflite").unlink()  # a draw whose file is gone
     objective.build = build
     (final,) = search._finalists(objective, study, 1)
-    assert built[2:] == ["trial_0_draw_2.tflite", "trial_0_draw_3.tflite",
-                         *(f"trial_0_short_draw_{d}.tflite" for d in (1, 2, 3))]
+    assert built[2:] == ["trial_0_draw_2.tflite", "trial_0_draw_3.tflite"]
     assert final["draw_drops"] == pytest.approx([0.1, 0.2, 0.3])
-    # finalists of another length are other draws; those at the trial's length are kept
+    # finalists of another length are other draws
     search._finalists(_stand_in_objective(tmp_path, built, final_draws=3, fit_steps=4), study, 1)
-    assert len(built) == 10
-
-
-def test_a_finalist_is_judged_at_the_length_whose_draws_lose_less(tmp_path):
-    """A palette plan can lose more after 3,000 steps than after the trial's 300: its
-    draws at the trial's length then judge it, and its file is one of theirs."""
-    study, built = _storage_study(["lut4"]), []
-    (final,) = search._finalists(_stand_in_objective(tmp_path, built, final_draws=2,
-                                                     long_loses=2.0), study, 1)
-    assert built == ["trial_0_draw_1.tflite", "trial_0_draw_2.tflite",
-                     "trial_0_short_draw_1.tflite", "trial_0_short_draw_2.tflite"]
-    assert final["steps"] == "1 storage" and final["draw_drops"] == pytest.approx([0.1, 0.2])
-    assert final["mean_drop_points"] == pytest.approx(0.15)
-    assert final["file"].endswith("trial_0_short_draw_1.tflite")
-    assert final["other_length"] == {"3 storage": pytest.approx(2.15)}
-    # when the longer draws lose less, they judge it
-    (tmp_path / "b").mkdir()
-    (final,) = search._finalists(_stand_in_objective(tmp_path / "b", built, final_draws=2),
-                                 study, 1)
-    assert final["steps"] == "3 storage" and final["mean_drop_points"] == pytest.approx(0.15)
-    assert final["other_length"] == {"1 storage": pytest.approx(0.15)}  # a tie: the longer
+    assert len(built) == 7
 
 
 def test_a_search_that_loses_the_race_to_create_the_tables_tries_again(tmp_path,

@@ -198,9 +198,8 @@ def add_search(commands) -> None:
                         "(default 100)")
     p.add_argument("--finalists", type=int, default=0, metavar="N",
                    help="after the trials, train the N best again with the next seed "
-                        "(steps below; a storage plan also at the trial's length, judged at "
-                        "the length that lost less) and pick the winner among them (default "
-                        "0: the short trials decide); their time comes after --time-budget")
+                        "(steps below) and pick the winner among them (default 0: the short "
+                        "trials decide); their time comes after --time-budget")
     p.add_argument("--minimise", choices=("bytes", "drop"), default="bytes",
                    help="what ranks the files within every budget: bytes (the smallest, "
                         "default) or drop (the most accurate, for a --max-bytes to spend "
