@@ -113,13 +113,14 @@ def test_storage_sensitivity_stores_one_layer_at_a_time(trained, test_set):
     assert min(r["agreement"] for r in rows) < 0.9  # something is lost somewhere
 
 
+def _storage_rows(*rows) -> list[dict]:
+    """storage_sensitivity's rows from (layer, weights, storage, bytes, agreement)."""
+    return [dict(zip(("layer", "weights", "storage", "bytes", "agreement"), r)) for r in rows]
+
+
 def test_uniform_storages_store_every_layer_alike_with_int8_where_a_kind_cannot():
-    rows = [{"layer": "conv", "weights": 1000, "storage": "int4", "bytes": 500,
-             "agreement": 0.9},
-            {"layer": "conv", "weights": 1000, "storage": "lut2", "bytes": 350,
-             "agreement": 0.8},
-            {"layer": "dense", "weights": 100, "storage": "lut2", "bytes": 60,
-             "agreement": 0.5}]
+    rows = _storage_rows(("conv", 1000, "int4", 500, 0.9), ("conv", 1000, "lut2", 350, 0.8),
+                         ("dense", 100, "lut2", 60, 0.5))
     plans = {tuple(sorted(p.items())): size for size, p in sensitivity.uniform_storages(rows)}
     assert plans == {(("conv", "int4"), ("dense", "int8")): 600,
                      (("conv", "int8"), ("dense", "int8")): 1100,
@@ -130,12 +131,8 @@ def test_uniform_storages_store_every_layer_alike_with_int8_where_a_kind_cannot(
 
 
 def test_storage_allocation_meets_the_bytes_giving_up_the_least_agreement():
-    rows = [{"layer": "big", "weights": 1000, "storage": "lut4", "bytes": 600,
-             "agreement": 0.99},
-            {"layer": "big", "weights": 1000, "storage": "lut2", "bytes": 350,
-             "agreement": 0.80},
-            {"layer": "small", "weights": 100, "storage": "lut4", "bytes": 90,
-             "agreement": 0.50}]
+    rows = _storage_rows(("big", 1000, "lut4", 600, 0.99), ("big", 1000, "lut2", 350, 0.80),
+                         ("small", 100, "lut4", 90, 0.50))
     assert sensitivity.allocate_storage(rows, 1100) == {"big": "int8", "small": "int8"}
     assert sensitivity.allocate_storage(rows, 800) == {"big": "lut4", "small": "int8"}
     assert sensitivity.allocate_storage(rows, 450) == {"big": "lut2", "small": "int8"}
