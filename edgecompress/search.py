@@ -345,8 +345,9 @@ def _storage_seeds(objective) -> list[dict]:
     kernels = sum(int(models.kernel(model.get_layer(name)).size) for name in objective.layers)
     untouched = path.read_bytes()
     decodes = {k: storage.Storage.parse(k).decoded for k in kinds}
-    rest = {False: len(untouched) - kernels,
-            True: len(storage.trimmed(untouched)) - kernels if any(decodes.values()) else 0}
+    rest = {False: len(untouched) - kernels}  # beside plans that decode: the trimmed rest
+    if any(decodes.values()):
+        rest[True] = len(storage.trimmed(untouched)) - kernels
 
     def fits(kernel_bytes, plan) -> bool:
         return kernel_bytes + rest[any(decodes[k] for k in plan.values())] <= limit
