@@ -1,6 +1,8 @@
 """Weights stored for TFLite Micro's DECODE (palettes, sparse masks), int4 per layer, the
 trimmed quantisation parameters, and the training that makes kernels fit them."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -144,6 +146,27 @@ def test_a_palette_too_small_for_a_channel_is_refused_with_the_layer(trained, tr
         tflite.export(trained[0], tmp_path / "x.tflite", data=train_set, preprocess="unit",
                       storage={"conv2d": "lut2"})
     assert not (tmp_path / "x.tflite").exists()
+
+
+def test_a_layer_whose_channels_fit_the_palette_is_stored_unclustered_without_warning(
+        train_set, tmp_path):
+    """A 1x1 convolution on 3 channels holds 3 weights per output channel: lut4 stores
+    them as they are. tfmot would skip it with a multi-line warning at every trial."""
+    from edgecompress._tf import keras
+
+    inputs = keras.Input(train_set.x.shape[1:])
+    x = keras.layers.Conv2D(4, 1, name="pointwise")(inputs)
+    x = keras.layers.Conv2D(4, 3, name="spatial")(x)
+    outputs = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, outputs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        wrapped = for_storage.apply(model, for_storage.Config({"*": "lut4"}))
+    assert type(wrapped.get_layer("pointwise")).__name__ == "Conv2D"
+    assert type(wrapped.get_layer("cluster_spatial")).__name__ == "ClusterWeights"
+    path = tflite.export(for_storage.strip(wrapped), tmp_path / "x.tflite", data=train_set,
+                         preprocess="unit", storage={"*": "lut4"})
+    assert [k["storage"] for k in inspect.open(path).parts["kernels"]] == ["lut4"] * 3
 
 
 def test_a_plan_naming_a_missing_layer_is_refused(trained, train_set, tmp_path):

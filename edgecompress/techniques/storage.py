@@ -90,7 +90,16 @@ def _reason_to_skip(layer, chosen) -> str | None:
         return (f"tfmot does not {'cluster' if kind.kind == 'lut' else 'prune'} depthwise "
                 "kernels: its channels must fit the storage as they are (a 3x3 channel "
                 "holds 9 values, which lut4 stores)")
+    if kind.kind == "lut" and _palette_values(layer) <= kind.values:
+        return "excluded: each palette's weights fit it as they are"  # tfmot would warn
     return None
+
+
+def _palette_values(layer) -> int:
+    """How many weights share one palette: an output channel's for Conv2D (clustered per
+    channel), else the whole kernel's."""
+    kernel = models.kernel(layer)
+    return kernel.size // kernel.shape[-1] if type(layer).__name__ == "Conv2D" else kernel.size
 
 
 def apply(model: keras.Model, config: Config = Config()) -> keras.Model:
