@@ -49,7 +49,7 @@ def main(argv=None) -> int:
 
 def one_way(args) -> int:
     """Prints the resident MB after each trial, as a JSON list on the last line."""
-    from edgecompress import data, distill, models, pipeline, recipe
+    from edgecompress import _io, data, distill, models, pipeline, recipe
     from edgecompress._tf import custom_gradients_released
     from edgecompress.techniques import storage
     from edgecompress.train import FitConfig
@@ -67,7 +67,7 @@ def one_way(args) -> int:
         with custom_gradients_released() if args.way == "released" \
                 else contextlib.nullcontext():
             final, _ = recipe.run(models.copy(model), stages, images, seed=trial, verbose=0,
-                                  progress=lambda line: None)
+                                  progress=_io.silent)
             pipeline.export_result(final, stages, args.out / f"{args.way}_{trial}.tflite",
                                    data=images, strip_names=True)
         megabytes.append(resident_megabytes())
