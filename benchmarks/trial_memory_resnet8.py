@@ -1,8 +1,9 @@
 """A search's memory as its trials go by: the resident memory of one process after each of
 `--trials` ResNet-8 trials (the storage search's recipe with lut4 everywhere: copy, train
-for storage with distillation, export), with the trial's gradient functions released as
-the search does (`custom_gradients_released`) and kept as TensorFlow leaves them. Each
-way runs in a fresh process of its own, side by side in one table.
+for storage with distillation, export), with the gradient functions released as each
+recipe stage does (`custom_gradients_released`) and kept as TensorFlow leaves them (the
+release turned off). Each way runs in a fresh process of its own, side by side in one
+table.
 
     python benchmarks/trial_memory_resnet8.py [--trials 8] [--steps 15] --out DIR
 """
@@ -50,7 +51,6 @@ def main(argv=None) -> int:
 def one_way(args) -> int:
     """Prints the resident MB after each trial, as a JSON list on the last line."""
     from edgecompress import _io, data, distill, models, pipeline, recipe
-    from edgecompress._tf import custom_gradients_released
     from edgecompress.techniques import storage
     from edgecompress.train import FitConfig
 
@@ -62,14 +62,14 @@ def one_way(args) -> int:
                            FitConfig(steps=args.steps, batch_size=64, learning_rate=3e-4,
                                      schedule="cosine", augment=True),
                            distill.Config(alpha=0.1))]
+    if args.way == "kept":
+        recipe.custom_gradients_released = contextlib.nullcontext
     megabytes = []
     for trial in range(args.trials):
-        with custom_gradients_released() if args.way == "released" \
-                else contextlib.nullcontext():
-            final, _ = recipe.run(models.copy(model), stages, images, seed=trial, verbose=0,
-                                  progress=_io.silent)
-            pipeline.export_result(final, stages, args.out / f"{args.way}_{trial}.tflite",
-                                   data=images, strip_names=True)
+        final, _ = recipe.run(models.copy(model), stages, images, seed=trial, verbose=0,
+                              progress=_io.silent)
+        pipeline.export_result(final, stages, args.out / f"{args.way}_{trial}.tflite",
+                               data=images, strip_names=True)
         megabytes.append(resident_megabytes())
     print(json.dumps(megabytes))
     return 0

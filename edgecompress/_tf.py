@@ -55,8 +55,8 @@ def custom_gradients_released():
     registered in it. Traced in a graph (every Keras fit), each call registers one in
     TensorFlow's global gradient registry for good, and its closure keeps the traced graph
     alive: tfmot's clustering leaked about 240 MB per ResNet-8 fine-tuning so. For blocks
-    whose models are thrown away at their end (a search trial); a no-op if TensorFlow's
-    private registry changes."""
+    whose traced functions are not used after them (a recipe stage, whose wrapped model is
+    stripped at its end); a no-op if TensorFlow's private registry changes."""
     registry = getattr(getattr(_tf_ops, "_gradient_registry", None), "_registry", None)
     before = set(registry) if isinstance(registry, dict) else None
     try:

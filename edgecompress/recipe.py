@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import _io, distill, models, techniques
-from ._tf import keras
+from ._tf import custom_gradients_released, keras
 from .data import Dataset
 from .errors import OptionError
 from .techniques import prune
@@ -160,12 +160,13 @@ def run(model: keras.Model, stages: list[Stage], train: Dataset, *, preprocess=N
         backup = [keras.callbacks.BackupAndRestore(str(checkpoints / f"stage_{i}_epochs"))] \
             if checkpoints else []
         keras.utils.set_random_seed(seed + i)  # clustering and students draw at random
-        with strategy.scope() if strategy is not None else contextlib.nullcontext():
-            model = _apply(stage, model)
-            history = _fine_tune(stage, model, train, preprocess, validation, strategy, seed,
-                                 verbose, teacher, backup + list(callbacks), transfer)
-        if stage.technique != "finetune":
-            model = techniques.get(stage.technique).strip(model)
+        with custom_gradients_released():  # the stage's traced fit is never reused
+            with strategy.scope() if strategy is not None else contextlib.nullcontext():
+                model = _apply(stage, model)
+                history = _fine_tune(stage, model, train, preprocess, validation, strategy,
+                                     seed, verbose, teacher, backup + list(callbacks), transfer)
+            if stage.technique != "finetune":
+                model = techniques.get(stage.technique).strip(model)
         records.append(_record(stage, history, time.perf_counter() - started, fit_samples))
         if checkpoints:
             _save_progress(checkpoints, i, model, stages, records)

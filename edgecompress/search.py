@@ -45,7 +45,6 @@ from pathlib import Path
 
 import optuna
 
-from ._tf import custom_gradients_released
 from . import _io, budget, data, distill, models, pipeline, recipe, report, sensitivity, tflite
 from .device import figures, inspect, targets as targets_module, verify
 from .errors import EmulationError, OptionError
@@ -632,13 +631,12 @@ class _Objective:
         """Compresses a copy of the model with `stages` (`callbacks` watch its training;
         `seed`: the settings' unless given), exports `path` (and its recipe beside it) and
         judges it: (row, constraints, each feasible when <= 0)."""
-        with custom_gradients_released():  # else ~240 MB per clustering trial stay
-            final, _ = recipe.run(models.copy(self.model), stages, self.train,
-                                  seed=self.settings.seed if seed is None else seed, verbose=0,
-                                  transfer=self.transfer,
-                                  callbacks=callbacks, progress=_io.silent)  # a line a trial
-            path = pipeline.export_result(final, stages, path, data=self.train,
-                                          strip_names=self.settings.strip_names)
+        final, _ = recipe.run(models.copy(self.model), stages, self.train,
+                              seed=self.settings.seed if seed is None else seed, verbose=0,
+                              transfer=self.transfer,
+                              callbacks=callbacks, progress=_io.silent)  # a line a trial
+        path = pipeline.export_result(final, stages, path, data=self.train,
+                                      strip_names=self.settings.strip_names)
         recipe.save(stages, path.with_suffix(".json"))
         file = inspect.open(path)  # parsed once, for every figure below
         results, (judged,) = pipeline.judge({"trial": file}, self.eval_data, self.keras_labels,
