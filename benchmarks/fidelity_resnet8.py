@@ -211,4 +211,6 @@ def measure(files: dict, judged: dict, keras_labels: dict, minutes: dict) -> lis
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from edgecompress.cli.common import guarded  # one-line warnings and errors
+
+    sys.exit(guarded("fidelity_resnet8.py", main))

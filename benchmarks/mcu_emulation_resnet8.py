@@ -144,4 +144,6 @@ def options_rows(reference, images) -> list[dict]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from edgecompress.cli.common import guarded  # one-line warnings and errors
+
+    sys.exit(guarded("mcu_emulation_resnet8.py", main))

@@ -59,4 +59,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from edgecompress.cli.common import guarded  # one-line warnings and errors
+
+    sys.exit(guarded("merge_runs.py", main))

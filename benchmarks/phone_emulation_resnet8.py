@@ -74,4 +74,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from edgecompress.cli.common import guarded  # one-line warnings and errors
+
+    sys.exit(guarded("phone_emulation_resnet8.py", main))

@@ -244,4 +244,6 @@ def mac_estimate_ms(path) -> float:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from edgecompress.cli.common import guarded  # one-line warnings and errors
+
+    sys.exit(guarded("search_resnet8.py", main))

@@ -95,4 +95,6 @@ def arguments() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from edgecompress.cli.common import guarded  # one-line warnings and errors
+
+    sys.exit(guarded("trial_memory_resnet8.py", main))
