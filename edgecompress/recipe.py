@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import _io, distill, models, techniques
+from . import _io, data, distill, models, techniques
 from ._tf import custom_gradients_released, keras
 from .data import Dataset
 from .errors import OptionError
@@ -162,7 +162,7 @@ def run(model: keras.Model, stages: list[Stage], train: Dataset, *, preprocess=N
         keras.utils.set_random_seed(seed + i)  # clustering and students draw at random
         with custom_gradients_released():  # the stage's traced fit is never reused
             with strategy.scope() if strategy is not None else contextlib.nullcontext():
-                model = _apply(stage, model)
+                model = _apply(stage, model, train, preprocess, seed)
                 history = _fine_tune(stage, model, train, preprocess, validation, strategy,
                                      seed, verbose, teacher, backup + list(callbacks), transfer)
             if stage.technique != "finetune":
@@ -196,9 +196,16 @@ def _save_progress(checkpoints: Path, index: int, model, stages, records) -> Non
         {"stages": _fingerprint(stages)[:index], "records": records}, indent=2))
 
 
-def _apply(stage: Stage, model: keras.Model) -> keras.Model:
+RECONSTRUCTION_IMAGES = 1000  # ResNet-8's widest refit (3x3x64 + bias) then has 64,000 rows
+
+
+def _apply(stage: Stage, model: keras.Model, train: Dataset, preprocess, seed: int
+           ) -> keras.Model:
     if stage.technique == "finetune":
         return model
+    if getattr(stage.config, "reconstruct", False):
+        images = data.preprocess(train.take(RECONSTRUCTION_IMAGES, seed=seed).x, preprocess)
+        return techniques.get(stage.technique).apply(model, stage.config, images=images)
     return techniques.get(stage.technique).apply(model, stage.config)
 
 

@@ -1,6 +1,6 @@
 """Channel pruning (`techniques.channels`): ratio 0 reproduces the model, residual channels
-stay tied, the most important filters stay, exclusions and per-layer ratios, and a
-channels -> distillation -> QAT recipe."""
+stay tied, the most important filters stay, exclusions and per-layer ratios, a
+channels -> distillation -> QAT recipe, and least-squares reconstruction after removal."""
 
 import numpy as np
 import pytest
@@ -110,3 +110,51 @@ def test_channels_distill_qat_recipe_runs(trained, train_set, test_set):
     flat = tflite.convert(final, mode="int8")
     assert inspect.read(flat).float_tensors() == []
     assert final.count_params() < trained[0].count_params()
+
+
+def _with_duplicated_filters():
+    """Filters 2 and 3 of `a` are half of filters 0 and 1 (so the l1 criterion removes
+    them): through the ReLU, a layer reading `a` can take their part from the kept ones.
+    `b` (a strided convolution) and `d` (a Dense behind a Flatten) read `a`."""
+    inputs = keras.Input((8, 8, 3))
+    a = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="a")
+    x = a(inputs)
+    b = keras.layers.Conv2D(5, 3, strides=2, padding="same", name="b")(x)
+    d = keras.layers.Dense(2, name="d")(keras.layers.Flatten()(x))
+    e = keras.layers.Dense(2, name="e")(keras.layers.GlobalAveragePooling2D()(b))
+    model = keras.Model(inputs, keras.layers.Add()([d, e]))
+    kernel, bias = a.get_weights()
+    kernel[..., 2:], bias[2:] = 0.5 * kernel[..., :2], 0.5 * bias[:2]
+    a.set_weights([kernel, bias])
+    return model
+
+
+def test_reconstruction_refits_the_layers_that_read_removed_channels():
+    keras.utils.set_random_seed(0)
+    model = _with_duplicated_filters()
+    images = np.random.default_rng(0).random((300, 8, 8, 3)).astype(np.float32)
+    config = channels.Config(ratio=0.5, exclude=("b",))
+    plain = channels.apply(model, config)
+    refitted = channels.apply(model, channels.Config(ratio=0.5, exclude=("b",),
+                                                     reconstruct=True), images=images)
+    assert refitted.get_layer("a").filters == 2
+    x = images[:20]
+    assert np.abs(plain.predict_on_batch(x) - model.predict_on_batch(x)).max() > 0.05
+    same_outputs(refitted, model, x, atol=1e-3)
+    with pytest.raises(OptionError, match="give `images`"):
+        channels.apply(model, channels.Config(ratio=0.5, reconstruct=True))
+
+
+def test_a_recipe_reconstructs_from_its_training_images(trained, train_set):
+    stages = recipe.from_json(recipe.to_json([recipe.Stage(
+        "channels", channels.Config(ratio=0.5, reconstruct=True), train.FitConfig(steps=0))]))
+    assert stages[0].config.reconstruct
+    images = train_set.take(200)
+    plain, _ = recipe.run(trained[0], [recipe.Stage("channels", channels.Config(ratio=0.5),
+                                                    train.FitConfig(steps=0))],
+                          images, preprocess="unit", verbose=0)
+    refitted, _ = recipe.run(trained[0], stages, images, preprocess="unit", verbose=0)
+    x = images.x[:100] / 255.0
+    error = {name: np.abs(m.predict_on_batch(x) - trained[0].predict_on_batch(x)).mean()
+             for name, m in (("plain", plain), ("refitted", refitted))}
+    assert error["refitted"] < 0.5 * error["plain"]  # measured: 0.02 against 0.11
