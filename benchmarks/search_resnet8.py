@@ -83,6 +83,9 @@ def arguments() -> argparse.ArgumentParser:
                              "trials train for their plan and are stored for TFLite Micro")
     parser.add_argument("--max-ratio", type=float, default=0.75,
                         help="the most of a channel group a trial removes (0: storage alone)")
+    parser.add_argument("--reconstruct", action="store_true",
+                        help="refit the layers that read removed channels by least squares "
+                             "before a trial's fine-tuning")
     parser.add_argument("--strip-names", action="store_true",
                         help="trials without tensor names (their bytes are the flash's)")
     parser.add_argument("--select-on", choices=["holdout", "val_original"], default="holdout",
@@ -124,7 +127,8 @@ def main(argv=None) -> int:
         max_ms=max_ms, trials=args.trials, time_budget=args.time_budget, steps=args.steps,
         qat_steps=args.qat_steps, finalists=args.finalists, final_steps=args.final_steps,
         final_qat_steps=args.final_qat_steps, final_draws=args.final_draws,
-        minimise=args.minimise, max_ratio=args.max_ratio, stored_as=tuple(args.stored_as),
+        minimise=args.minimise, max_ratio=args.max_ratio, reconstruct=args.reconstruct,
+        stored_as=tuple(args.stored_as),
         strip_names=args.strip_names, seed=args.seed)
     result = search.run(model, train, selection, args.out, settings, transfer=transfer)
     files = {"reference INT8": reference}

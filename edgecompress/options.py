@@ -21,6 +21,9 @@ __all__ = ["lookup", "Choice", "Mode", "Preprocess", "LearningRate", "Criterion"
 # (benchmarks/results/draws_resnet8_*.json).
 FINAL_QAT_STEPS = 500
 FINAL_STORAGE_STEPS = 3000
+# images that least-squares reconstruction after channel removal refits on: ResNet-8's
+# widest refit (3x3x64 + bias) then has 64,000 rows
+RECONSTRUCTION_IMAGES = 1000
 
 
 def lookup(registry, name, parameter: str, hint: str = ""):

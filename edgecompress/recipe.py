@@ -18,6 +18,7 @@ from . import _io, data, distill, models, techniques
 from ._tf import custom_gradients_released, keras
 from .data import Dataset
 from .errors import OptionError
+from .options import RECONSTRUCTION_IMAGES
 from .techniques import prune
 from .train import FitConfig, fit
 
@@ -194,9 +195,6 @@ def _save_progress(checkpoints: Path, index: int, model, stages, records) -> Non
     models.save(model, checkpoints / f"stage_{index}.h5")
     _io.write_text(checkpoints / "progress.json", json.dumps(
         {"stages": _fingerprint(stages)[:index], "records": records}, indent=2))
-
-
-RECONSTRUCTION_IMAGES = 1000  # ResNet-8's widest refit (3x3x64 + bias) then has 64,000 rows
 
 
 def _apply(stage: Stage, model: keras.Model, train: Dataset, preprocess, seed: int

@@ -107,7 +107,9 @@ class Settings:
             budget by bytes, then those that broke only the accuracy budget, by drop
             (longer training may bring them within it).
         max_ratio: the largest share of a channel group a trial removes (0: storage alone);
-            divisor: keep a multiple of this many channels.
+            divisor: keep a multiple of this many channels. reconstruct: refit the layers
+            that read removed channels by least squares before a trial's fine-tuning
+            (`channels.Config.reconstruct`), a better start for short trials.
         weight_bits: the weights' bits the trials choose from: (8,), (4,) or (8, 4). 4-bit
             weights train quantisation-aware at 4 bits and export as int4w.
         stored_as: storages each kernel layer chooses from (`edgecompress.storage`: int8,
@@ -139,6 +141,7 @@ class Settings:
     final_draws: int = 1
     max_ratio: float = 0.75
     divisor: int = 1
+    reconstruct: bool = False
     weight_bits: tuple = (8,)
     stored_as: tuple = ()
     strip_names: bool = False
@@ -256,6 +259,7 @@ def _judged_by(settings: Settings, target, groups: list) -> dict:
              "groups": groups}
             | ({"weight_bits": list(s.weight_bits)} if s.weight_bits != (8,) else {})
             | ({"strip_names": True} if s.strip_names else {})
+            | ({"reconstruct": True} if s.reconstruct else {})
             | ({"stored_as": list(s.stored_as)} if s.stored_as else {})
             | ({"minimise": s.minimise} if s.minimise != "bytes" else {})
             | {k: v for k, v in (("max_bytes", s.max_bytes), ("max_ms", s.max_ms)) if v})
@@ -683,7 +687,8 @@ class _Objective:
         teach = distill.Config(alpha=0.1)
         ratios = {g: r for g, r in ratios.items() if r}
         shrink = [recipe.Stage("channels", channels.Config(
-            ratio=0.0, ratios=ratios, divisor=self.settings.divisor), FitConfig(
+            ratio=0.0, ratios=ratios, divisor=self.settings.divisor,
+            reconstruct=self.settings.reconstruct), FitConfig(
                 steps=steps or self.settings.steps, batch_size=64, learning_rate=1e-3,
                 schedule="cosine", augment=True), teach)] if ratios or not plan else []
         if plan:

@@ -109,6 +109,19 @@ def test_the_winner_meets_the_budget_and_the_study_resumes(trained, train_set, t
                    search.Settings(target=board, max_drop=100, trials=1, strip_names=True, **SHORT))
 
 
+def test_reconstructing_trials_say_so_and_a_study_keeps_to_it(trained, train_set, test_set,
+                                                              tmp_path, board):
+    train, judge = train_set.with_preprocess("unit"), test_set.with_preprocess("unit")
+    settings = search.Settings(target=board, max_drop=100, trials=1, reconstruct=True,
+                               **SHORT)
+    (trial,) = search.run(trained[0], train, judge, tmp_path, settings)["trials"]
+    stages = json.loads(open(trial["file"][:-len(".tflite")] + ".json").read())["stages"]
+    assert stages[0]["technique"] == "channels" and stages[0]["config"]["reconstruct"]
+    with pytest.raises(OptionError, match="reconstruct True -> None"):
+        search.run(trained[0], train, judge, tmp_path,
+                   dataclasses.replace(settings, reconstruct=False))
+
+
 def test_budgets_seed_the_first_trials_and_bound_the_winner(trained, train_set, test_set,
                                                             int8_file, tmp_path, capsys):
     train, judge = train_set.with_preprocess("unit"), test_set.with_preprocess("unit")

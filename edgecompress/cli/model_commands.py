@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from ..errors import OptionError
-from ..options import FINAL_QAT_STEPS, FINAL_STORAGE_STEPS
+from ..options import FINAL_QAT_STEPS, FINAL_STORAGE_STEPS, RECONSTRUCTION_IMAGES
 from .common import (DATA_HELP, add_allow_code, add_calibration_samples, add_force,
                      add_mode, add_preprocess, add_strip_names, load_data_for)
 from .emulator_commands import require_emulator
@@ -216,6 +216,10 @@ def add_search(commands) -> None:
                         "docs/search.md says which plans gain from it)")
     p.add_argument("--divisor", type=int, default=1,
                    help="keep a multiple of this many channels (8 suits XNNPACK)")
+    p.add_argument("--reconstruct", action="store_true",
+                   help="refit the layers that read removed channels by least squares on "
+                        f"{RECONSTRUCTION_IMAGES:,} training images before a trial's "
+                        "fine-tuning: a better start for short trials")
     p.add_argument("--weight-bits", type=int, nargs="+", choices=(8, 4), default=[8],
                    metavar="BITS",
                    help="weight bits the trials choose from: 8 (default), 4 (int4w files: "
@@ -273,7 +277,8 @@ def run_search(args) -> int:
         steps=args.steps, qat_steps=args.qat_steps, finalists=args.finalists,
         final_steps=args.final_steps, final_qat_steps=args.final_qat_steps,
         final_draws=args.final_draws, minimise=args.minimise,
-        max_ratio=args.max_ratio, divisor=args.divisor, weight_bits=tuple(args.weight_bits),
+        max_ratio=args.max_ratio, divisor=args.divisor, reconstruct=args.reconstruct,
+        weight_bits=tuple(args.weight_bits),
         stored_as=tuple(args.stored_as), strip_names=args.strip_names, seed=args.seed,
         workers=args.workers, storage=args.storage)
     result = search.run(model, train, evaluation, Path(args.out), settings,
