@@ -53,7 +53,7 @@ from .techniques import channels, quantize
 from .train import FitConfig, StepReports
 
 __all__ = ["Settings", "chosen_caution", "interim_reports", "parse_duration", "run",
-           "summarise"]
+           "summarise", "trial_stages"]
 
 RATIO_STEP = 0.125
 SEED_FRACTIONS = (0.7, 0.5)  # of weights and MACs, for the seeds of a search without budgets
@@ -371,6 +371,34 @@ def _storage_seeds(objective) -> list[dict]:
     return plans
 
 
+def trial_stages(settings: Settings, ratios: dict, weight_bits: int = 8,
+                 steps: int | None = None, qat_steps: int | None = None,
+                 plan: dict | None = None) -> list[recipe.Stage]:
+    """A trial's recipe; `steps` and `qat_steps` lengthen it for a finalist. With a storage
+    `plan`, its last stage trains for that storage (`qat_steps` of it) instead of QAT;
+    channels go first only when some are removed."""
+    from .techniques import storage
+
+    teach = distill.Config(alpha=0.1)
+    ratios = {g: r for g, r in ratios.items() if r}
+    shrink = [recipe.Stage("channels", channels.Config(
+        ratio=0.0, ratios=ratios, divisor=settings.divisor,
+        reconstruct=settings.reconstruct), FitConfig(
+            steps=steps or settings.steps, batch_size=64, learning_rate=1e-3,
+            schedule="cosine", augment=True), teach)] if ratios or not plan else []
+    if plan:
+        last = qat_steps or settings.qat_steps
+        end = max(1, 2 * last // 3)
+        return shrink + [recipe.Stage("storage", storage.Config(
+            plan, end_step=end, frequency=max(1, end // 10)), FitConfig(
+                steps=last, batch_size=64, learning_rate=3e-4, schedule="cosine",
+                augment=True), teach)]
+    return shrink + [recipe.Stage("qat", quantize.Config(weight_bits=weight_bits),
+                                  FitConfig(steps=qat_steps or settings.qat_steps,
+                                            batch_size=64, learning_rate=1e-4,
+                                            schedule="cosine", augment=True), teach)]
+
+
 def _finalists(objective, study, count: int) -> list[dict]:
     """The `count` best trials (see `run`) trained again `final_draws` times, with the
     finalist steps and the next seeds, and judged by their mean drop."""
@@ -394,8 +422,8 @@ def _finalist(objective, study, trial) -> dict:
     ratios = {g: trial.params[f"ratio {g}"] for g in objective.groups}
     bits = trial.params.get("weight bits", settings.weight_bits[0])
     plan = {layer: trial.params[f"storage {layer}"] for layer in objective.layers}
-    stages = objective.stages(ratios, bits, settings.final_steps, settings.final_qat_steps,
-                              plan)
+    stages = trial_stages(settings, ratios, bits, settings.final_steps,
+                          settings.final_qat_steps, plan)
     steps = " + ".join(f"{stage.fit.steps} {stage.technique}" for stage in stages)
     objective.progress(f"finalist: trial {trial.number} again with {steps} steps"
                        f"{f', {draws} draws' if draws > 1 else ''} ...")
@@ -578,7 +606,7 @@ class _Objective:
             if len(settings.weight_bits) > 1 else settings.weight_bits[0]
         plan = {layer: trial.suggest_categorical(f"storage {layer}", kinds)
                 for layer, kinds in self.layers.items()}
-        stages = self.stages(ratios, bits, plan=plan)
+        stages = trial_stages(self.settings, ratios, bits, plan=plan)
         try:
             row, constraints = self.build(stages, self.out / "trials" /
                                           f"trial_{trial.number}.tflite",
@@ -676,32 +704,6 @@ class _Objective:
         limit = min((b for b in (self.settings.max_bytes, flash) if b), default=None)
         params = (limit - (file.size - weights)) / weights if limit else 1.0
         return max(params, 0.0), self.settings.max_ms / latency if self.settings.max_ms else 1.0
-
-    def stages(self, ratios: dict, weight_bits: int = 8, steps: int | None = None,
-               qat_steps: int | None = None, plan: dict | None = None) -> list[recipe.Stage]:
-        """The trial's recipe; `steps` and `qat_steps` lengthen it for a finalist. With a
-        storage `plan`, its last stage trains for that storage (`qat_steps` of it) instead
-        of QAT; channels go first only when some are removed."""
-        from .techniques import storage
-
-        teach = distill.Config(alpha=0.1)
-        ratios = {g: r for g, r in ratios.items() if r}
-        shrink = [recipe.Stage("channels", channels.Config(
-            ratio=0.0, ratios=ratios, divisor=self.settings.divisor,
-            reconstruct=self.settings.reconstruct), FitConfig(
-                steps=steps or self.settings.steps, batch_size=64, learning_rate=1e-3,
-                schedule="cosine", augment=True), teach)] if ratios or not plan else []
-        if plan:
-            last = qat_steps or self.settings.qat_steps
-            end = max(1, 2 * last // 3)
-            return shrink + [recipe.Stage("storage", storage.Config(
-                plan, end_step=end, frequency=max(1, end // 10)), FitConfig(
-                    steps=last, batch_size=64, learning_rate=3e-4, schedule="cosine",
-                    augment=True), teach)]
-        return shrink + [recipe.Stage("qat", quantize.Config(weight_bits=weight_bits),
-                                      FitConfig(steps=qat_steps or self.settings.qat_steps,
-                                                batch_size=64, learning_rate=1e-4,
-                                                schedule="cosine", augment=True), teach)]
 
     def device_figures(self, file, result) -> tuple[float, int, int]:
         """(latency ms, flash bytes, RAM bytes) on the target (`figures.measure`): emulated
