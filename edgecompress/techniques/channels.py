@@ -296,9 +296,9 @@ def _reconstruct(original, pruned, keep, images, batch_size: int = 100) -> None:
     """Refits, in layer order, each Conv2D/Dense of `pruned` that reads fewer channels than
     in `original`: least squares from its input in `pruned` (after the refits before it) to
     the original layer's linear output (before any fused activation), kept channels only."""
-    for layer in pruned.layers:
+    for layer in filter(_refittable, pruned.layers):
         before = original.get_layer(layer.name)
-        if not _refittable(layer) or layer.kernel.shape[-2] == before.kernel.shape[-2]:
+        if layer.kernel.shape[-2] == before.kernel.shape[-2]:
             continue
         out = keep[layer.name]
         kernel = before.kernel.numpy().reshape(-1, before.kernel.shape[-1])[:, out]
