@@ -374,9 +374,20 @@ def _storage_seeds(objective) -> list[dict]:
 def trial_stages(settings: Settings, ratios: dict, weight_bits: int = 8,
                  steps: int | None = None, qat_steps: int | None = None,
                  plan: dict | None = None) -> list[recipe.Stage]:
-    """A trial's recipe; `steps` and `qat_steps` lengthen it for a finalist. With a storage
-    `plan`, its last stage trains for that storage (`qat_steps` of it) instead of QAT;
-    channels go first only when some are removed."""
+    """A trial's recipe, as the search trains it.
+
+    Args:
+        settings: the search's settings (their steps, divisor and reconstruction).
+        ratios: the share of each channel group (named by its first layer) to remove.
+        weight_bits: 8 or 4, the QAT's bits (without a storage `plan`).
+        steps, qat_steps: the channel and the QAT (or storage) fine-tuning steps; the
+            settings' trial lengths unless given (longer for a finalist).
+        plan: a storage per kernel layer; the last stage then trains for it instead of
+            QAT, and channels go first only when some are removed.
+
+    Returns:
+        The stages for `recipe.run`.
+    """
     from .techniques import storage
 
     teach = distill.Config(alpha=0.1)

@@ -109,17 +109,20 @@ def test_the_winner_meets_the_budget_and_the_study_resumes(trained, train_set, t
                    search.Settings(target=board, max_drop=100, trials=1, strip_names=True, **SHORT))
 
 
-def test_reconstructing_trials_say_so_and_a_study_keeps_to_it(trained, train_set, test_set,
-                                                              tmp_path, board):
-    train, judge = train_set.with_preprocess("unit"), test_set.with_preprocess("unit")
-    settings = search.Settings(target=board, max_drop=100, trials=1, reconstruct=True,
-                               **SHORT)
-    (trial,) = search.run(trained[0], train, judge, tmp_path, settings)["trials"]
-    stages = json.loads(open(trial["file"][:-len(".tflite")] + ".json").read())["stages"]
-    assert stages[0]["technique"] == "channels" and stages[0]["config"]["reconstruct"]
+def test_reconstruction_is_in_every_trials_recipe_and_a_study_keeps_to_it():
+    import types
+
+    import optuna
+
+    settings = search.Settings(target="mcu-cortex-m4", reconstruct=True)
+    shrink, qat = search.trial_stages(settings, {"conv2d": 0.5}, steps=7)
+    assert shrink.technique == "channels" and shrink.config.reconstruct
+    assert shrink.fit.steps == 7 and qat.technique == "qat"
+    target, study = types.SimpleNamespace(name="mcu-cortex-m4"), optuna.create_study()
+    search._same_settings(study, search._judged_by(settings, target, ["conv2d"]))
     with pytest.raises(OptionError, match="reconstruct True -> None"):
-        search.run(trained[0], train, judge, tmp_path,
-                   dataclasses.replace(settings, reconstruct=False))
+        search._same_settings(study, search._judged_by(
+            dataclasses.replace(settings, reconstruct=False), target, ["conv2d"]))
 
 
 def test_budgets_seed_the_first_trials_and_bound_the_winner(trained, train_set, test_set,
@@ -412,10 +415,9 @@ def _stand_in_objective(out, built, final_draws=1, fit_steps=3):
                 "file": str(path)}, {"accuracy drop": -1}
 
     return types.SimpleNamespace(
-        settings=search.Settings(target="mcu-cortex-m4", final_draws=final_draws), groups=[],
-        layers={"conv2d": ["int8", "lut4"]}, out=out, progress=lambda line: None,
-        stages=lambda ratios, bits, steps, qat_steps, plan: [types.SimpleNamespace(
-            technique="storage", fit=types.SimpleNamespace(steps=fit_steps))], build=build)
+        settings=search.Settings(target="mcu-cortex-m4", final_draws=final_draws,
+                                 final_qat_steps=fit_steps), groups=[],
+        layers={"conv2d": ["int8", "lut4"]}, out=out, progress=lambda line: None, build=build)
 
 
 def _storage_study(kinds):
