@@ -109,7 +109,8 @@ class Settings:
         max_ratio: the largest share of a channel group a trial removes (0: storage alone);
             divisor: keep a multiple of this many channels. reconstruct: refit the layers
             that read removed channels by least squares before a trial's fine-tuning
-            (`channels.Config.reconstruct`), a better start for short trials.
+            (`channels.Config.reconstruct`): lower drops for short trials, the same
+            order on ResNet-8 (docs/search.md).
         weight_bits: the weights' bits the trials choose from: (8,), (4,) or (8, 4). 4-bit
             weights train quantisation-aware at 4 bits and export as int4w.
         stored_as: storages each kernel layer chooses from (`edgecompress.storage`: int8,

@@ -219,7 +219,8 @@ def add_search(commands) -> None:
     p.add_argument("--reconstruct", action="store_true",
                    help="refit the layers that read removed channels by least squares on "
                         f"{RECONSTRUCTION_IMAGES:,} training images before a trial's "
-                        "fine-tuning: a better start for short trials")
+                        "fine-tuning: lower drops for short trials, the same order on "
+                        "ResNet-8 (docs/search.md)")
     p.add_argument("--weight-bits", type=int, nargs="+", choices=(8, 4), default=[8],
                    metavar="BITS",
                    help="weight bits the trials choose from: 8 (default), 4 (int4w files: "
