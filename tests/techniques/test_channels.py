@@ -2,6 +2,8 @@
 stay tied, the most important filters stay, exclusions and per-layer ratios, a
 channels -> distillation -> QAT recipe, and least-squares reconstruction after removal."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -135,8 +137,8 @@ def test_reconstruction_refits_the_layers_that_read_removed_channels():
     images = np.random.default_rng(0).random((300, 8, 8, 3)).astype(np.float32)
     config = channels.Config(ratio=0.5, exclude=("b",))
     plain = channels.apply(model, config)
-    refitted = channels.apply(model, channels.Config(ratio=0.5, exclude=("b",),
-                                                     reconstruct=True), images=images)
+    refitted = channels.apply(model, dataclasses.replace(config, reconstruct=True),
+                              images=images)
     assert refitted.get_layer("a").filters == 2
     x = images[:20]
     assert np.abs(plain.predict_on_batch(x) - model.predict_on_batch(x)).max() > 0.05
