@@ -292,16 +292,16 @@ def test_trials_in_a_hopeless_region_are_pruned_and_the_winner_comes_from_elsewh
     import optuna
 
     monkeypatch.setattr(search, "PRUNE_AFTER", 2)
-    stages = search._Objective.stages
+    stages = search.trial_stages
 
-    def planted(self, ratios, *args, **kwargs):  # the hopeless region: conv2d ratio >= 0.5
-        made = stages(self, ratios, *args, **kwargs)
+    def planted(settings, ratios, *args, **kwargs):  # the hopeless region: conv2d >= 0.5
+        made = stages(settings, ratios, *args, **kwargs)
         if ratios.get("conv2d", 0) >= 0.5:  # a learning rate that wrecks the weights
             made[0] = dataclasses.replace(made[0], fit=dataclasses.replace(
                 made[0].fit, learning_rate=10.0))
         return made
 
-    monkeypatch.setattr(search._Objective, "stages", planted)
+    monkeypatch.setattr(search, "trial_stages", planted)
     train, judge = train_set.with_preprocess("unit"), test_set.with_preprocess("unit")
     roomy = dataclasses.replace(board, flash_bytes=12_000)  # the accuracy decides, not flash
     result = search.run(trained[0], train, judge, tmp_path,
