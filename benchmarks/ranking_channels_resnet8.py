@@ -46,12 +46,13 @@ WAYS = ("plain", "reconstructed")
 
 def arguments() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--short-steps", type=int, default=300,
-                        help="a trial's channel fine-tuning steps (the search's default 300)")
-    parser.add_argument("--short-qat-steps", type=int, default=100)
-    parser.add_argument("--long-steps", type=int, default=3000,
-                        help="a finalist's (the search's default 3000)")
-    parser.add_argument("--long-qat-steps", type=int, default=500)
+    trial = search.Settings(target="mcu-cortex-m4")  # the search's own lengths
+    parser.add_argument("--short-steps", type=int, default=trial.steps,
+                        help=f"a trial's channel fine-tuning steps (default {trial.steps})")
+    parser.add_argument("--short-qat-steps", type=int, default=trial.qat_steps)
+    parser.add_argument("--long-steps", type=int, default=trial.final_steps,
+                        help=f"a finalist's (default {trial.final_steps})")
+    parser.add_argument("--long-qat-steps", type=int, default=trial.final_qat_steps)
     parser.add_argument("--only-long", choices=WAYS,
                         help="train long one way only and rank both short ways against it "
                              "(half the time; the diary found both ways end alike)")
