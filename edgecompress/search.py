@@ -311,15 +311,17 @@ def _storage_choices(model, stored_as) -> dict[str, list[str]]:
 
 def _seeds(objective) -> list[dict]:
     """Channel ratios for a new study's first trials: the sensitivity scan on
-    `SEED_IMAGES` fine-tuning images, allocated greedily to the bytes and latency budgets
+    `SEED_IMAGES` fine-tuning images (reconstructed after each removal when the trials
+    are), allocated greedily to the bytes and latency budgets
     (and to 90 % of them: the estimate scales the untouched model's figures with its
     weights and MACs), or, when the untouched model is within them, to `SEED_FRACTIONS`."""
+    settings = objective.settings
     rows = sensitivity.channel_sensitivity(objective.model,
-                                           objective.train.take(SEED_IMAGES, seed=0))
+                                           objective.train.take(SEED_IMAGES, seed=0),
+                                           reconstruct=settings.reconstruct)
     params, macs = objective.budget_fractions()
     fractions = [(params, macs), (0.9 * params, 0.9 * macs)] if min(params, macs) < 1 \
         else [(f, f) for f in SEED_FRACTIONS]
-    settings = objective.settings
     seeds = [sensitivity.allocate(objective.model, rows, params=p, macs=m, step=RATIO_STEP,
                                   max_ratio=settings.max_ratio, divisor=settings.divisor)
              for p, m in fractions]

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _io, models, report, tflite
-from .data import Dataset
+from .data import Dataset, preprocess as model_input
 from .errors import OptionError
 from .techniques import channels
 
@@ -31,7 +31,8 @@ CACHE = "sensitivity.json"
 
 
 def channel_sensitivity(model, data: Dataset, *, ratios=DEFAULT_RATIOS,
-                        criterion: str = "l1", preprocess=None) -> list[dict]:
+                        criterion: str = "l1", preprocess=None,
+                        reconstruct: bool = False) -> list[dict]:
     """What removing each channel group's least important channels costs, without
     fine-tuning.
 
@@ -41,6 +42,9 @@ def channel_sensitivity(model, data: Dataset, *, ratios=DEFAULT_RATIOS,
         ratios: shares of each group's channels to remove.
         criterion: the importance of a channel (see `channels.Config`).
         preprocess: the images' `Preprocess` (default: the dataset's).
+        reconstruct: refit the layers after each removal by least squares, as
+            `channels.Config.reconstruct` does, on the same images (so the cost it shows is
+            the cost a recipe with reconstruction starts from, slightly flattered).
 
     Returns:
         One row per (prunable channel group, ratio): the group's first producer layer, its
@@ -52,14 +56,16 @@ def channel_sensitivity(model, data: Dataset, *, ratios=DEFAULT_RATIOS,
     how = data.resolve(preprocess)
     labels = data.require_labels()
     reference = models.predict_labels(model, data, how)
+    images = model_input(data.x, how) if reconstruct else None
     rows = []
     for group in channels.analyse(model, channels.Config(criterion=criterion)):
         if group.fixed_by:
             continue
         layer = group.producers[0]
         for ratio in ratios:
-            config = channels.Config(ratio=0.0, criterion=criterion, ratios={layer: ratio})
-            pruned = channels.apply(model, config)
+            config = channels.Config(ratio=0.0, criterion=criterion, ratios={layer: ratio},
+                                     reconstruct=reconstruct)
+            pruned = channels.apply(model, config, images=images)
             predicted = models.predict_labels(pruned, data, how)
             kept = next(g for g in channels.plan(model, config) if layer in g.producers)
             rows.append({"group": layer, "layers": len(group.producers),

@@ -125,6 +125,22 @@ def test_reconstruction_is_in_every_trials_recipe_and_a_study_keeps_to_it():
             dataclasses.replace(settings, reconstruct=False), target, ["conv2d"]))
 
 
+def test_a_reconstructing_studys_seeds_come_from_a_reconstructed_scan(monkeypatch):
+    import types
+
+    scans = []
+    monkeypatch.setattr(search.sensitivity, "channel_sensitivity",
+                        lambda model, data, **kw: scans.append(kw) or [])
+    monkeypatch.setattr(search.sensitivity, "allocate", lambda *a, **kw: {"conv2d": 0.5})
+    objective = types.SimpleNamespace(
+        model=None, train=types.SimpleNamespace(take=lambda n, seed: None),
+        budget_fractions=lambda: (0.5, 0.5), progress=lambda line: None)
+    for reconstruct in (False, True):
+        objective.settings = search.Settings(target="mcu-cortex-m4", reconstruct=reconstruct)
+        assert search._seeds(objective) == [{"conv2d": 0.5}]
+    assert [scan["reconstruct"] for scan in scans] == [False, True]
+
+
 def test_budgets_seed_the_first_trials_and_bound_the_winner(trained, train_set, test_set,
                                                             int8_file, tmp_path, capsys):
     train, judge = train_set.with_preprocess("unit"), test_set.with_preprocess("unit")

@@ -38,6 +38,16 @@ def test_removing_nothing_would_change_nothing(trained, test_set):
                                         preprocess="unit")
 
 
+def test_a_reconstructed_scan_shows_the_smaller_cost_reconstruction_starts_from(trained,
+                                                                                 test_set):
+    data = test_set.take(100)
+    plain, refit = (sensitivity.channel_sensitivity(trained[0], data, ratios=(0.5,),
+                                                    preprocess="unit", reconstruct=r)
+                    for r in (False, True))
+    assert [r["group"] for r in plain] == [r["group"] for r in refit]
+    assert np.mean([r["agreement"] for r in refit]) > np.mean([r["agreement"] for r in plain])
+
+
 def test_sensitivity_command(trained, tmp_path, capsys):
     argv = ["sensitivity", str(trained[1]), "--data", "shapes", "--preprocess", "unit",
             "--samples", "50", "--no-quantisation", "--out", str(tmp_path / "s")]
