@@ -64,6 +64,9 @@ HEARTBEAT_SECONDS = 60  # a trial whose worker is silent for 3 beats is marked f
 REPORT_AT = (1 / 3, 2 / 3)  # of a trial's fine-tuning steps
 REPORT_IMAGES = 500
 PRUNE_AFTER = 4  # completed trials with reports before a trial can be pruned
+# a trial's constraints, in the order of its "constraints" user attribute (the first is
+# the accuracy budget's); each is met when <= 0
+CONSTRAINTS = ("accuracy drop", "flash", "RAM", "bytes", "latency")
 
 
 def parse_duration(text) -> float | None:
@@ -413,6 +416,30 @@ def trial_stages(settings: Settings, ratios: dict, weight_bits: int = 8,
                                             schedule="cosine", augment=True), teach)]
 
 
+def _twin(trial):
+    """A completed trial of the study with the same choices and its file on this machine,
+    or None. Every trial trains with the study's seed, so training it again would repeat
+    its figures (the ResNet-8 searches' repeated choices did, to the hundredth)."""
+    complete = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    for other in complete:
+        row = other.user_attrs.get("row")
+        if other.params == trial.params and row and Path(row["file"]).exists():
+            return other
+    return None
+
+
+def _repeat(twin, path: Path) -> tuple[dict, dict]:
+    """The twin's row and constraints for a trial of the same choices; its file and
+    recipe copied to `path`."""
+    source = Path(twin.user_attrs["row"]["file"])
+    for suffix in (".tflite", ".json"):
+        shutil.copyfile(source.with_suffix(suffix), path.with_suffix(suffix))
+    row = {k: v for k, v in twin.user_attrs["row"].items()
+           if k not in ("trial", "interim_drops", "seconds")}
+    constraints = dict(zip(CONSTRAINTS, twin.user_attrs["constraints"]))
+    return {**row, "file": str(path), "repeats": twin.number}, constraints
+
+
 def _finalists(objective, study, count: int) -> list[dict]:
     """The `count` best trials (see `run`) trained again `final_draws` times, with the
     finalist steps and the next seeds, and judged by their mean drop."""
@@ -621,16 +648,23 @@ class _Objective:
         plan = {layer: trial.suggest_categorical(f"storage {layer}", kinds)
                 for layer, kinds in self.layers.items()}
         stages = trial_stages(self.settings, ratios, bits, plan=plan)
-        try:
-            row, constraints = self.build(stages, self.out / "trials" /
-                                          f"trial_{trial.number}.tflite",
-                                          callbacks=[self.reports(trial, stages)])
-        except TRIAL_ERRORS as e:  # the study goes on; Optuna marks the trial failed
-            self.progress(f"trial {trial.number}: failed: {e}")
-            raise
-        except optuna.TrialPruned as e:
-            self.progress(f"trial {trial.number}: pruned {e}")
-            raise
+        path = self.out / "trials" / f"trial_{trial.number}.tflite"
+        twin = _twin(trial)
+        if twin is not None:
+            self.progress(f"trial {trial.number}: the choices of trial {twin.number}, whose "
+                          f"seed is the same: its figures and file, not trained again")
+            row, constraints = _repeat(twin, path)
+            trial.set_user_attr("reports", twin.user_attrs["reports"])
+        else:
+            try:
+                row, constraints = self.build(stages, path,
+                                              callbacks=[self.reports(trial, stages)])
+            except TRIAL_ERRORS as e:  # the study goes on; Optuna marks the trial failed
+                self.progress(f"trial {trial.number}: failed: {e}")
+                raise
+            except optuna.TrialPruned as e:
+                self.progress(f"trial {trial.number}: pruned {e}")
+                raise
         row = {"trial": trial.number, **row, "interim_drops": trial.user_attrs["reports"],
                "seconds": round(time.perf_counter() - started, 1)}
         trial.set_user_attr("row", row)
@@ -695,12 +729,11 @@ class _Objective:
                "accuracy": result.accuracy, "agreement": result.agreement,
                "drop_points": judged["drop_points"], "drop_95": judged["drop_95"],
                "ram_bytes": ram, "file": str(path)}
-        constraints = {"accuracy drop": (judged["drop_points"] - self.settings.max_drop) / 100,
-                       "flash": _excess(flash, self.target.flash_bytes),
-                       "RAM": _excess(ram, self.target.ram_bytes),
-                       "bytes": _excess(result.bytes, self.settings.max_bytes),
-                       "latency": _excess(latency, self.settings.max_ms)}
-        return row, constraints
+        return row, dict(zip(CONSTRAINTS, (
+            (judged["drop_points"] - self.settings.max_drop) / 100,
+            _excess(flash, self.target.flash_bytes), _excess(ram, self.target.ram_bytes),
+            _excess(result.bytes, self.settings.max_bytes),
+            _excess(latency, self.settings.max_ms))))
 
     def budget_fractions(self) -> tuple[float, float]:
         """The shares of the untouched model's weights and MACs that the bytes budget (or

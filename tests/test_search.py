@@ -162,6 +162,30 @@ def test_budgets_seed_the_first_trials_and_bound_the_winner(trained, train_set, 
                    search.Settings(target="phone-cpu-1t", max_ms=0, **SHORT))
 
 
+@pytest.mark.slow  # half a minute: six trials
+def test_a_trial_with_the_choices_of_a_completed_one_takes_its_figures(
+        trained, train_set, test_set, tmp_path, monkeypatch):
+    from collections import Counter
+
+    built, build = Counter(), search._Objective.build
+    monkeypatch.setattr(search._Objective, "build", lambda self, stages, path, **kw: (
+        built.update([json.dumps([s.describe() for s in stages])]),
+        build(self, stages, path, **kw))[1])
+    # two channel groups with two ratios each: six trials must choose something twice
+    result = search.run(trained[0], train_set.with_preprocess("unit"),
+                        test_set.with_preprocess("unit"), tmp_path,
+                        search.Settings(target="phone-cpu-1t", trials=6, max_drop=100,
+                                        steps=2, qat_steps=1, max_ratio=0.125))
+    rows = {row["trial"]: row for row in result["trials"]}
+    repeats = [row for row in rows.values() if "repeats" in row]
+    assert len(rows) == 6 and repeats and len(built) == sum(built.values()) == 6 - len(repeats)
+    for row in repeats:
+        twin = rows[row["repeats"]]
+        assert (row["bytes"], row["drop_points"]) == (twin["bytes"], twin["drop_points"])
+        assert row["file"] != twin["file"]
+        assert open(row["file"], "rb").read() == open(twin["file"], "rb").read()
+
+
 def test_trials_are_written_without_names_and_parsed_once(trained, train_set, test_set,
                                                           tmp_path, monkeypatch):
     from collections import Counter
