@@ -417,13 +417,14 @@ def trial_stages(settings: Settings, ratios: dict, weight_bits: int = 8,
 
 
 def _twin(trial):
-    """A completed trial of the study with the same choices and its file on this machine,
-    or None. Every trial trains with the study's seed, so training it again would repeat
-    its figures (the ResNet-8 searches' repeated choices did, to the hundredth)."""
+    """A completed trial of the study with the same choices and seed, its file on this
+    machine, or None: training it again would repeat its figures (the ResNet-8 searches'
+    repeated choices did, to the hundredth)."""
     complete = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     for other in complete:
-        row = other.user_attrs.get("row")
-        if other.params == trial.params and row and Path(row["file"]).exists():
+        row, seed = other.user_attrs.get("row"), other.user_attrs.get("seed")
+        if (other.params, seed) == (trial.params, trial.user_attrs["seed"]) and row \
+                and Path(row["file"]).exists():
             return other
     return None
 
@@ -649,6 +650,7 @@ class _Objective:
                 for layer, kinds in self.layers.items()}
         stages = trial_stages(self.settings, ratios, bits, plan=plan)
         path = self.out / "trials" / f"trial_{trial.number}.tflite"
+        trial.set_user_attr("seed", settings.seed)
         twin = _twin(trial)
         if twin is not None:
             self.progress(f"trial {trial.number}: the choices of trial {twin.number}, whose "

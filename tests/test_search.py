@@ -186,6 +186,32 @@ def test_a_trial_with_the_choices_of_a_completed_one_takes_its_figures(
         assert open(row["file"], "rb").read() == open(twin["file"], "rb").read()
 
 
+def test_a_twin_is_a_completed_trial_of_the_same_choices_and_seed_with_its_file(tmp_path):
+    import optuna
+
+    file, study = tmp_path / "trial.tflite", optuna.create_study()
+    file.write_bytes(b"a trial's file")
+    ratio = {"ratio conv2d": optuna.distributions.FloatDistribution(0, 0.5, step=0.125)}
+    for seed in (1, 0):  # trial 0 trained with another machine's seed
+        study.add_trial(optuna.trial.create_trial(
+            params={"ratio conv2d": 0.25}, distributions=ratio, value=1.0,
+            user_attrs={"row": {"file": str(file)}, "seed": seed}))
+
+    def twin_of(choice, seed):
+        study.enqueue_trial({"ratio conv2d": choice})
+        trial = study.ask()
+        trial.suggest_float("ratio conv2d", 0, 0.5, step=0.125)
+        trial.set_user_attr("seed", seed)
+        twin = search._twin(trial)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        return twin and twin.number
+
+    assert twin_of(0.25, 0) == 1
+    assert twin_of(0.25, 2) is None and twin_of(0.5, 0) is None
+    file.unlink()  # trained on another machine
+    assert twin_of(0.25, 0) is None
+
+
 def test_trials_are_written_without_names_and_parsed_once(trained, train_set, test_set,
                                                           tmp_path, monkeypatch):
     from collections import Counter
